@@ -1,0 +1,137 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Io;
+
+namespace Transport.Winsock.AcceptPool;
+
+/// <summary>
+/// Keeps a fixed number of accepts posted on the listening socket, each into a socket from the reuse
+/// pool or, when the pool is empty, a new one. An accepted socket is handed off without waiting and the
+/// slot reposts at once. A failed accept costs only its socket: the slot discards it and reposts.
+/// </summary>
+internal sealed class PostedAccepts
+{
+    private static readonly TimeSpan FaultBackoff = TimeSpan.FromMilliseconds(50);
+
+    private readonly Socket _listenSocket;
+    private readonly System.Net.EndPoint? _endPoint;
+    private readonly SocketPool _pool;
+    private readonly Action<ReusableSocket> _onAccepted;
+    private readonly bool _noDelay;
+    private readonly WinsockTransportCounters _counters;
+    private readonly ILogger _logger;
+    private Task[] _slots = [];
+    private volatile bool _stopping;
+
+    public PostedAccepts(
+        Socket listenSocket,
+        SocketPool pool,
+        Action<ReusableSocket> onAccepted,
+        bool noDelay,
+        WinsockTransportCounters counters,
+        ILogger logger)
+    {
+        _listenSocket = listenSocket;
+        _endPoint = listenSocket.LocalEndPoint;
+        _pool = pool;
+        _onAccepted = onAccepted;
+        _noDelay = noDelay;
+        _counters = counters;
+        _logger = logger;
+    }
+
+    public void Start(int count)
+    {
+        _slots = new Task[count];
+        for (var i = 0; i < count; i++)
+        {
+            _slots[i] = RunSlotAsync();
+        }
+    }
+
+    /// <summary>Closes the listening socket, which cancels every posted accept, and waits for the slots to end.</summary>
+    public Task StopAsync()
+    {
+        _stopping = true;
+        _listenSocket.Dispose();
+        return Task.WhenAll(_slots);
+    }
+
+    private async Task RunSlotAsync()
+    {
+        // Start every slot from the thread pool, not on the caller's stack.
+        await Task.Yield();
+
+        using var acceptor = new SocketAcceptor();
+        while (!_stopping)
+        {
+            var socket = RentOrCreate();
+            SocketError error;
+            try
+            {
+                await acceptor.AcceptAsync(_listenSocket, socket.Socket);
+                acceptor.AcceptSocket = null;
+                socket.Socket.NoDelay = _noDelay;
+                error = SocketError.Success;
+            }
+            catch (SocketException ex)
+            {
+                error = ex.SocketErrorCode;
+            }
+            catch (ObjectDisposedException)
+            {
+                error = SocketError.OperationAborted;
+            }
+
+            if (error == SocketError.Success)
+            {
+                if (socket.Connections > 0)
+                {
+                    _counters.SocketReused();
+                }
+
+                socket.OnAccepted();
+                _counters.ConnectionAccepted();
+                _onAccepted(socket);
+                continue;
+            }
+
+            // The socket may be half-way through an accept or not recycled properly: never reuse it.
+            acceptor.AcceptSocket = null;
+            socket.Dispose();
+            if (_stopping)
+            {
+                break;
+            }
+
+            _logger.AcceptFault(_endPoint, error);
+            if (!IsPerConnectionFault(error))
+            {
+                // Out of handles or buffers: give the system a moment instead of spinning.
+                await Task.Delay(FaultBackoff);
+            }
+        }
+    }
+
+    private ReusableSocket RentOrCreate()
+    {
+        var socket = _pool.TryRent();
+        if (socket is not null)
+        {
+            return socket;
+        }
+
+        _counters.SocketCreated();
+        return new ReusableSocket(new Socket(_listenSocket.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
+    }
+
+    // Faults that concern one connection or one socket, after which the next accept is expected to work.
+    private static bool IsPerConnectionFault(SocketError error) => error is
+        SocketError.ConnectionReset or
+        SocketError.ConnectionAborted or
+        SocketError.InvalidArgument or
+        SocketError.NotConnected or
+        SocketError.OperationAborted or
+        SocketError.Interrupted;
+}

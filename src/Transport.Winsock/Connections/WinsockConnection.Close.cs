@@ -1,0 +1,137 @@
+using Microsoft.AspNetCore.Connections;
+using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Teardown;
+
+namespace Transport.Winsock.Connections;
+
+// How a connection ends. Every transition happens under _closeLock and is recorded once:
+//   Open --FIN sent--> FinSent --peer FIN, both loops done--> socket recycled
+//   Open/FinSent --abort, error, drain timeout--> Closed (socket closed, never reused)
+internal sealed partial class WinsockConnection
+{
+    private static readonly Action<object> s_onDrainExpired = static state => ((WinsockConnection)state).OnDrainExpired();
+
+    private int _resetSeen;
+
+    /// <summary>The application finished its output: send a FIN, then give the peer a bounded time to close its side.</summary>
+    private void SendFin()
+    {
+        lock (_closeLock)
+        {
+            if (_closeState != CloseState.Open || _peerReset)
+            {
+                return;
+            }
+
+            if (HalfClose.SendFin(Socket) != System.Net.Sockets.SocketError.Success)
+            {
+                // Not connected any more: the peer is gone and there is nothing to close gracefully.
+                _closeState = CloseState.Closed;
+                _socket.Close(abortive: false);
+                return;
+            }
+
+            _closeState = CloseState.FinSent;
+            Logger.ConnectionWriteFin(ConnectionId);
+            _factory.Counters.GracefulClose();
+            if (!_receiveEnded)
+            {
+                _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this);
+            }
+        }
+    }
+
+    private void OnDrainExpired()
+    {
+        lock (_closeLock)
+        {
+            if (_closeState != CloseState.FinSent || _receiveEnded)
+            {
+                return;
+            }
+
+            // Our FIN is out and everything received was read: a plain close sends nothing more.
+            _closeState = CloseState.Closed;
+            _socket.Close(abortive: false);
+        }
+
+        _factory.Counters.DrainTimeout();
+        Logger.DrainTimedOut(ConnectionId);
+    }
+
+    /// <summary>An abort or an error: an RST, and the socket is never reused.</summary>
+    private void CloseAbortively(ConnectionAbortedException reason)
+    {
+        lock (_closeLock)
+        {
+            if (_closeState == CloseState.Closed)
+            {
+                return;
+            }
+
+            _closeState = CloseState.Closed;
+            _shutdownReason ??= reason;
+            _socket.Close(abortive: true);
+        }
+
+        Logger.ConnectionWriteRst(ConnectionId, reason.Message);
+        _factory.Counters.AbortiveClose();
+    }
+
+    private void OnPeerFin()
+    {
+        _peerFinReceived = true;
+        Logger.ConnectionReadFin(ConnectionId);
+    }
+
+    private void OnPeerReset()
+    {
+        _peerReset = true;
+        if (Interlocked.Exchange(ref _resetSeen, 1) == 0)
+        {
+            _factory.Counters.ConnectionReset();
+            Logger.ConnectionReset(ConnectionId);
+        }
+    }
+
+    /// <summary>Both loops are done: the socket goes to the recycler after a clean FIN both ways, else it is closed.</summary>
+    private void HandOffSocket()
+    {
+        bool recycle;
+        lock (_closeLock)
+        {
+            recycle = _closeState == CloseState.FinSent && _peerFinReceived && !_peerReset && _factory.ReuseSockets;
+            _closeState = CloseState.Closed;
+        }
+
+        if (recycle)
+        {
+            _factory.Recycler.Recycle(_socket);
+        }
+        else
+        {
+            _socket.Dispose();
+        }
+    }
+
+    private void FireConnectionClosed()
+    {
+        // Callbacks registered on ConnectionClosed run on the thread pool, never inside the receive loop.
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static connection =>
+            {
+                try
+                {
+                    connection._connectionClosedTokenSource.Cancel();
+                }
+                catch (Exception ex)
+                {
+                    connection.Logger.ConnectionClosedCallbackFailed(connection.ConnectionId, ex);
+                }
+
+                connection._connectionClosedFired.TrySetResult();
+            },
+            this,
+            preferLocal: false);
+    }
+}

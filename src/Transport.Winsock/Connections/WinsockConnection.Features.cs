@@ -1,0 +1,145 @@
+using System.Buffers;
+using System.Collections;
+using System.IO.Pipelines;
+using System.Net;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Http.Features;
+
+namespace Transport.Winsock.Connections;
+
+// The connection is its own feature collection: the standard connection features are the connection
+// itself, anything else the server or application sets goes to a small dictionary made on first use.
+// IConnectionSocketFeature is left out on purpose: the socket outlives the connection and will carry
+// another one, so no application may hold it.
+internal sealed partial class WinsockConnection :
+    IFeatureCollection,
+    IConnectionIdFeature,
+    IConnectionTransportFeature,
+    IConnectionItemsFeature,
+    IMemoryPoolFeature,
+    IConnectionLifetimeFeature,
+    IConnectionEndPointFeature
+{
+    private static readonly Type[] s_ownFeatures =
+    [
+        typeof(IConnectionIdFeature),
+        typeof(IConnectionTransportFeature),
+        typeof(IConnectionItemsFeature),
+        typeof(IMemoryPoolFeature),
+        typeof(IConnectionLifetimeFeature),
+        typeof(IConnectionEndPointFeature),
+    ];
+
+    private Dictionary<Type, object?>? _setFeatures;
+    private int _featureRevision;
+    private string? _connectionId;
+    private IDictionary<object, object?>? _items;
+
+    public override IFeatureCollection Features => this;
+
+    public override string ConnectionId
+    {
+        get => _connectionId ??= _id.ToString("X16", System.Globalization.CultureInfo.InvariantCulture);
+        set => _connectionId = value;
+    }
+
+    public override IDictionary<object, object?> Items
+    {
+        get => _items ??= new ConnectionItems();
+        set => _items = value;
+    }
+
+    MemoryPool<byte> IMemoryPoolFeature.MemoryPool => _factory.MemoryPool;
+
+    bool IFeatureCollection.IsReadOnly => false;
+
+    int IFeatureCollection.Revision => _featureRevision;
+
+    object? IFeatureCollection.this[Type key]
+    {
+        get
+        {
+            if (_setFeatures is not null && _setFeatures.TryGetValue(key, out var feature))
+            {
+                return feature;
+            }
+
+            return Array.IndexOf(s_ownFeatures, key) >= 0 ? this : null;
+        }
+        set
+        {
+            (_setFeatures ??= [])[key] = value;
+            _featureRevision++;
+        }
+    }
+
+    TFeature? IFeatureCollection.Get<TFeature>() where TFeature : default
+        => (TFeature?)((IFeatureCollection)this)[typeof(TFeature)];
+
+    void IFeatureCollection.Set<TFeature>(TFeature? instance) where TFeature : default
+        => ((IFeatureCollection)this)[typeof(TFeature)] = instance;
+
+    IEnumerator<KeyValuePair<Type, object>> IEnumerable<KeyValuePair<Type, object>>.GetEnumerator()
+    {
+        foreach (var type in s_ownFeatures)
+        {
+            if (_setFeatures is null || !_setFeatures.ContainsKey(type))
+            {
+                yield return new(type, this);
+            }
+        }
+
+        if (_setFeatures is not null)
+        {
+            foreach (var (type, feature) in _setFeatures)
+            {
+                if (feature is not null)
+                {
+                    yield return new(type, feature);
+                }
+            }
+        }
+    }
+
+    IEnumerator IEnumerable.GetEnumerator() => ((IEnumerable<KeyValuePair<Type, object>>)this).GetEnumerator();
+
+    // The endpoint and id features share their members with ConnectionContext's overrides.
+    string IConnectionIdFeature.ConnectionId
+    {
+        get => ConnectionId;
+        set => ConnectionId = value;
+    }
+
+    IDuplexPipe IConnectionTransportFeature.Transport
+    {
+        get => Transport;
+        set => Transport = value;
+    }
+
+    IDictionary<object, object?> IConnectionItemsFeature.Items
+    {
+        get => Items;
+        set => Items = value;
+    }
+
+    CancellationToken IConnectionLifetimeFeature.ConnectionClosed
+    {
+        get => ConnectionClosed;
+        set => ConnectionClosed = value;
+    }
+
+    void IConnectionLifetimeFeature.Abort() => Abort();
+
+    EndPoint? IConnectionEndPointFeature.LocalEndPoint
+    {
+        get => LocalEndPoint;
+        set => LocalEndPoint = value;
+    }
+
+    EndPoint? IConnectionEndPointFeature.RemoteEndPoint
+    {
+        get => RemoteEndPoint;
+        set => RemoteEndPoint = value;
+    }
+}

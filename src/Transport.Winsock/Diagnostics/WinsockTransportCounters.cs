@@ -1,0 +1,70 @@
+namespace Transport.Winsock;
+
+/// <summary>
+/// Live counters for every listener of the Winsock reuse transport in one host. Resolve it from the
+/// host's services; each property reads the current value and is safe to read from any thread.
+/// </summary>
+public sealed class WinsockTransportCounters
+{
+    private long _connectionsAccepted;
+    private long _socketsCreated;
+    private long _socketsReused;
+    private long _pooledSockets;
+    private long _pendingDisconnects;
+    private long _gracefulCloses;
+    private long _abortiveCloses;
+    private long _connectionResets;
+    private long _drainTimeouts;
+    private long _disconnectFailures;
+    private long _disconnectTimeouts;
+    private int _reuseActive;
+
+    /// <summary>Connections accepted and handed to the server.</summary>
+    public long ConnectionsAccepted => Volatile.Read(ref _connectionsAccepted);
+
+    /// <summary>New sockets created to accept into (the pool had none to give).</summary>
+    public long SocketsCreated => Volatile.Read(ref _socketsCreated);
+
+    /// <summary>Accepts that went into a socket recycled from an earlier connection.</summary>
+    public long SocketsReused => Volatile.Read(ref _socketsReused);
+
+    /// <summary>Recycled sockets waiting in the pools now.</summary>
+    public long PooledSockets => Volatile.Read(ref _pooledSockets);
+
+    /// <summary>Sockets in a reuse disconnect now.</summary>
+    public long PendingDisconnects => Volatile.Read(ref _pendingDisconnects);
+
+    /// <summary>Connections that ended with a graceful half-close (a FIN, after every byte written).</summary>
+    public long GracefulCloses => Volatile.Read(ref _gracefulCloses);
+
+    /// <summary>Connections the transport ended with an abortive close (an RST), after an abort or an error.</summary>
+    public long AbortiveCloses => Volatile.Read(ref _abortiveCloses);
+
+    /// <summary>Connections the peer reset.</summary>
+    public long ConnectionResets => Volatile.Read(ref _connectionResets);
+
+    /// <summary>Connections whose peer did not send its FIN within the drain timeout; their sockets were closed.</summary>
+    public long DrainTimeouts => Volatile.Read(ref _drainTimeouts);
+
+    /// <summary>Reuse disconnects that failed; their sockets were closed.</summary>
+    public long DisconnectFailures => Volatile.Read(ref _disconnectFailures);
+
+    /// <summary>Reuse disconnects that did not finish within the disconnect timeout; their sockets were closed.</summary>
+    public long DisconnectTimeouts => Volatile.Read(ref _disconnectTimeouts);
+
+    /// <summary>Whether the most recently started listener recycles sockets.</summary>
+    public bool ReuseActive => Volatile.Read(ref _reuseActive) != 0;
+
+    internal void ConnectionAccepted() => Interlocked.Increment(ref _connectionsAccepted);
+    internal void SocketCreated() => Interlocked.Increment(ref _socketsCreated);
+    internal void SocketReused() => Interlocked.Increment(ref _socketsReused);
+    internal void PooledSocketsChanged(int delta) => Interlocked.Add(ref _pooledSockets, delta);
+    internal void PendingDisconnectsChanged(int delta) => Interlocked.Add(ref _pendingDisconnects, delta);
+    internal void GracefulClose() => Interlocked.Increment(ref _gracefulCloses);
+    internal void AbortiveClose() => Interlocked.Increment(ref _abortiveCloses);
+    internal void ConnectionReset() => Interlocked.Increment(ref _connectionResets);
+    internal void DrainTimeout() => Interlocked.Increment(ref _drainTimeouts);
+    internal void DisconnectFailure() => Interlocked.Increment(ref _disconnectFailures);
+    internal void DisconnectTimeout() => Interlocked.Increment(ref _disconnectTimeouts);
+    internal void SetReuseActive(bool active) => Volatile.Write(ref _reuseActive, active ? 1 : 0);
+}

@@ -1,0 +1,47 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+
+namespace Transport.Winsock.Diagnostics;
+
+/// <summary>The transport's log messages. Event ids are stable: add new ones, never renumber.</summary>
+internal static partial class WinsockTransportLog
+{
+    [LoggerMessage(1, LogLevel.Debug, "Listening on {EndPoint} with {PendingAccepts} pending accepts; socket reuse {ReuseMode}.", EventName = "ListenerStarted")]
+    public static partial void ListenerStarted(this ILogger logger, EndPoint? endPoint, int pendingAccepts, string reuseMode);
+
+    [LoggerMessage(2, LogLevel.Debug, "An accept on {EndPoint} failed with {SocketError}; the socket was discarded and the accept reposted.", EventName = "AcceptFault")]
+    public static partial void AcceptFault(this ILogger logger, EndPoint? endPoint, System.Net.Sockets.SocketError socketError);
+
+    [LoggerMessage(3, LogLevel.Debug, "Connection id \"{ConnectionId}\" received FIN.", EventName = "ConnectionReadFin")]
+    public static partial void ConnectionReadFin(this ILogger logger, string connectionId);
+
+    [LoggerMessage(4, LogLevel.Debug, "Connection id \"{ConnectionId}\" sending FIN.", EventName = "ConnectionWriteFin")]
+    public static partial void ConnectionWriteFin(this ILogger logger, string connectionId);
+
+    [LoggerMessage(5, LogLevel.Debug, "Connection id \"{ConnectionId}\" sending RST because: \"{Reason}\"", EventName = "ConnectionWriteRst")]
+    public static partial void ConnectionWriteRst(this ILogger logger, string connectionId, string reason);
+
+    [LoggerMessage(6, LogLevel.Debug, "Connection id \"{ConnectionId}\" reset by the peer.", EventName = "ConnectionReset")]
+    public static partial void ConnectionReset(this ILogger logger, string connectionId);
+
+    [LoggerMessage(7, LogLevel.Debug, "Connection id \"{ConnectionId}\" communication error.", EventName = "ConnectionError")]
+    public static partial void ConnectionError(this ILogger logger, string connectionId, Exception exception);
+
+    [LoggerMessage(8, LogLevel.Debug, "Connection id \"{ConnectionId}\" paused reading: the application has not consumed what was received.", EventName = "ConnectionPause")]
+    public static partial void ConnectionPause(this ILogger logger, string connectionId);
+
+    [LoggerMessage(9, LogLevel.Debug, "Connection id \"{ConnectionId}\" resumed reading.", EventName = "ConnectionResume")]
+    public static partial void ConnectionResume(this ILogger logger, string connectionId);
+
+    [LoggerMessage(10, LogLevel.Debug, "Connection id \"{ConnectionId}\": the peer sent no FIN within the drain timeout; the socket was closed, not reused.", EventName = "DrainTimedOut")]
+    public static partial void DrainTimedOut(this ILogger logger, string connectionId);
+
+    [LoggerMessage(11, LogLevel.Debug, "A reuse disconnect failed with {SocketError}; the socket was closed.", EventName = "DisconnectFailed")]
+    public static partial void DisconnectFailed(this ILogger logger, System.Net.Sockets.SocketError socketError);
+
+    [LoggerMessage(12, LogLevel.Debug, "A reuse disconnect did not finish within {Timeout}; the socket was closed.", EventName = "DisconnectTimedOut")]
+    public static partial void DisconnectTimedOut(this ILogger logger, TimeSpan timeout);
+
+    [LoggerMessage(13, LogLevel.Error, "Connection id \"{ConnectionId}\": a ConnectionClosed callback threw.", EventName = "ConnectionClosedCallbackFailed")]
+    public static partial void ConnectionClosedCallbackFailed(this ILogger logger, string connectionId, Exception exception);
+}

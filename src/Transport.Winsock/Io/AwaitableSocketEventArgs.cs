@@ -1,0 +1,62 @@
+using System.Net.Sockets;
+using System.Threading.Tasks.Sources;
+
+namespace Transport.Winsock.Io;
+
+/// <summary>
+/// A <see cref="SocketAsyncEventArgs"/> that is its own awaitable, so an operation allocates nothing.
+/// One operation at a time; the result is the bytes transferred, and a failure surfaces as a
+/// <see cref="SocketException"/> carrying the socket error.
+/// </summary>
+internal abstract class AwaitableSocketEventArgs : SocketAsyncEventArgs, IValueTaskSource<int>
+{
+    // Continuations run on the thread pool, never on the thread that completed the I/O.
+    private ManualResetValueTaskSourceCore<int> _source = new() { RunContinuationsAsynchronously = true };
+
+    protected AwaitableSocketEventArgs()
+        : base(unsafeSuppressExecutionContextFlow: true)
+    {
+    }
+
+    /// <summary>Turns the return value of a <c>Socket.XxxAsync(SocketAsyncEventArgs)</c> call into an awaitable.</summary>
+    protected ValueTask<int> Await(bool pending)
+    {
+        if (pending)
+        {
+            return new ValueTask<int>(this, _source.Version);
+        }
+
+        return SocketError == SocketError.Success
+            ? new ValueTask<int>(BytesTransferred)
+            : ValueTask.FromException<int>(new SocketException((int)SocketError));
+    }
+
+    protected override void OnCompleted(SocketAsyncEventArgs e)
+    {
+        if (SocketError == SocketError.Success)
+        {
+            _source.SetResult(BytesTransferred);
+        }
+        else
+        {
+            _source.SetException(new SocketException((int)SocketError));
+        }
+    }
+
+    int IValueTaskSource<int>.GetResult(short token)
+    {
+        try
+        {
+            return _source.GetResult(token);
+        }
+        finally
+        {
+            _source.Reset();
+        }
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<int>.GetStatus(short token) => _source.GetStatus(token);
+
+    void IValueTaskSource<int>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        => _source.OnCompleted(continuation, state, token, flags);
+}

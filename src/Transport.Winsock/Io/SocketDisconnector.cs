@@ -1,0 +1,14 @@
+using System.Net.Sockets;
+
+namespace Transport.Winsock.Io;
+
+/// <summary>DisconnectEx(TF_REUSE_SOCKET) on Windows: readies a socket for another accept.</summary>
+internal sealed class SocketDisconnector : AwaitableSocketEventArgs
+{
+    public SocketDisconnector()
+    {
+        DisconnectReuseSocket = true;
+    }
+
+    public ValueTask<int> DisconnectAsync(Socket socket) => Await(socket.DisconnectAsync(this));
+}

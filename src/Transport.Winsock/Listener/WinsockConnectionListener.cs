@@ -1,0 +1,135 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
+using Transport.Winsock.AcceptPool;
+using Transport.Winsock.Connections;
+using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Teardown;
+
+namespace Transport.Winsock.Listener;
+
+/// <summary>
+/// A bound endpoint: posted accepts feed a queue that Kestrel's accept loop reads, so accepting never
+/// waits on Kestrel. Unbind stops accepting (what is already accepted is still handed out); dispose
+/// also closes every socket the listener still owns.
+/// </summary>
+internal sealed class WinsockConnectionListener : IConnectionListener
+{
+    private readonly Channel<WinsockConnection> _accepted = Channel.CreateUnbounded<WinsockConnection>(
+        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
+
+    private readonly MemoryPool<byte> _memoryPool;
+    private readonly SocketPool _pool;
+    private readonly SocketRecycler _recycler;
+    private readonly WinsockConnectionFactory _connections;
+    private readonly PostedAccepts _accepts;
+    private readonly int _pendingAccepts;
+    private readonly ILogger _logger;
+    private Task? _unbindTask;
+    private int _disposed;
+
+    public WinsockConnectionListener(
+        Socket listenSocket,
+        MemoryPool<byte> memoryPool,
+        WinsockTransportOptions options,
+        WinsockTransportCounters counters,
+        ILogger logger)
+    {
+        EndPoint = listenSocket.LocalEndPoint!;
+        _memoryPool = memoryPool;
+        _logger = logger;
+        _pendingAccepts = options.PendingAccepts;
+        _pool = new SocketPool(options.MaxPooledSockets, counters);
+        _recycler = new SocketRecycler(_pool, options.DisconnectTimeout, options.MaxPendingDisconnects, counters, logger);
+        _connections = new WinsockConnectionFactory(memoryPool, options, _recycler, counters, logger);
+        _accepts = new PostedAccepts(listenSocket, _pool, OnAccepted, options.NoDelay, counters, logger);
+        counters.SetReuseActive(_connections.ReuseSockets);
+    }
+
+    public EndPoint EndPoint { get; }
+
+    public void Start()
+    {
+        _accepts.Start(_pendingAccepts);
+        _logger.ListenerStarted(EndPoint, _pendingAccepts, _connections.ReuseSockets ? "on" : "off");
+    }
+
+    public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
+    {
+        while (await _accepted.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            if (_accepted.Reader.TryRead(out var connection))
+            {
+                connection.Start();
+                return connection;
+            }
+        }
+
+        // Unbound and every accepted connection handed out.
+        return null;
+    }
+
+    public ValueTask UnbindAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_accepted)
+        {
+            _unbindTask ??= UnbindCoreAsync();
+        }
+
+        return new ValueTask(_unbindTask.WaitAsync(cancellationToken));
+    }
+
+    private async Task UnbindCoreAsync()
+    {
+        await _accepts.StopAsync().ConfigureAwait(false);
+        _accepted.Writer.TryComplete();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        await UnbindAsync().ConfigureAwait(false);
+
+        // Accepted but never taken by the server: nobody will serve these, so close them.
+        while (_accepted.Reader.TryRead(out var connection))
+        {
+            connection.Abort(new ConnectionAbortedException("The listener was disposed before the connection was accepted by the server."));
+            connection.Start();
+            await connection.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _recycler.Dispose();
+        _pool.Dispose();
+        if (!ReferenceEquals(_memoryPool, MemoryPool<byte>.Shared))
+        {
+            _memoryPool.Dispose();
+        }
+    }
+
+    private void OnAccepted(ReusableSocket socket)
+    {
+        WinsockConnection connection;
+        try
+        {
+            connection = _connections.Create(socket);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            // Reset before its endpoints could be read.
+            socket.Dispose();
+            return;
+        }
+
+        if (!_accepted.Writer.TryWrite(connection))
+        {
+            socket.Dispose();
+        }
+    }
+}

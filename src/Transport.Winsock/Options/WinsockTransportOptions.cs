@@ -1,0 +1,78 @@
+namespace Transport.Winsock;
+
+/// <summary>
+/// Options for the Winsock reuse transport. Every value is checked when the host starts; an invalid
+/// value fails startup with an <see cref="Microsoft.Extensions.Options.OptionsValidationException"/>
+/// that names the option.
+/// </summary>
+public sealed class WinsockTransportOptions
+{
+    /// <summary>
+    /// The number of accepts kept posted on each listening socket at once (AcceptEx on Windows).
+    /// More pending accepts absorb bigger bursts of new connections without waiting for a repost.
+    /// Defaults to 4 per processor, at least 8 and at most 64. Valid range: 1 to 1024.
+    /// </summary>
+    public int PendingAccepts { get; set; } = Math.Clamp(Environment.ProcessorCount * 4, 8, 64);
+
+    /// <summary>
+    /// The most disconnected sockets each listener keeps for reuse. A socket that comes back when the
+    /// pool is full is closed instead. Defaults to 1024. Valid range: 0 to 65536 (0 keeps none, which in
+    /// effect turns reuse off).
+    /// </summary>
+    public int MaxPooledSockets { get; set; } = 1024;
+
+    /// <summary>
+    /// The most sockets each listener lets wait in a reuse disconnect (DisconnectEx with TF_REUSE_SOCKET)
+    /// at once. When the cap is reached, a finished connection's socket is closed instead of recycled, so
+    /// sockets held in TIME_WAIT never pile up. Defaults to 256. Valid range: 1 to 65536.
+    /// </summary>
+    public int MaxPendingDisconnects { get; set; } = 256;
+
+    /// <summary>
+    /// After the transport has sent its FIN at the end of a connection, how long it waits for the peer's
+    /// FIN while discarding whatever the peer still sends. A peer that has not closed by then has its
+    /// socket closed, not reused. Defaults to 5 seconds. Valid range: more than zero, at most 5 minutes.
+    /// </summary>
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long a reuse disconnect may take before the socket is closed instead of returned to the pool.
+    /// On Windows a socket whose side sent the first FIN waits out TIME_WAIT (up to 240 seconds) before
+    /// the disconnect completes; this bound keeps such sockets from holding the pool. Defaults to
+    /// 2 seconds. Valid range: more than zero, at most 5 minutes.
+    /// </summary>
+    public TimeSpan DisconnectTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>
+    /// The maximum length of the pending connection queue of each listening socket. Defaults to 512, as
+    /// in Kestrel's Sockets transport. Must be at least 1.
+    /// </summary>
+    public int Backlog { get; set; } = 512;
+
+    /// <summary>
+    /// Whether the Nagle algorithm is disabled on accepted sockets. Defaults to <see langword="true"/>,
+    /// as in Kestrel's Sockets transport.
+    /// </summary>
+    public bool NoDelay { get; set; } = true;
+
+    /// <summary>
+    /// The most bytes the transport buffers from the network before the application reads them; past it
+    /// the transport stops receiving (backpressure). Defaults to 1 MiB, as in Kestrel's Sockets transport.
+    /// <see langword="null"/> or 0 means unlimited. Must not be negative.
+    /// </summary>
+    public long? MaxReadBufferSize { get; set; } = 1024 * 1024;
+
+    /// <summary>
+    /// The most bytes the application may have written and not yet sent before its writes wait
+    /// (backpressure). Defaults to 64 KiB, as in Kestrel's Sockets transport. <see langword="null"/> or 0
+    /// means unlimited. Must not be negative.
+    /// </summary>
+    public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
+
+    /// <summary>
+    /// Whether finished connections' sockets are recycled with a reuse disconnect and accepted into again.
+    /// When <see langword="false"/>, every connection gets a fresh socket, still ends with a graceful
+    /// half-close, and is then closed. Defaults to <see langword="true"/>.
+    /// </summary>
+    public bool ReuseSockets { get; set; } = true;
+}

@@ -1,0 +1,51 @@
+using Microsoft.Extensions.Options;
+
+namespace Transport.Winsock.Options;
+
+/// <summary>Checks <see cref="WinsockTransportOptions"/>; each failure names the option and its value.</summary>
+internal sealed class WinsockTransportOptionsValidator : IValidateOptions<WinsockTransportOptions>
+{
+    internal const int MaxPendingAccepts = 1024;
+    internal const int MaxSocketCap = 65536;
+    internal static readonly TimeSpan MaxTimeout = TimeSpan.FromMinutes(5);
+
+    public ValidateOptionsResult Validate(string? name, WinsockTransportOptions options)
+    {
+        var failures = new List<string>();
+
+        CheckRange(failures, nameof(options.PendingAccepts), options.PendingAccepts, 1, MaxPendingAccepts);
+        CheckRange(failures, nameof(options.MaxPooledSockets), options.MaxPooledSockets, 0, MaxSocketCap);
+        CheckRange(failures, nameof(options.MaxPendingDisconnects), options.MaxPendingDisconnects, 1, MaxSocketCap);
+        CheckRange(failures, nameof(options.Backlog), options.Backlog, 1, int.MaxValue);
+        CheckTimeout(failures, nameof(options.DrainTimeout), options.DrainTimeout);
+        CheckTimeout(failures, nameof(options.DisconnectTimeout), options.DisconnectTimeout);
+        CheckBufferSize(failures, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize);
+        CheckBufferSize(failures, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize);
+
+        return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
+
+    private static void CheckRange(List<string> failures, string option, int value, int min, int max)
+    {
+        if (value < min || value > max)
+        {
+            failures.Add($"{nameof(WinsockTransportOptions)}.{option} must be between {min} and {max}; it was {value}.");
+        }
+    }
+
+    private static void CheckTimeout(List<string> failures, string option, TimeSpan value)
+    {
+        if (value <= TimeSpan.Zero || value > MaxTimeout)
+        {
+            failures.Add($"{nameof(WinsockTransportOptions)}.{option} must be more than zero and at most {MaxTimeout}; it was {value}.");
+        }
+    }
+
+    private static void CheckBufferSize(List<string> failures, string option, long? value)
+    {
+        if (value < 0)
+        {
+            failures.Add($"{nameof(WinsockTransportOptions)}.{option} must be null (unlimited) or at least 0; it was {value}.");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+using System.Diagnostics;
+
+namespace Transport.Winsock.Teardown;
+
+/// <summary>
+/// A one-shot, re-armable deadline for a socket's teardown phases (drain, reuse disconnect). One timer
+/// per pooled socket, created once and reused by every connection that socket carries. Exactly one of
+/// <see cref="TryDisarm"/> and the expiry callback wins.
+/// </summary>
+internal sealed class SocketDeadline : IDisposable
+{
+    private const int Idle = 0;
+    private const int Armed = 1;
+    private const int Expired = 2;
+
+    private readonly Timer _timer;
+    private Action<object>? _onExpired;
+    private object? _state;
+    private long _dueTimestamp;
+    private int _phase;
+
+    public SocketDeadline()
+    {
+        using (ExecutionContext.SuppressFlow())
+        {
+            _timer = new Timer(static s => ((SocketDeadline)s!).Fire(), this, Timeout.Infinite, Timeout.Infinite);
+        }
+    }
+
+    public void Arm(TimeSpan timeout, Action<object> onExpired, object state)
+    {
+        _onExpired = onExpired;
+        _state = state;
+        Volatile.Write(ref _dueTimestamp, Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency));
+        Volatile.Write(ref _phase, Armed);
+        _timer.Change(timeout, Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>Stops the deadline. False when it had already expired and its callback ran or is running.</summary>
+    public bool TryDisarm()
+    {
+        var previous = Interlocked.CompareExchange(ref _phase, Idle, Armed);
+        if (previous == Armed)
+        {
+            _timer.Change(Timeout.Infinite, Timeout.Infinite);
+        }
+
+        return previous != Expired;
+    }
+
+    private void Fire()
+    {
+        // A callback queued by an earlier arming can run late; it must not end the current phase early.
+        var remaining = Volatile.Read(ref _dueTimestamp) - Stopwatch.GetTimestamp();
+        if (remaining > 0)
+        {
+            if (Volatile.Read(ref _phase) == Armed)
+            {
+                _timer.Change(TimeSpan.FromSeconds((double)remaining / Stopwatch.Frequency), Timeout.InfiniteTimeSpan);
+            }
+
+            return;
+        }
+
+        if (Interlocked.CompareExchange(ref _phase, Expired, Armed) == Armed)
+        {
+            _onExpired!(_state!);
+        }
+    }
+
+    public void Dispose() => _timer.Dispose();
+}

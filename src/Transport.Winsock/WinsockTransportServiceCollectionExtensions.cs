@@ -1,0 +1,38 @@
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using Transport.Winsock;
+using Transport.Winsock.Listener;
+using Transport.Winsock.Options;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>Registers the Winsock reuse transport with a host's services.</summary>
+public static class WinsockTransportServiceCollectionExtensions
+{
+    /// <summary>
+    /// Registers the Winsock reuse transport so Kestrel binds every TCP <see cref="System.Net.IPEndPoint"/>
+    /// through it; other endpoint types fall through to Kestrel's own transports. Also registers
+    /// <see cref="WinsockTransportCounters"/>. Options are validated when the host starts.
+    /// </summary>
+    /// <param name="services">The host's services.</param>
+    /// <param name="configure">Sets <see cref="WinsockTransportOptions"/>; may be <see langword="null"/>.</param>
+    /// <returns>The same <paramref name="services"/>, for chaining.</returns>
+    public static IServiceCollection AddWinsockReuseTransport(this IServiceCollection services, Action<WinsockTransportOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+
+        var options = services.AddOptions<WinsockTransportOptions>().ValidateOnStart();
+        if (configure is not null)
+        {
+            options.Configure(configure);
+        }
+
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WinsockTransportOptions>, WinsockTransportOptionsValidator>());
+        services.TryAddSingleton<WinsockTransportCounters>();
+        // Kestrel asks the most recently registered transport first, so this one claims TCP endpoints
+        // ahead of the Sockets transport registered by UseKestrel.
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IConnectionListenerFactory, WinsockTransportFactory>());
+        return services;
+    }
+}
