@@ -1,0 +1,83 @@
+using System.Text;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Transport.Winsock;
+
+namespace KestrelApp;
+
+/// <summary>
+/// The sample host, in two halves so tests can run it for real (Kestrel on a port) or in memory (TestHost):
+/// <see cref="CreateBuilder"/> picks the transport and address, <see cref="MapEndpoints"/> adds the endpoints.
+/// </summary>
+public static class SampleHost
+{
+    /// <summary>The address served when neither --urls nor ASPNETCORE_URLS says otherwise.</summary>
+    public const string DefaultUrl = "http://127.0.0.1:5000";
+
+    /// <summary>The /plaintext body: 13 bytes.</summary>
+    public static readonly byte[] PlaintextBody = "Hello, World!"u8.ToArray();
+
+    /// <summary>
+    /// A builder for the sample. <c>--transport winsock</c> (the default) runs Kestrel on the Winsock reuse
+    /// transport, <c>--transport sockets</c> on Kestrel's own Sockets transport, for comparison.
+    /// </summary>
+    public static WebApplicationBuilder CreateBuilder(string[] args, Action<WinsockTransportOptions>? configureTransport = null)
+    {
+        var builder = WebApplication.CreateBuilder(args);
+        var transport = builder.Configuration["transport"] ?? "winsock";
+        switch (transport.ToLowerInvariant())
+        {
+            case "winsock":
+                builder.WebHost.UseWinsockReuseTransport(configureTransport ?? (static _ => { }));
+                break;
+            case "sockets":
+                break;
+            default:
+                throw new ArgumentException($"--transport must be 'winsock' or 'sockets'; it was '{transport}'.", nameof(args));
+        }
+
+        if (builder.Configuration[WebHostDefaults.ServerUrlsKey] is null)
+        {
+            builder.WebHost.UseUrls(DefaultUrl);
+        }
+
+        return builder;
+    }
+
+    /// <summary>Adds the sample's endpoints: <c>/</c>, <c>/plaintext</c>, <c>POST /echo</c> and <c>/stats</c>.</summary>
+    public static void MapEndpoints(WebApplication app)
+    {
+        app.MapGet("/", () => Results.Text("Transport.Winsock sample: try /plaintext, POST /echo or /stats.\n"));
+
+        app.MapGet("/plaintext", static (HttpContext context) =>
+        {
+            context.Response.ContentType = "text/plain";
+            context.Response.ContentLength = PlaintextBody.Length;
+            return context.Response.Body.WriteAsync(PlaintextBody).AsTask();
+        });
+
+        app.MapPost("/echo", static async (HttpContext context) =>
+        {
+            context.Response.ContentType = context.Request.ContentType ?? "application/octet-stream";
+            if (context.Request.ContentLength is long length)
+            {
+                context.Response.ContentLength = length;
+            }
+
+            await context.Request.Body.CopyToAsync(context.Response.Body, context.RequestAborted);
+        });
+
+        app.MapGet("/stats", static (HttpContext context) =>
+        {
+            var counters = context.RequestServices.GetService<WinsockTransportCounters>();
+            return counters is null
+                ? Results.Json(new { transport = "sockets" })
+                : Results.Json(new { transport = "winsock", counters });
+        });
+    }
+
+    /// <summary>The addresses the started server listens on (port 0 resolved).</summary>
+    public static ICollection<string> ServerAddresses(WebApplication app)
+        => app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses
+           ?? throw new InvalidOperationException("The server has no addresses feature.");
+}
