@@ -1,0 +1,113 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging.Abstractions;
+using Transport.Tests.Infrastructure;
+using Transport.Winsock;
+using Transport.Winsock.AcceptPool;
+using Transport.Winsock.Teardown;
+
+namespace Transport.Tests.Teardown;
+
+public sealed class SocketRecyclerTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
+
+    [Fact]
+    public async Task A_cleanly_closed_socket_is_disconnected_and_pooled()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 4, counters);
+        using var recycler = new SocketRecycler(pool, TimeSpan.FromSeconds(5), maxPending: 4, counters, NullLogger.Instance);
+        var socket = await ConnectedAndClosedBothWaysAsync();
+
+        recycler.Recycle(socket);
+
+        var pooled = await PollAsync(() => pool.TryRent());
+        Assert.Same(socket, pooled);
+        Assert.Equal(0, counters.DisconnectFailures);
+        Assert.Equal(0, counters.PendingDisconnects);
+        pooled.Dispose();
+    }
+
+    [Fact]
+    public async Task A_failed_disconnect_closes_the_socket_counts_it_and_pools_nothing()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 4, counters);
+        using var recycler = new SocketRecycler(pool, TimeSpan.FromSeconds(5), maxPending: 4, counters, NullLogger.Instance);
+        // Never connected: the reuse disconnect has nothing to disconnect and fails.
+        var socket = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+
+        recycler.Recycle(socket);
+
+        await PollAsync(() => counters.DisconnectFailures == 1 ? "failed" : null);
+        Assert.Null(pool.TryRent());
+        Assert.Equal(0, counters.PendingDisconnects);
+        Assert.Throws<ObjectDisposedException>(() => socket.Socket.Available);
+    }
+
+    [Fact]
+    public async Task Past_the_pending_cap_or_after_dispose_sockets_are_closed_not_recycled()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 4, counters);
+        var recycler = new SocketRecycler(pool, TimeSpan.FromSeconds(5), maxPending: 4, counters, NullLogger.Instance);
+        recycler.Dispose();
+        var socket = await ConnectedAndClosedBothWaysAsync();
+
+        recycler.Recycle(socket);
+
+        Assert.Throws<ObjectDisposedException>(() => socket.Socket.Available);
+        Assert.Null(pool.TryRent());
+        Assert.Equal(0, counters.PendingDisconnects);
+    }
+
+    [Fact]
+    public void A_full_pool_takes_nothing_more_and_a_disposed_pool_nothing_at_all()
+    {
+        var counters = new WinsockTransportCounters();
+        var pool = new SocketPool(capacity: 1, counters);
+        using var first = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        using var second = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+
+        Assert.True(pool.TryReturn(first));
+        Assert.False(pool.TryReturn(second));
+        Assert.Equal(1, counters.PooledSockets);
+
+        pool.Dispose();
+        Assert.Equal(0, counters.PooledSockets);
+        Assert.Throws<ObjectDisposedException>(() => first.Socket.Available);
+        Assert.False(pool.TryReturn(second));
+    }
+
+    // A server-side socket whose connection ended cleanly: FIN sent both ways, as a connection leaves it.
+    private static async Task<ReusableSocket> ConnectedAndClosedBothWaysAsync()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        using var client = await RawClient.ConnectAsync((IPEndPoint)listener.LocalEndPoint!);
+        var server = await listener.AcceptAsync(TestContext.Current.CancellationToken);
+
+        server.Shutdown(SocketShutdown.Send);
+        Assert.Empty(await RawClient.ReadToFinAsync(client, Bound));
+        client.Shutdown(SocketShutdown.Send);
+        Assert.Equal(0, await server.ReceiveAsync(new byte[1], SocketFlags.None, TestContext.Current.CancellationToken));
+        return new ReusableSocket(server);
+    }
+
+    private static async Task<T> PollAsync<T>(Func<T?> probe) where T : class
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        cts.CancelAfter(Bound);
+        while (true)
+        {
+            if (probe() is { } value)
+            {
+                return value;
+            }
+
+            await Task.Delay(10, cts.Token);
+        }
+    }
+}
