@@ -26,7 +26,9 @@ echo "== tests (Linux, $(dotnet --version))"
 report="$results/linux.xml"
 rm -f "$report"
 set +e
-dotnet "test/Transport.Tests/bin/$configuration/net10.0/Transport.Tests.dll" -xml "$report" -noLogo "$@"
+# Bounded: a hung test fails the run instead of eating CI's time.
+timeout --kill-after=30s "${TEST_TIMEOUT:-1200}s" \
+  dotnet "test/Transport.Tests/bin/$configuration/net10.0/Transport.Tests.dll" -xml "$report" -noLogo -noColor "$@"
 status=$?
 set -e
 
@@ -36,19 +38,9 @@ if [ ! -f "$report" ]; then
   echo "0 passed, 1 failed"
   exit 1
 fi
-read -r total failed skipped errors < <(python3 - "$report" <<'PY'
-import sys, xml.etree.ElementTree as ET
-root = ET.parse(sys.argv[1]).getroot()
-t = f = s = e = 0
-for a in root.iter("assembly"):
-    t += int(a.get("total", 0)); f += int(a.get("failed", 0))
-    s += int(a.get("skipped", 0)); e += int(a.get("errors", 0))
-errs = root.find("errors")
-if errs is not None:
-    e += len(errs.findall("error"))
-print(t, f, s, e)
-PY
-)
+# One <assembly total=".." failed=".." skipped=".." errors=".."> element per test assembly.
+attr() { grep -o "<assembly [^>]*" "$report" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]*' | awk '{s+=$1} END {print s+0}'; }
+total=$(attr total); failed=$(attr failed); skipped=$(attr skipped); errors=$(attr errors)
 passed=$((total - failed - skipped))
 failed=$((failed + errors))
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
