@@ -71,6 +71,13 @@ internal sealed partial class WinsockConnection
 
             _closeState = CloseState.Closed;
             _shutdownReason ??= reason;
+            if (_peerReset)
+            {
+                // The peer already reset: there is nothing left to abort, only a handle to close.
+                _socket.Close(abortive: false);
+                return;
+            }
+
             _socket.Close(abortive: true);
         }
 

@@ -32,6 +32,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
     private bool _receiveEnded;
     private bool _peerFinReceived;
     private volatile bool _peerReset;
+    private volatile bool _endSendingGracefully;
     private Task _processingTask = Task.CompletedTask;
 
     private enum CloseState
@@ -68,9 +69,22 @@ internal sealed partial class WinsockConnection : ConnectionContext
 
     public void Start() => _processingTask = ProcessAsync();
 
+    /// <summary>
+    /// With a reason: an abortive close (RST), as in Kestrel's Sockets transport. Without one (Kestrel's
+    /// HTTP/1.1 layer passes null when the client's FIN ends the connection): a graceful close, the same
+    /// FIN and teardown as when the application completes its output.
+    /// </summary>
     public override void Abort(ConnectionAbortedException abortReason)
     {
-        CloseAbortively(abortReason);
+        if (abortReason is null)
+        {
+            _endSendingGracefully = true;
+        }
+        else
+        {
+            CloseAbortively(abortReason);
+        }
+
         // Ends the send loop, which is waiting on the application's output.
         _output.Reader.CancelPendingRead();
     }
@@ -203,6 +217,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                 var result = await reader.ReadAsync().ConfigureAwait(false);
                 if (result.IsCanceled)
                 {
+                    completed = _endSendingGracefully;
                     break;
                 }
 
