@@ -2,9 +2,8 @@ namespace Transport.Winsock;
 
 /// <summary>
 /// Options for the Winsock reuse transport. Every value is checked when the host is built or started
-/// (whichever first creates the transport); an invalid
-/// value fails startup with an <see cref="Microsoft.Extensions.Options.OptionsValidationException"/>
-/// that names the option.
+/// (whichever first creates the transport); an invalid value fails with an
+/// <see cref="Microsoft.Extensions.Options.OptionsValidationException"/> that names the option.
 /// </summary>
 public sealed class WinsockTransportOptions
 {
