@@ -1,0 +1,240 @@
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Microsoft.AspNetCore.Connections;
+using Transport.Tests.Infrastructure;
+using Transport.Winsock;
+
+namespace Transport.Tests.Connections;
+
+/// <summary>
+/// How a connection ends, as the peer sees it on the wire and as the counters record it: a graceful end
+/// is a FIN after every byte and recycles the socket; an abort is an RST and the socket is never reused.
+/// </summary>
+public sealed class TeardownTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
+
+    [Theory]
+    [InlineData(TransportKind.Winsock)]
+    [InlineData(TransportKind.Sockets)]
+    public async Task Graceful_end_delivers_every_byte_then_a_fin(TransportKind transport)
+    {
+        var payload = RandomNumberGenerator.GetBytes(1024 * 1024);
+        await using var server = await ConnectionServer.StartAsync(transport, async context =>
+            await context.Transport.Output.WriteAsync(payload, TestContext.Current.CancellationToken));
+
+        using (var client = await RawClient.ConnectAsync(server.EndPoint))
+        {
+            // Throws on an RST; returns only after a read of 0, the FIN.
+            var received = await RawClient.ReadToFinAsync(client, Timeout);
+            Assert.Equal(payload.Length, received.Length);
+            Assert.True(payload.AsSpan().SequenceEqual(received), "the payload arrived altered");
+        }
+
+        if (server.Counters is { } counters)
+        {
+            // The client closed too: FIN both ways, so the socket is recycled.
+            Assert.True(await Eventually.TrueAsync(() => counters.GracefulCloses >= 1 && counters.PooledSockets >= 1, Timeout), Eventually.Describe(counters));
+            Assert.Equal(0, counters.AbortiveCloses);
+        }
+    }
+
+    [Fact]
+    public async Task Abort_sends_an_rst_and_its_socket_is_never_reused()
+    {
+        var connection = 0;
+        await using var server = await ConnectionServer.StartAsync(
+            TransportKind.Winsock,
+            async context =>
+            {
+                var ct = TestContext.Current.CancellationToken;
+                await context.Transport.Output.WriteAsync("partial"u8.ToArray(), ct);
+                if (Interlocked.Increment(ref connection) == 2)
+                {
+                    await context.Transport.Output.FlushAsync(ct);
+                    // Abort only once the client has spoken: an RST that beats the client's connect
+                    // completion surfaces as a failed connect instead of a reset read.
+                    await context.Transport.Input.ReadAsync(ct);
+                    context.Abort();
+                }
+            },
+            // One posted accept: which socket each connection gets is fully determined.
+            options => options.PendingAccepts = 1);
+        var counters = server.Counters!;
+
+        // Connection 1, graceful, into new socket S1; the slot reposts into new socket S2; S1 is recycled.
+        await ExpectFinAsync(server);
+        Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets == 1 && counters.PendingDisconnects == 0, Timeout), Eventually.Describe(counters));
+        Assert.Equal(2, counters.SocketsCreated);
+        Assert.Equal(0, counters.SocketsReused);
+
+        // Connection 2, aborted, on S2; the slot reposts into S1 from the pool.
+        using (var aborted = await RawClient.ConnectAsync(server.EndPoint))
+        {
+            await RawClient.SendAsync(aborted, "x");
+            var reset = await Assert.ThrowsAsync<SocketException>(() => RawClient.ReadToFinAsync(aborted, Timeout));
+            Assert.Equal(SocketError.ConnectionReset, reset.SocketErrorCode);
+        }
+
+        Assert.True(await Eventually.TrueAsync(() => counters.AbortiveCloses == 1, Timeout), Eventually.Describe(counters));
+
+        // Connection 3, graceful, on S1 (a reuse). If S2 had gone back to the pool, this accept's repost
+        // would take it instead of creating S3, and S1 coming back would make two pooled sockets.
+        await ExpectFinAsync(server);
+        Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets >= 1 && counters.PendingDisconnects == 0, Timeout), Eventually.Describe(counters));
+        Assert.Equal(3, counters.ConnectionsAccepted);
+        Assert.Equal(1, counters.SocketsReused);
+        Assert.Equal(3, counters.SocketsCreated);
+        Assert.Equal(1, counters.PooledSockets);
+        Assert.Equal(2, counters.GracefulCloses);
+        Assert.Equal(1, counters.AbortiveCloses);
+        Assert.Equal(0, counters.DisconnectFailures);
+    }
+
+    [Fact]
+    public async Task App_that_stops_reading_early_still_ends_with_a_fin_not_an_rst()
+    {
+        var response = RandomNumberGenerator.GetBytes(32 * 1024);
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Winsock, async context =>
+            await context.Transport.Output.WriteAsync(response, TestContext.Current.CancellationToken));
+        var counters = server.Counters!;
+
+        using var client = await RawClient.ConnectAsync(server.EndPoint);
+        // Far more than the default 1 MiB read buffer, all of it unread by the application.
+        var chunk = new byte[64 * 1024];
+        for (var i = 0; i < 64; i++)
+        {
+            await client.SendAsync(chunk, SocketFlags.None, TestContext.Current.CancellationToken);
+        }
+
+        client.Shutdown(SocketShutdown.Send);
+        var received = await RawClient.ReadToFinAsync(client, Timeout);
+        Assert.True(response.AsSpan().SequenceEqual(received), $"got {received.Length} of {response.Length} response bytes, or altered");
+
+        Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets == 1, Timeout), Eventually.Describe(counters));
+        Assert.Equal(1, counters.GracefulCloses);
+        Assert.Equal(0, counters.AbortiveCloses);
+        Assert.Equal(0, counters.DrainTimeouts);
+    }
+
+    [Fact]
+    public async Task Peer_that_never_closes_hits_the_drain_timeout_and_its_socket_is_not_reused()
+    {
+        await using var server = await ConnectionServer.StartAsync(
+            TransportKind.Winsock,
+            async context => await context.Transport.Output.WriteAsync("bye"u8.ToArray(), TestContext.Current.CancellationToken),
+            options =>
+            {
+                options.DrainTimeout = TimeSpan.FromMilliseconds(300);
+                options.PendingAccepts = 1;
+            });
+        var counters = server.Counters!;
+
+        // Connection 1 on new socket S1; the slot reposts into new socket S2.
+        using var lingering = await RawClient.ConnectAsync(server.EndPoint);
+        Assert.Equal("bye"u8.ToArray(), await RawClient.ReadToFinAsync(lingering, Timeout));
+        // The client never closes its side.
+        Assert.True(await Eventually.TrueAsync(() => counters.DrainTimeouts == 1, Timeout), Eventually.Describe(counters));
+        Assert.Equal(1, counters.GracefulCloses);
+        Assert.Equal(0, counters.PooledSockets);
+        Assert.Equal(0, counters.PendingDisconnects);
+
+        // Connection 2 on S2: with S1 closed, not pooled, the repost has to create S3.
+        await ExpectFinAsync(server, "bye"u8.ToArray());
+        Assert.True(await Eventually.TrueAsync(() => counters.SocketsCreated == 3, Timeout), Eventually.Describe(counters));
+        Assert.Equal(0, counters.SocketsReused);
+        Assert.Equal(0, counters.AbortiveCloses);
+        Assert.Equal(0, counters.DisconnectFailures);
+    }
+
+    [Fact]
+    public async Task Read_backpressure_stops_receiving_at_MaxReadBufferSize_and_loses_nothing()
+    {
+        const int MaxRead = 64 * 1024;
+        var ct = TestContext.Current.CancellationToken;
+        var payload = RandomNumberGenerator.GetBytes(4 * 1024 * 1024);
+        var startReading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var firstRead = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var received = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        await using var server = await ConnectionServer.StartAsync(
+            TransportKind.Winsock,
+            async context =>
+            {
+                await startReading.Task.WaitAsync(Timeout, ct);
+                var input = context.Transport.Input;
+                var all = new MemoryStream();
+                var result = await input.ReadAsync(ct);
+                firstRead.TrySetResult(result.Buffer.Length);
+                for (var reads = 0; reads < 100_000; reads++)
+                {
+                    foreach (var segment in result.Buffer)
+                    {
+                        all.Write(segment.Span);
+                    }
+
+                    input.AdvanceTo(result.Buffer.End);
+                    if (result.IsCompleted)
+                    {
+                        break;
+                    }
+
+                    result = await input.ReadAsync(ct);
+                }
+
+                received.TrySetResult(all.ToArray());
+            },
+            options => options.MaxReadBufferSize = MaxRead);
+
+        using var client = await RawClient.ConnectAsync(server.EndPoint);
+        long sent = 0;
+        var sending = Task.Run(
+            async () =>
+            {
+                for (var offset = 0; offset < payload.Length; offset += 64 * 1024)
+                {
+                    await client.SendAsync(payload.AsMemory(offset, 64 * 1024), SocketFlags.None, ct);
+                    Interlocked.Add(ref sent, 64 * 1024);
+                }
+
+                client.Shutdown(SocketShutdown.Send);
+            },
+            ct);
+
+        // Let the client push until the connection is full (its sends stop progressing) or it is done.
+        await WaitUntilStalledAsync(() => Interlocked.Read(ref sent), sending);
+        var sentBeforeReading = Interlocked.Read(ref sent);
+        Assert.True(sentBeforeReading >= 512 * 1024, $"the client got only {sentBeforeReading} bytes out: nothing to push back on");
+        startReading.SetResult();
+
+        // Everything the transport buffered while nobody read: the threshold plus at most one receive.
+        var buffered = await firstRead.Task.WaitAsync(Timeout, ct);
+        TestContext.Current.SendDiagnosticMessage($"backpressure: client sent {sentBeforeReading} bytes before the first read, which saw {buffered}");
+        Assert.InRange(buffered, MaxRead, MaxRead + (64 * 1024));
+
+        var all = await received.Task.WaitAsync(TimeSpan.FromSeconds(30), ct);
+        await sending.WaitAsync(Timeout, ct);
+        Assert.Equal(payload.Length, all.Length);
+        Assert.True(payload.AsSpan().SequenceEqual(all), "the upload arrived altered");
+    }
+
+    /// <summary>A connection whose handler writes and returns: the client reads up to the FIN, then closes.</summary>
+    private static async Task ExpectFinAsync(ConnectionServer server, byte[]? expected = null)
+    {
+        using var client = await RawClient.ConnectAsync(server.EndPoint);
+        Assert.Equal(expected ?? "partial"u8.ToArray(), await RawClient.ReadToFinAsync(client, Timeout));
+    }
+
+    private static async Task WaitUntilStalledAsync(Func<long> progress, Task done)
+    {
+        var last = -1L;
+        var unchanged = 0;
+        for (var polls = 0; polls < 100 && unchanged < 3 && !done.IsCompleted; polls++)
+        {
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+            var now = progress();
+            unchanged = now == last ? unchanged + 1 : 0;
+            last = now;
+        }
+    }
+}
