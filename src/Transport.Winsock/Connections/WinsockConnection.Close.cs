@@ -23,9 +23,9 @@ internal sealed partial class WinsockConnection
                 return;
             }
 
-            if (HalfClose.SendFin(Socket) != System.Net.Sockets.SocketError.Success)
+            if (HalfClose.SendFin(Socket) != Interop.WinsockErrorAction.Done)
             {
-                // Not connected any more: the peer is gone and there is nothing to close gracefully.
+                // Not connected any more (or the FIN could not be sent): close plainly, never reuse.
                 _closeState = CloseState.Closed;
                 _socket.Close(abortive: false);
                 return;
@@ -107,7 +107,7 @@ internal sealed partial class WinsockConnection
         bool recycle;
         lock (_closeLock)
         {
-            recycle = _closeState == CloseState.FinSent && _peerFinReceived && !_peerReset && _factory.ReuseSockets;
+            recycle = _closeState == CloseState.FinSent && _peerFinReceived && !_peerReset;
             _closeState = CloseState.Closed;
         }
 

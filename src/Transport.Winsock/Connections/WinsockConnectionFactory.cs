@@ -21,7 +21,6 @@ internal sealed class WinsockConnectionFactory
         Counters = counters;
         Logger = logger;
         DrainTimeout = options.DrainTimeout;
-        ReuseSockets = options.ReuseSockets && options.MaxPooledSockets > 0;
 
         // Kestrel's pipe shape: the transport's pipe ends run their continuations on the thread pool,
         // writers pause at the buffer limit and resume at half of it.
@@ -42,8 +41,6 @@ internal sealed class WinsockConnectionFactory
     public int MinReceiveSize { get; }
 
     public TimeSpan DrainTimeout { get; }
-
-    public bool ReuseSockets { get; }
 
     public SocketRecycler Recycler { get; }
 

@@ -18,6 +18,7 @@ public sealed class WinsockTransportCounters
     private long _disconnectFailures;
     private long _disconnectTimeouts;
     private int _reuseActive;
+    private string _reuseStatus = "not listening yet";
 
     /// <summary>Connections accepted and handed to the server.</summary>
     public long ConnectionsAccepted => Volatile.Read(ref _connectionsAccepted);
@@ -55,6 +56,9 @@ public sealed class WinsockTransportCounters
     /// <summary>Whether the most recently started listener recycles sockets.</summary>
     public bool ReuseActive => Volatile.Read(ref _reuseActive) != 0;
 
+    /// <summary>Why socket reuse is on or off (the option, the self-test's verdict, or a run-time fallback).</summary>
+    public string ReuseStatus => Volatile.Read(ref _reuseStatus);
+
     internal void ConnectionAccepted() => Interlocked.Increment(ref _connectionsAccepted);
     internal void SocketCreated() => Interlocked.Increment(ref _socketsCreated);
     internal void SocketReused() => Interlocked.Increment(ref _socketsReused);
@@ -66,5 +70,9 @@ public sealed class WinsockTransportCounters
     internal void DrainTimeout() => Interlocked.Increment(ref _drainTimeouts);
     internal void DisconnectFailure() => Interlocked.Increment(ref _disconnectFailures);
     internal void DisconnectTimeout() => Interlocked.Increment(ref _disconnectTimeouts);
-    internal void SetReuseActive(bool active) => Volatile.Write(ref _reuseActive, active ? 1 : 0);
+    internal void SetReuse(bool active, string status)
+    {
+        Volatile.Write(ref _reuseStatus, status);
+        Volatile.Write(ref _reuseActive, active ? 1 : 0);
+    }
 }

@@ -44,4 +44,10 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(13, LogLevel.Error, "Connection id \"{ConnectionId}\": a ConnectionClosed callback threw.", EventName = "ConnectionClosedCallbackFailed")]
     public static partial void ConnectionClosedCallbackFailed(this ILogger logger, string connectionId, Exception exception);
+
+    [LoggerMessage(14, LogLevel.Warning, "Socket reuse is off for {EndPoint}: {Reason}. Connections get fresh sockets and still end with a graceful close.", EventName = "ReuseOff")]
+    public static partial void ReuseOff(this ILogger logger, EndPoint? endPoint, string reason);
+
+    [LoggerMessage(15, LogLevel.Warning, "Socket reuse turned off for {EndPoint} after {Failures} failed recycles in a row; the last one: {LastFailure}.", EventName = "ReuseFallback")]
+    public static partial void ReuseFallback(this ILogger logger, EndPoint? endPoint, int failures, string lastFailure);
 }

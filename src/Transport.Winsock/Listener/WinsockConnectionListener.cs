@@ -28,6 +28,8 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     private readonly PostedAccepts _accepts;
     private readonly int _pendingAccepts;
     private readonly ILogger _logger;
+    private readonly ReuseDecision _reuse;
+    private readonly WinsockTransportCounters _counters;
     private Task? _unbindTask;
     private int _disposed;
 
@@ -35,26 +37,34 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         Socket listenSocket,
         MemoryPool<byte> memoryPool,
         WinsockTransportOptions options,
+        ReuseDecision reuse,
         WinsockTransportCounters counters,
         ILogger logger)
     {
         EndPoint = listenSocket.LocalEndPoint!;
         _memoryPool = memoryPool;
         _logger = logger;
+        _reuse = reuse;
+        _counters = counters;
         _pendingAccepts = options.PendingAccepts;
         _pool = new SocketPool(options.MaxPooledSockets, counters);
-        _recycler = new SocketRecycler(_pool, options.DisconnectTimeout, options.MaxPendingDisconnects, counters, logger);
+        _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
         _connections = new WinsockConnectionFactory(memoryPool, options, _recycler, counters, logger);
         _accepts = new PostedAccepts(listenSocket, _pool, OnAccepted, options.NoDelay, counters, logger);
-        counters.SetReuseActive(_connections.ReuseSockets);
     }
 
     public EndPoint EndPoint { get; }
 
     public void Start()
     {
+        _counters.SetReuse(_reuse.Active, _reuse.Reason);
+        if (!_reuse.Active && _reuse.Automatic)
+        {
+            _logger.ReuseOff(EndPoint, _reuse.Reason);
+        }
+
         _accepts.Start(_pendingAccepts);
-        _logger.ListenerStarted(EndPoint, _pendingAccepts, _connections.ReuseSockets ? "on" : "off");
+        _logger.ListenerStarted(EndPoint, _pendingAccepts, _reuse.Reason);
     }
 
     public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)

@@ -3,6 +3,9 @@ using System.Net;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using System.Net.Sockets;
+using Transport.Winsock.Interop;
+using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Listener;
 
@@ -32,7 +35,7 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
 
     public bool CanBind(EndPoint endpoint) => endpoint is IPEndPoint;
 
-    public ValueTask<IConnectionListener> BindAsync(EndPoint endpoint, CancellationToken cancellationToken = default)
+    public async ValueTask<IConnectionListener> BindAsync(EndPoint endpoint, CancellationToken cancellationToken = default)
     {
         if (endpoint is not IPEndPoint ipEndPoint)
         {
@@ -40,10 +43,26 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
         }
 
         var listenSocket = ListenSocket.Bind(ipEndPoint, _options.Backlog);
+        ReuseDecision reuse;
+        try
+        {
+            if (OperatingSystem.IsWindows() && WinsockExtensions.Probe(listenSocket, WinsockExtensions.AcceptEx) is var error and not SocketError.Success)
+            {
+                throw new NotSupportedException($"The Winsock provider for {endpoint} has no AcceptEx ({error}), so no transport can accept there with posted accepts; a layered provider (VPN, antivirus) may hide it.");
+            }
+
+            reuse = await ReuseDecision.DecideAsync(_options, listenSocket).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            listenSocket.Dispose();
+            throw;
+        }
+
         // The same pinned-block pool Kestrel's own transports take, when Kestrel has registered it.
         var memoryPool = _memoryPoolFactory?.Create(new MemoryPoolOptions { Owner = "winsock" }) ?? MemoryPool<byte>.Shared;
-        var listener = new WinsockConnectionListener(listenSocket, memoryPool, _options, _counters, _logger);
+        var listener = new WinsockConnectionListener(listenSocket, memoryPool, _options, reuse, _counters, _logger);
         listener.Start();
-        return new ValueTask<IConnectionListener>(listener);
+        return listener;
     }
 }

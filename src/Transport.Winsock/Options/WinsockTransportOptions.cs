@@ -71,8 +71,11 @@ public sealed class WinsockTransportOptions
 
     /// <summary>
     /// Whether finished connections' sockets are recycled with a reuse disconnect and accepted into again.
-    /// When <see langword="false"/>, every connection gets a fresh socket, still ends with a graceful
-    /// half-close, and is then closed. Defaults to <see langword="true"/>.
+    /// <see langword="null"/> (the default): each listener checks at startup that the socket's provider has
+    /// DisconnectEx and runs a one-off loopback self-test of accept, disconnect with reuse and accept
+    /// again; it reuses only if both pass, and turns reuse off later if 10 recycles in a row fail.
+    /// <see langword="true"/> forces reuse on (no self-test, no fallback); <see langword="false"/> turns it
+    /// off: every connection gets a fresh socket, still ends with a graceful half-close, and is closed.
     /// </summary>
-    public bool ReuseSockets { get; set; } = true;
+    public bool? ReuseSockets { get; set; }
 }

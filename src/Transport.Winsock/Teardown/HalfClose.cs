@@ -7,10 +7,12 @@ namespace Transport.Winsock.Teardown;
 internal static class HalfClose
 {
     /// <summary>
-    /// Sends a FIN: WSASendDisconnect on Windows, shutdown(SHUT_WR) elsewhere. Returns the socket error;
-    /// <see cref="SocketError.NotConnected"/> means the peer is already gone and there is nothing to close.
+    /// Sends a FIN: WSASendDisconnect on Windows, shutdown(SHUT_WR) elsewhere.
+    /// <see cref="WinsockErrorAction.NotConnected"/> means the peer is already gone and there is nothing to close.
     /// </summary>
-    public static SocketError SendFin(Socket socket)
+    public static WinsockErrorAction SendFin(Socket socket) => WinsockErrors.Classify(TrySendFin(socket));
+
+    private static SocketError TrySendFin(Socket socket)
     {
         try
         {

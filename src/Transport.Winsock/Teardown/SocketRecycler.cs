@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
@@ -9,36 +10,56 @@ namespace Transport.Winsock.Teardown;
 /// Recycles the sockets of connections that ended cleanly (FIN both ways): a reuse disconnect
 /// (DisconnectEx with TF_REUSE_SOCKET on Windows), bounded in time and in number, then back to the pool.
 /// Runs detached from the connection, so a disconnect held up by TIME_WAIT never holds a connection, a
-/// thread or the pool; one that fails or times out only costs its socket.
+/// thread or the pool; one that fails or times out only costs its socket. When reuse was decided
+/// automatically, a burst of failed recycles turns it off for the listener, as Apache httpd does after
+/// repeated AcceptEx faults.
 /// </summary>
 internal sealed class SocketRecycler : IDisposable
 {
+    internal const int FailuresBeforeFallback = 10;
+
     private readonly SocketPool _pool;
     private readonly TimeSpan _disconnectTimeout;
     private readonly int _maxPending;
+    private readonly bool _canFallBack;
+    private readonly EndPoint _endPoint;
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
     private readonly HashSet<ReusableSocket> _pending = [];
     private readonly Lock _lock = new();
     private readonly Action<object> _onDisconnectExpired;
+    private volatile bool _active;
+    private int _failuresInARow;
     private bool _disposed;
 
-    public SocketRecycler(SocketPool pool, TimeSpan disconnectTimeout, int maxPending, WinsockTransportCounters counters, ILogger logger)
+    public SocketRecycler(
+        SocketPool pool,
+        WinsockTransportOptions options,
+        ReuseDecision decision,
+        EndPoint endPoint,
+        WinsockTransportCounters counters,
+        ILogger logger)
     {
         _pool = pool;
-        _disconnectTimeout = disconnectTimeout;
-        _maxPending = maxPending;
+        _disconnectTimeout = options.DisconnectTimeout;
+        _maxPending = options.MaxPendingDisconnects;
+        _active = decision.Active;
+        _canFallBack = decision.Automatic;
+        _endPoint = endPoint;
         _counters = counters;
         _logger = logger;
         _onDisconnectExpired = state => OnDisconnectExpired((ReusableSocket)state);
     }
+
+    /// <summary>Whether sockets are recycled at all; false from the start, or after a fallback.</summary>
+    public bool IsActive => _active;
 
     /// <summary>Takes ownership of a cleanly finished connection's socket: it ends up pooled or closed.</summary>
     public void Recycle(ReusableSocket socket)
     {
         lock (_lock)
         {
-            if (_disposed || _pending.Count >= _maxPending)
+            if (!_active || _disposed || _pending.Count >= _maxPending)
             {
                 socket.Dispose();
                 return;
@@ -81,8 +102,12 @@ internal sealed class SocketRecycler : IDisposable
             _counters.DisconnectFailure();
             _logger.DisconnectFailed(error);
             socket.Dispose();
+            OnFailure(error.ToString());
+            return;
         }
-        else if (!_pool.TryReturn(socket))
+
+        Interlocked.Exchange(ref _failuresInARow, 0);
+        if (!_pool.TryReturn(socket))
         {
             socket.Dispose();
         }
@@ -100,6 +125,19 @@ internal sealed class SocketRecycler : IDisposable
         // Closing the handle cancels the disconnect where the platform can; where it cannot (Wine), the
         // operation is abandoned with its socket.
         socket.Close(abortive: false);
+        OnFailure($"no completion within {_disconnectTimeout.TotalMilliseconds:0} ms");
+    }
+
+    private void OnFailure(string failure)
+    {
+        if (!_canFallBack || Interlocked.Increment(ref _failuresInARow) != FailuresBeforeFallback)
+        {
+            return;
+        }
+
+        _active = false;
+        _counters.SetReuse(false, $"off: {FailuresBeforeFallback} recycles in a row failed (the last: {failure})");
+        _logger.ReuseFallback(_endPoint, FailuresBeforeFallback, failure);
     }
 
     private bool Release(ReusableSocket socket)

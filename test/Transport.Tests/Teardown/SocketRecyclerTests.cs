@@ -12,12 +12,12 @@ public sealed class SocketRecyclerTests
 {
     private static readonly TimeSpan Bound = TimeSpan.FromSeconds(10);
 
-    [Fact]
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
     public async Task A_cleanly_closed_socket_is_disconnected_and_pooled()
     {
         var counters = new WinsockTransportCounters();
         using var pool = new SocketPool(capacity: 4, counters);
-        using var recycler = new SocketRecycler(pool, TimeSpan.FromSeconds(5), maxPending: 4, counters, NullLogger.Instance);
+        using var recycler = CreateRecycler(pool, counters);
         var socket = await ConnectedAndClosedBothWaysAsync();
 
         recycler.Recycle(socket);
@@ -34,9 +34,8 @@ public sealed class SocketRecyclerTests
     {
         var counters = new WinsockTransportCounters();
         using var pool = new SocketPool(capacity: 4, counters);
-        using var recycler = new SocketRecycler(pool, TimeSpan.FromSeconds(5), maxPending: 4, counters, NullLogger.Instance);
-        // Never connected: the reuse disconnect has nothing to disconnect and fails.
-        var socket = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        using var recycler = CreateRecycler(pool, counters);
+        var socket = NeverConnected();
 
         recycler.Recycle(socket);
 
@@ -51,7 +50,7 @@ public sealed class SocketRecyclerTests
     {
         var counters = new WinsockTransportCounters();
         using var pool = new SocketPool(capacity: 4, counters);
-        var recycler = new SocketRecycler(pool, TimeSpan.FromSeconds(5), maxPending: 4, counters, NullLogger.Instance);
+        var recycler = CreateRecycler(pool, counters);
         recycler.Dispose();
         var socket = await ConnectedAndClosedBothWaysAsync();
 
@@ -79,6 +78,64 @@ public sealed class SocketRecyclerTests
         Assert.Throws<ObjectDisposedException>(() => first.Socket.Available);
         Assert.False(pool.TryReturn(second));
     }
+
+    [Fact]
+    public async Task Ten_failed_recycles_in_a_row_turn_automatic_reuse_off()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64);
+
+        for (var i = 0; i < SocketRecycler.FailuresBeforeFallback; i++)
+        {
+            Assert.True(recycler.IsActive);
+            recycler.Recycle(NeverConnected());
+            await PollAsync(() => counters.DisconnectFailures == i + 1 ? "failed" : null);
+        }
+
+        Assert.False(recycler.IsActive);
+        Assert.False(counters.ReuseActive);
+        Assert.Contains("10 recycles in a row failed", counters.ReuseStatus, StringComparison.Ordinal);
+
+        // From now on sockets are closed without a disconnect attempt.
+        var socket = await ConnectedAndClosedBothWaysAsync();
+        recycler.Recycle(socket);
+        Assert.Throws<ObjectDisposedException>(() => socket.Socket.Available);
+        Assert.Equal(SocketRecycler.FailuresBeforeFallback, counters.DisconnectFailures);
+    }
+
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
+    public async Task Forced_reuse_keeps_recycling_whatever_fails()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: false, "on: forced"), maxPending: 64);
+
+        for (var i = 0; i < SocketRecycler.FailuresBeforeFallback + 2; i++)
+        {
+            recycler.Recycle(NeverConnected());
+            await PollAsync(() => counters.DisconnectFailures == i + 1 ? "failed" : null);
+        }
+
+        Assert.True(recycler.IsActive);
+        var socket = await ConnectedAndClosedBothWaysAsync();
+        recycler.Recycle(socket);
+        Assert.Same(socket, await PollAsync(() => pool.TryRent()));
+        socket.Dispose();
+    }
+
+    private static SocketRecycler CreateRecycler(SocketPool pool, WinsockTransportCounters counters, ReuseDecision? decision = null, int maxPending = 4)
+        => new(
+            pool,
+            new WinsockTransportOptions { DisconnectTimeout = TimeSpan.FromSeconds(5), MaxPendingDisconnects = maxPending },
+            decision ?? new ReuseDecision(true, Automatic: false, "on: test"),
+            new IPEndPoint(IPAddress.Loopback, 0),
+            counters,
+            NullLogger.Instance);
+
+    // A reuse disconnect on a socket that never connected fails for real.
+    private static ReusableSocket NeverConnected()
+        => new(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
 
     // A server-side socket whose connection ended cleanly: FIN sent both ways, as a connection leaves it.
     private static async Task<ReusableSocket> ConnectedAndClosedBothWaysAsync()

@@ -1,0 +1,42 @@
+using System.Net.Sockets;
+using Transport.Winsock.Interop;
+
+namespace Transport.Winsock.Teardown;
+
+/// <summary>Whether a listener recycles its sockets, and why, in words a log or /stats can show.</summary>
+internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
+{
+    /// <summary>
+    /// <see cref="WinsockTransportOptions.ReuseSockets"/> forces the answer; left null, the provider
+    /// check (Windows) and the self-test decide, and a burst of failed recycles can still turn it off.
+    /// </summary>
+    public static async Task<ReuseDecision> DecideAsync(WinsockTransportOptions options, Socket listenSocket)
+    {
+        if (options.MaxPooledSockets == 0)
+        {
+            return new(false, false, "off: MaxPooledSockets is 0");
+        }
+
+        switch (options.ReuseSockets)
+        {
+            case true:
+                return new(true, false, "on: forced by ReuseSockets = true");
+            case false:
+                return new(false, false, "off: ReuseSockets = false");
+        }
+
+        if (OperatingSystem.IsWindows())
+        {
+            var missing = WinsockExtensions.Probe(listenSocket, WinsockExtensions.DisconnectEx);
+            if (missing != SocketError.Success)
+            {
+                return new(false, true, $"off: the socket's Winsock provider has no DisconnectEx ({missing}); a layered provider (VPN, antivirus) may hide it");
+            }
+        }
+
+        var failure = await ReuseSelfTest.RunOnceAsync().ConfigureAwait(false);
+        return failure is null
+            ? new(true, true, "on: the reuse self-test passed")
+            : new(false, true, $"off: the reuse self-test failed: {failure}");
+    }
+}

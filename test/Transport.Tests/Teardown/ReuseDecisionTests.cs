@@ -1,0 +1,55 @@
+using System.Net;
+using System.Net.Sockets;
+using Transport.Winsock;
+using Transport.Winsock.Teardown;
+
+namespace Transport.Tests.Teardown;
+
+public sealed class ReuseDecisionTests
+{
+    [Theory]
+    [InlineData(true, true, "on: forced by ReuseSockets = true")]
+    [InlineData(false, false, "off: ReuseSockets = false")]
+    public async Task The_option_forces_the_decision_and_no_fallback(bool forced, bool active, string reason)
+    {
+        using var listenSocket = Listening();
+        var decision = await ReuseDecision.DecideAsync(new WinsockTransportOptions { ReuseSockets = forced }, listenSocket);
+        Assert.Equal(new ReuseDecision(active, Automatic: false, reason), decision);
+    }
+
+    [Fact]
+    public async Task A_pool_of_zero_sockets_means_no_reuse()
+    {
+        using var listenSocket = Listening();
+        var decision = await ReuseDecision.DecideAsync(new WinsockTransportOptions { MaxPooledSockets = 0 }, listenSocket);
+        Assert.False(decision.Active);
+        Assert.Contains("MaxPooledSockets", decision.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Left_automatic_the_self_test_decides()
+    {
+        using var listenSocket = Listening();
+        var decision = await ReuseDecision.DecideAsync(new WinsockTransportOptions(), listenSocket);
+
+        Assert.True(decision.Automatic);
+        if (Infrastructure.WinePlatform.IsWine)
+        {
+            // Wine 8 never completes an overlapped DisconnectEx: the self-test must catch that.
+            Assert.False(decision.Active);
+            Assert.Contains("DisconnectEx", decision.Reason, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Equal(new ReuseDecision(true, Automatic: true, "on: the reuse self-test passed"), decision);
+        }
+    }
+
+    private static Socket Listening()
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        socket.Listen();
+        return socket;
+    }
+}
