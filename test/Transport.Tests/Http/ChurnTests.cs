@@ -4,7 +4,7 @@ namespace Transport.Tests.Http;
 
 public sealed class ChurnTests
 {
-    [Fact]
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
     public async Task Thousands_of_connection_close_requests_all_succeed_and_reuse_sockets()
     {
         const int Requests = 2000;

@@ -26,9 +26,16 @@ public sealed class ListenerTests
 
         Assert.True(selector.CanBind(new IPEndPoint(IPAddress.Loopback, 0)));
         Assert.True(selector.CanBind(new IPEndPoint(IPAddress.IPv6Any, 8080)));
-        Assert.False(selector.CanBind(new UnixDomainSocketEndPoint(Path.Combine(Path.GetTempPath(), "winsock-test.sock"))));
         Assert.False(selector.CanBind(new NamedPipeEndPoint("winsock-test")));
         Assert.False(selector.CanBind(new FileHandleEndPoint(42, FileHandleType.Tcp)));
+    }
+
+    [NotUnderWineFact(WinePlatform.NoUnixSockets)]
+    public async Task Factory_leaves_unix_domain_socket_endpoints_to_other_transports()
+    {
+        await using var services = BuildServices();
+        var selector = Assert.IsAssignableFrom<IConnectionListenerFactorySelector>(Assert.Single(services.GetServices<IConnectionListenerFactory>()));
+        Assert.False(selector.CanBind(new UnixDomainSocketEndPoint(Path.Combine(Path.GetTempPath(), "winsock-test.sock"))));
     }
 
     [Fact]
@@ -100,7 +107,7 @@ public sealed class ListenerTests
         Assert.Null(await AcceptAsync(listener));
     }
 
-    [Fact]
+    [NotUnderWineFact(WinePlatform.NoUnixSockets)]
     public async Task In_a_host_unix_socket_endpoints_fall_through_to_kestrels_transport_while_tcp_uses_ours()
     {
         var ct = TestContext.Current.CancellationToken;

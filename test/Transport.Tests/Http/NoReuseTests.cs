@@ -1,0 +1,65 @@
+using System.Net;
+using Transport.Tests.Infrastructure;
+
+namespace Transport.Tests.Http;
+
+/// <summary>
+/// The path without reuse: fresh sockets, a graceful half-close, then close. It is what runs when
+/// ReuseSockets is false, and what the self-test falls back to where reuse is broken (Wine).
+/// </summary>
+public sealed class NoReuseTests
+{
+    [Fact]
+    public async Task With_reuse_forced_off_churn_is_served_on_fresh_sockets_each_ending_with_a_fin()
+    {
+        const int Requests = 500;
+        await using var server = await SampleServer.StartAsync(configure: options => options.ReuseSockets = false);
+        using var client = server.CreateClosingClient();
+
+        for (var i = 0; i < Requests; i++)
+        {
+            Assert.Equal(KestrelApp.SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
+        }
+
+        await AssertFinOnGracefulEndAsync(server);
+        var counters = server.Counters;
+        Assert.False(counters.ReuseActive);
+        Assert.Equal("off: ReuseSockets = false", counters.ReuseStatus);
+        Assert.Equal(0, counters.SocketsReused);
+        Assert.Equal(0, counters.PooledSockets);
+        Assert.True(counters.SocketsCreated > Requests, Eventually.Describe(counters));
+        Assert.Equal(0, counters.AbortiveCloses);
+    }
+
+    [Fact(Skip = "Runs only under Wine, the one platform here where socket reuse is broken; elsewhere ChurnTests covers reuse.", SkipUnless = nameof(WinePlatform.IsWine), SkipType = typeof(WinePlatform))]
+    public async Task Where_reuse_is_broken_the_self_test_turns_it_off_and_thousands_of_requests_succeed()
+    {
+        const int Requests = 2000;
+        await using var server = await SampleServer.StartAsync();
+        using var client = server.CreateClosingClient();
+
+        for (var i = 0; i < Requests; i++)
+        {
+            Assert.Equal(KestrelApp.SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
+        }
+
+        await AssertFinOnGracefulEndAsync(server);
+        var counters = server.Counters;
+        Assert.False(counters.ReuseActive);
+        Assert.StartsWith("off: the reuse self-test failed", counters.ReuseStatus, StringComparison.Ordinal);
+        Assert.Equal(0, counters.SocketsReused);
+        Assert.True(counters.ConnectionsAccepted >= Requests, Eventually.Describe(counters));
+        Assert.Equal(0, counters.AbortiveCloses);
+        TestContext.Current.SendDiagnosticMessage($"wine: {counters.ReuseStatus}; {Eventually.Describe(counters)}");
+    }
+
+    // A raw request with Connection: close: the whole response, then a FIN (a read of 0), never an RST.
+    private static async Task AssertFinOnGracefulEndAsync(SampleServer server)
+    {
+        using var socket = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, server.Port));
+        await RawClient.SendAsync(socket, "GET /plaintext HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        var response = System.Text.Encoding.ASCII.GetString(await RawClient.ReadToFinAsync(socket, TimeSpan.FromSeconds(10)));
+        Assert.StartsWith("HTTP/1.1 200 OK", response, StringComparison.Ordinal);
+        Assert.EndsWith("Hello, World!", response, StringComparison.Ordinal);
+    }
+}
