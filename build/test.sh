@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Restores, builds the whole solution with warnings as errors, runs the test suite (an xunit.v3
-# executable) and ends with the totals alone on a line: "N passed, N failed, N skipped".
-# Exits non-zero when the build fails or any test fails.
+# Runs the whole test suite twice: natively on Linux, then on the Windows API under Wine (the
+# suite and the sample app published for win-x64, self-contained). Installs wine64 (and curl) with
+# apt-get when missing. Ends with the combined totals alone on a line: "N passed, N failed, N skipped".
+# Exits non-zero when the build fails or any test fails on either side.
+#   WINE=0 build/test.sh       skip the Wine stage (a quick local loop; CI always runs it)
+#   build/test.sh -class X     extra arguments go to the test runner on both sides
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 configuration="${CONFIGURATION:-Release}"
-results="$root/artifacts/test-results"
+artifacts="$root/artifacts"
+results="$artifacts/test-results"
 mkdir -p "$results"
-
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
 if ! command -v dotnet >/dev/null 2>&1; then
@@ -17,12 +20,42 @@ if ! command -v dotnet >/dev/null 2>&1; then
   exit 1
 fi
 
+total_passed=0 total_failed=0 total_skipped=0
+summary=()
+
+# Sums one attribute over the <assembly> elements of an xunit XML report.
+attr() { grep -o "<assembly [^>]*" "$1" | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9]*' | awk '{s+=$1} END {print s+0}'; }
+
+# record LABEL REPORT RUNNER_EXIT: adds a run's totals; a missing report counts as a failure.
+record() {
+  local label=$1 report=$2 status=$3
+  if [ ! -f "$report" ]; then
+    echo "test.sh: $label: no test report (runner exit code $status)" >&2
+    summary+=("$label: no report, runner exit code $status")
+    total_failed=$((total_failed + 1))
+    return
+  fi
+  local total failed skipped errors passed
+  total=$(attr "$report" total); failed=$(attr "$report" failed)
+  skipped=$(attr "$report" skipped); errors=$(attr "$report" errors)
+  passed=$((total - failed - skipped)); failed=$((failed + errors))
+  if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  if [ "$total" -eq 0 ]; then failed=$((failed + 1)); fi
+  summary+=("$label: $passed passed, $failed failed, $skipped skipped")
+  total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed)); total_skipped=$((total_skipped + skipped))
+}
+
+# Skipped tests of a report, grouped by reason.
+skip_reasons() {
+  tr '\n' ' ' < "$1" | grep -o '<reason><!\[CDATA\[[^]]*' | sed 's/<reason><!\[CDATA\[//' | sort | uniq -c | sed 's/^/    /' || true
+}
+
 echo "== restore"
 dotnet restore Transport.sln
 echo "== build ($configuration, warnings as errors)"
 dotnet build Transport.sln --no-restore -c "$configuration" -warnaserror
 
-echo "== tests (Linux, $(dotnet --version))"
+echo "== tests on Linux ($(dotnet --version))"
 report="$results/linux.xml"
 rm -f "$report"
 set +e
@@ -31,20 +64,80 @@ timeout --kill-after=30s "${TEST_TIMEOUT:-1200}s" \
   dotnet "test/Transport.Tests/bin/$configuration/net10.0/Transport.Tests.dll" -xml "$report" -noLogo -noColor "$@"
 status=$?
 set -e
+record "Linux" "$report" "$status"
 
-# Totals from xunit's XML report; a missing report means the runner never got to run tests.
-if [ ! -f "$report" ]; then
-  echo "test.sh: no test report at $report (runner exit code $status)" >&2
-  echo "0 passed, 1 failed"
-  exit 1
+if [ "${WINE:-1}" != "0" ]; then
+  wine_dir="$artifacts/wine"
+  wine="/usr/lib/wine/wine64"
+  if [ ! -x "$wine" ] || ! command -v curl >/dev/null 2>&1; then
+    echo "== installing wine64 and curl (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wine64 curl >/dev/null
+  fi
+
+  echo "== publishing the suite and the sample for win-x64 (self-contained)"
+  rm -rf "$wine_dir"
+  dotnet publish test/Transport.Tests/Transport.Tests.csproj -c "$configuration" -r win-x64 --self-contained -warnaserror -o "$wine_dir/tests" -v quiet -nologo
+  dotnet publish samples/KestrelApp/KestrelApp.csproj -c "$configuration" -r win-x64 --self-contained -warnaserror -o "$wine_dir/sample" -v quiet -nologo
+
+  # A fresh prefix each run; W^X off, or the CLR under Wine crashes under connection churn.
+  export WINEPREFIX="$wine_dir/prefix" WINEDEBUG=-all DOTNET_EnableWriteXorExecute=0 WINEDLLOVERRIDES="mshtml="
+  timeout 180s "$wine" wineboot -i >/dev/null 2>&1 || true
+
+  echo "== tests on the Windows API under Wine ($("$wine" --version 2>/dev/null || echo wine))"
+  report="$results/wine.xml"
+  rm -f "$report"
+  set +e
+  (cd "$wine_dir/tests" && timeout --kill-after=30s "${TEST_TIMEOUT:-1200}s" \
+    "$wine" Transport.Tests.exe -xml wine.xml -noLogo -noColor "$@")
+  status=$?
+  set -e
+  [ -f "$wine_dir/tests/wine.xml" ] && cp "$wine_dir/tests/wine.xml" "$report"
+  record "Wine" "$report" "$status"
+  if [ -f "$report" ]; then
+    echo "  skipped under Wine, by reason:"
+    skip_reasons "$report"
+  fi
+
+  echo "== the sample app under Wine, answering curl from Linux"
+  log="$wine_dir/sample.log"
+  (cd "$wine_dir/sample" && exec "$wine" KestrelApp.exe --urls http://127.0.0.1:0 >"$log" 2>&1) &
+  sample_pid=$!
+  url=""
+  for _ in $(seq 1 120); do
+    url=$(grep -o 'Now listening on: http://127.0.0.1:[0-9]*' "$log" 2>/dev/null | head -1 | sed 's/Now listening on: //') || true
+    [ -n "$url" ] && break
+    sleep 0.5
+  done
+  sample_ok=1
+  if [ -z "$url" ]; then
+    echo "  the sample did not start under Wine:"; sed 's/^/    /' "$log" | tail -20
+    sample_ok=0
+  else
+    body=$(curl -s --max-time 10 "$url/plaintext" || true)
+    failures=0
+    for _ in $(seq 1 200); do
+      curl -s --max-time 10 -H 'Connection: close' "$url/plaintext" >/dev/null || failures=$((failures + 1))
+    done
+    stats=$(curl -s --max-time 10 "$url/stats" || true)
+    echo "  $url/plaintext -> '$body'; 200 Connection: close requests, $failures failed"
+    echo "  $url/stats -> $stats"
+    if [ "$body" != "Hello, World!" ] || [ "$failures" -ne 0 ] || ! grep -q '"connectionsAccepted":20[2-9]' <<<"$stats"; then
+      sample_ok=0
+    fi
+  fi
+  kill "$sample_pid" 2>/dev/null || true
+  /usr/lib/wine/wineserver64 -k 2>/dev/null || true
+  wait "$sample_pid" 2>/dev/null || true
+  if [ "$sample_ok" -eq 1 ]; then
+    summary+=("Wine sample: served curl")
+  else
+    summary+=("Wine sample: FAILED")
+    total_failed=$((total_failed + 1))
+  fi
 fi
-# One <assembly total=".." failed=".." skipped=".." errors=".."> element per test assembly.
-attr() { grep -o "<assembly [^>]*" "$report" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]*' | awk '{s+=$1} END {print s+0}'; }
-total=$(attr total); failed=$(attr failed); skipped=$(attr skipped); errors=$(attr errors)
-passed=$((total - failed - skipped))
-failed=$((failed + errors))
-if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
-  failed=1
-fi
-echo "$passed passed, $failed failed, $skipped skipped"
-[ "$failed" -eq 0 ] && [ "$total" -gt 0 ]
+
+echo "== totals"
+printf '  %s\n' "${summary[@]}"
+echo "$total_passed passed, $total_failed failed, $total_skipped skipped"
+[ "$total_failed" -eq 0 ]
