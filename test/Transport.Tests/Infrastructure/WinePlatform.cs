@@ -15,6 +15,12 @@ public static class WinePlatform
         && NativeLibrary.TryLoad("ntdll.dll", out var ntdll)
         && NativeLibrary.TryGetExport(ntdll, "wine_get_version", out _);
 
+    /// <summary>For SkipUnless: Windows, or Windows under Wine.</summary>
+    public static bool IsWindowsApi => OperatingSystem.IsWindows();
+
+    public const string NotWindowsApi =
+        "Calls ws2_32.dll, which exists only on Windows (or under Wine); this run is on Linux.";
+
     public const string NoSocketReuse =
         "Wine 8 does not implement DisconnectEx(TF_REUSE_SOCKET): an overlapped reuse disconnect never completes, so the transport runs without reuse there.";
 
