@@ -13,7 +13,9 @@ public static class WinsockTransportServiceCollectionExtensions
     /// <summary>
     /// Registers the Winsock reuse transport so Kestrel binds every TCP <see cref="System.Net.IPEndPoint"/>
     /// through it; other endpoint types fall through to Kestrel's own transports. Also registers
-    /// <see cref="WinsockTransportCounters"/>. Options are validated when the host starts.
+    /// <see cref="WinsockTransportCounters"/>. Options bind from the configuration section
+    /// <c>Kestrel:Transport:Winsock</c> (e.g. <c>Kestrel__Transport__Winsock__PendingAccepts=32</c>), then
+    /// <paramref name="configure"/> applies on top; the result is validated when the host is built.
     /// </summary>
     /// <param name="services">The host's services.</param>
     /// <param name="configure">Sets <see cref="WinsockTransportOptions"/>; may be <see langword="null"/>.</param>
@@ -23,6 +25,7 @@ public static class WinsockTransportServiceCollectionExtensions
         ArgumentNullException.ThrowIfNull(services);
 
         var options = services.AddOptions<WinsockTransportOptions>().ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IConfigureOptions<WinsockTransportOptions>, WinsockTransportOptionsSetup>());
         if (configure is not null)
         {
             options.Configure(configure);
@@ -30,6 +33,7 @@ public static class WinsockTransportServiceCollectionExtensions
 
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<WinsockTransportOptions>, WinsockTransportOptionsValidator>());
         services.TryAddSingleton<WinsockTransportCounters>();
+        services.TryAddSingleton<Transport.Winsock.Diagnostics.WinsockTransportMeter>();
         // Kestrel asks the most recently registered transport first, so this one claims TCP endpoints
         // ahead of the Sockets transport registered by UseKestrel.
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IConnectionListenerFactory, WinsockTransportFactory>());
