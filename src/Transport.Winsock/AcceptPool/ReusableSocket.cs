@@ -29,6 +29,9 @@ internal sealed class ReusableSocket : IDisposable
 
     public SocketDeadline Deadline { get; } = new();
 
+    /// <summary>When its current reuse disconnect started (a Stopwatch timestamp).</summary>
+    public long DisconnectStarted { get; set; }
+
     /// <summary>How many connections this socket has carried.</summary>
     public int Connections { get; private set; }
 

@@ -59,6 +59,14 @@ public sealed class WinsockTransportCounters
     /// <summary>Why socket reuse is on or off (the option, the self-test's verdict, or a run-time fallback).</summary>
     public string ReuseStatus => Volatile.Read(ref _reuseStatus);
 
+    /// <summary>Set by the meter: where disconnect durations are recorded.</summary>
+    internal System.Diagnostics.Metrics.Histogram<double>? DisconnectDuration { get; set; }
+
+    internal void DisconnectFinished(long startTimestamp, string outcome)
+        => DisconnectDuration?.Record(
+            System.Diagnostics.Stopwatch.GetElapsedTime(startTimestamp).TotalSeconds,
+            new KeyValuePair<string, object?>("winsock.disconnect.outcome", outcome));
+
     internal void ConnectionAccepted() => Interlocked.Increment(ref _connectionsAccepted);
     internal void SocketCreated() => Interlocked.Increment(ref _socketsCreated);
     internal void SocketReused() => Interlocked.Increment(ref _socketsReused);

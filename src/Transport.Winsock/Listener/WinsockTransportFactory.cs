@@ -23,12 +23,15 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
     public WinsockTransportFactory(
         IOptions<WinsockTransportOptions> options,
         WinsockTransportCounters counters,
+        Diagnostics.WinsockTransportMeter meter,
         ILoggerFactory loggerFactory,
         IMemoryPoolFactory<byte>? memoryPoolFactory = null)
     {
         // Reading Value runs the validator: bad options fail here, naming the option.
         _options = options.Value;
         _counters = counters;
+        // The meter lives as long as the host's services; taking it here creates it with the transport.
+        _ = meter;
         _memoryPoolFactory = memoryPoolFactory;
         _logger = loggerFactory.CreateLogger("Transport.Winsock");
     }

@@ -74,6 +74,7 @@ internal sealed class SocketRecycler : IDisposable
 
     private async Task DisconnectAsync(ReusableSocket socket)
     {
+        socket.DisconnectStarted = System.Diagnostics.Stopwatch.GetTimestamp();
         socket.Deadline.Arm(_disconnectTimeout, _onDisconnectExpired, socket);
         var error = SocketError.Success;
         try
@@ -97,6 +98,7 @@ internal sealed class SocketRecycler : IDisposable
             return;
         }
 
+        _counters.DisconnectFinished(socket.DisconnectStarted, error == SocketError.Success ? "success" : "failure");
         if (error != SocketError.Success)
         {
             _counters.DisconnectFailure();
@@ -121,6 +123,7 @@ internal sealed class SocketRecycler : IDisposable
         }
 
         _counters.DisconnectTimeout();
+        _counters.DisconnectFinished(socket.DisconnectStarted, "timeout");
         _logger.DisconnectTimedOut(_disconnectTimeout);
         // Closing the handle cancels the disconnect where the platform can; where it cannot (Wine), the
         // operation is abandoned with its socket.
