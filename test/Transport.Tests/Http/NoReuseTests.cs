@@ -53,6 +53,31 @@ public sealed class NoReuseTests
         TestContext.Current.SendDiagnosticMessage($"wine: {counters.ReuseStatus}; {Eventually.Describe(counters)}");
     }
 
+    [Fact(Skip = "Runs only under Wine, where a reuse disconnect really hangs; elsewhere it completes at once.", SkipUnless = nameof(WinePlatform.IsWine), SkipType = typeof(WinePlatform))]
+    public async Task Where_reuse_disconnects_hang_forced_reuse_times_each_out_and_keeps_serving()
+    {
+        const int Requests = 100;
+        await using var server = await SampleServer.StartAsync(configure: options =>
+        {
+            options.ReuseSockets = true;
+            options.DisconnectTimeout = TimeSpan.FromMilliseconds(200);
+        });
+        using var client = server.CreateClosingClient();
+
+        for (var i = 0; i < Requests; i++)
+        {
+            Assert.Equal(KestrelApp.SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
+        }
+
+        // Every recycle hangs, is cut off at the timeout, closed and counted; none holds the pool.
+        var counters = server.Counters;
+        Assert.True(await Eventually.TrueAsync(() => counters.PendingDisconnects == 0 && counters.DisconnectTimeouts >= Requests, TimeSpan.FromSeconds(20)), Eventually.Describe(counters));
+        Assert.True(counters.ReuseActive, "forced reuse never falls back");
+        Assert.Equal(0, counters.SocketsReused);
+        Assert.Equal(0, counters.PooledSockets);
+        Assert.Equal(0, counters.AbortiveCloses);
+    }
+
     // A raw request with Connection: close: the whole response, then a FIN (a read of 0), never an RST.
     private static async Task AssertFinOnGracefulEndAsync(SampleServer server)
     {
