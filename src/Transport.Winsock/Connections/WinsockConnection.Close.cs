@@ -34,7 +34,8 @@ internal sealed partial class WinsockConnection
             _closeState = CloseState.FinSent;
             Logger.ConnectionWriteFin(ConnectionId);
             _factory.Counters.GracefulClose();
-            if (!_receiveEnded)
+            // No drain to wait for when the peer's FIN is already in (a half-close in progress).
+            if (!_receiveEnded && !_peerFinReceived)
             {
                 _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this);
             }

@@ -26,6 +26,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
     private readonly Pipe _output;
     private readonly CancellationTokenSource _connectionClosedTokenSource = new();
     private readonly TaskCompletionSource _connectionClosedFired = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _sendingEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Lock _closeLock = new();
     private CloseState _closeState;
     private Exception? _shutdownReason;
@@ -112,9 +113,16 @@ internal sealed partial class WinsockConnection : ConnectionContext
         Exception? error = null;
         try
         {
-            if (await ReceiveAsync().ConfigureAwait(false) == ReceiveEnd.ApplicationStoppedReading)
+            var end = await ReceiveAsync().ConfigureAwait(false);
+            if (end == ReceiveEnd.ApplicationStoppedReading)
             {
                 await DiscardUntilFinAsync().ConfigureAwait(false);
+            }
+            else if (_factory.HalfCloseTimeout is { } halfCloseTimeout)
+            {
+                // A half-close: the input ends here, but the connection lives on for sending.
+                _input.Writer.Complete();
+                await WhileStillSendingAsync(halfCloseTimeout).ConfigureAwait(false);
             }
         }
         catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
@@ -146,6 +154,18 @@ internal sealed partial class WinsockConnection : ConnectionContext
         }
 
         await _connectionClosedFired.Task.ConfigureAwait(false);
+    }
+
+    private async Task WhileStillSendingAsync(TimeSpan timeout)
+    {
+        try
+        {
+            await _sendingEnded.Task.WaitAsync(timeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // The application kept the connection past the bound: ConnectionClosed fires now.
+        }
     }
 
     private enum ReceiveEnd
@@ -264,6 +284,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
             reader.Complete(failure is ConnectionResetException ? null : failure);
             // If the receive loop is held by backpressure, let it go: nobody will read any more.
             _input.Writer.CancelPendingFlush();
+            _sendingEnded.TrySetResult();
         }
     }
 

@@ -21,6 +21,7 @@ internal sealed class WinsockConnectionFactory
         Counters = counters;
         Logger = logger;
         DrainTimeout = options.DrainTimeout;
+        HalfCloseTimeout = options.AllowHalfClose ? options.HalfCloseTimeout : null;
 
         // Kestrel's pipe shape: the transport's pipe ends run their continuations on the thread pool,
         // writers pause at the buffer limit and resume at half of it.
@@ -41,6 +42,9 @@ internal sealed class WinsockConnectionFactory
     public int MinReceiveSize { get; }
 
     public TimeSpan DrainTimeout { get; }
+
+    /// <summary>Set when a client's FIN is a half-close: how long sending may go on after it.</summary>
+    public TimeSpan? HalfCloseTimeout { get; }
 
     public SocketRecycler Recycler { get; }
 

@@ -70,6 +70,24 @@ public sealed class WinsockTransportOptions
     public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
 
     /// <summary>
+    /// Whether a client's FIN is taken as a half-close. Off (the default), the transport behaves as
+    /// Kestrel's Sockets transport: the FIN fires ConnectionClosed, and Kestrel aborts a request still in
+    /// flight, so a client that sends its request and closes its side at once often gets no response.
+    /// On, the FIN only ends the input (the server reads end of stream and takes no further requests) while
+    /// the connection stays open for sending: the request in flight is answered in full, then the connection
+    /// ends gracefully. A peer that is really gone is still detected when a send fails, and
+    /// <see cref="HalfCloseTimeout"/> bounds the wait.
+    /// </summary>
+    public bool AllowHalfClose { get; set; }
+
+    /// <summary>
+    /// With <see cref="AllowHalfClose"/>, how long after the client's FIN the application may keep sending
+    /// before ConnectionClosed fires anyway. Defaults to 30 seconds. Valid range: more than zero, at most
+    /// 5 minutes.
+    /// </summary>
+    public TimeSpan HalfCloseTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
     /// Whether finished connections' sockets are recycled with a reuse disconnect and accepted into again.
     /// <see langword="null"/> (the default): each listener checks at startup that the socket's provider has
     /// DisconnectEx and runs a one-off loopback self-test of accept, disconnect with reuse and accept

@@ -19,6 +19,7 @@ internal sealed class WinsockTransportOptionsValidator : IValidateOptions<Winsoc
         CheckRange(failures, nameof(options.Backlog), options.Backlog, 1, int.MaxValue);
         CheckTimeout(failures, nameof(options.DrainTimeout), options.DrainTimeout);
         CheckTimeout(failures, nameof(options.DisconnectTimeout), options.DisconnectTimeout);
+        CheckTimeout(failures, nameof(options.HalfCloseTimeout), options.HalfCloseTimeout);
         CheckBufferSize(failures, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize);
         CheckBufferSize(failures, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize);
 

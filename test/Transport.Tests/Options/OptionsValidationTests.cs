@@ -25,6 +25,7 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.DrainTimeout), "00:05:00.001")]
     [InlineData(nameof(WinsockTransportOptions.DisconnectTimeout), "00:00:00")]
     [InlineData(nameof(WinsockTransportOptions.DisconnectTimeout), "00:05:01")]
+    [InlineData(nameof(WinsockTransportOptions.HalfCloseTimeout), "00:00:00")]
     [InlineData(nameof(WinsockTransportOptions.Backlog), "0")]
     [InlineData(nameof(WinsockTransportOptions.MaxReadBufferSize), "-1")]
     [InlineData(nameof(WinsockTransportOptions.MaxWriteBufferSize), "-1")]
@@ -99,6 +100,7 @@ public sealed class OptionsValidationTests
             case nameof(WinsockTransportOptions.Backlog): options.Backlog = Int(value); break;
             case nameof(WinsockTransportOptions.DrainTimeout): options.DrainTimeout = Time(value); break;
             case nameof(WinsockTransportOptions.DisconnectTimeout): options.DisconnectTimeout = Time(value); break;
+            case nameof(WinsockTransportOptions.HalfCloseTimeout): options.HalfCloseTimeout = Time(value); break;
             case nameof(WinsockTransportOptions.MaxReadBufferSize): options.MaxReadBufferSize = Long(value); break;
             case nameof(WinsockTransportOptions.MaxWriteBufferSize): options.MaxWriteBufferSize = Long(value); break;
             default: throw new ArgumentOutOfRangeException(nameof(option), option, "not an option this test knows");
