@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite twice: natively on Linux, then on the Windows API under Wine (the
-# suite and the sample app published for win-x64, self-contained). Installs wine64 (and curl) with
+# suite and the sample app published for win-x64, self-contained), and checks that the NuGet package
+# installs into a fresh host and serves (build/package-check.sh). Installs wine64 (and curl) with
 # apt-get when missing. Ends with the combined totals alone on a line: "N passed, N failed, N skipped".
 # Exits non-zero when the build fails or any test fails on either side.
 #   WINE=0 build/test.sh       skip the Wine stage (a quick local loop; CI always runs it)
 #   build/test.sh -class X     extra arguments go to the test runner on both sides
+#   TRANSPORT_SOAK=1 build/test.sh   also run the soak (test/Transport.Tests/Soak) on Linux; CI=true does too
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,13 +60,29 @@ dotnet build Transport.sln --no-restore -c "$configuration" -warnaserror
 echo "== tests on Linux ($(dotnet --version))"
 report="$results/linux.xml"
 rm -f "$report"
+# The soak (100,000+ requests, 5,000 connections at once) runs on Linux alone: in CI, or when asked for.
+soak=0
+if [ "${CI:-}" = "true" ] || [ "${TRANSPORT_SOAK:-}" = "1" ]; then soak=1; fi
+soak_report="$results/soak.txt"
+rm -f "$soak_report"
 set +e
 # Bounded: a hung test fails the run instead of eating CI's time.
-timeout --kill-after=30s "${TEST_TIMEOUT:-1200}s" \
+TRANSPORT_SOAK=$soak TRANSPORT_SOAK_REPORT="$soak_report" timeout --kill-after=30s "${TEST_TIMEOUT:-1200}s" \
   dotnet "test/Transport.Tests/bin/$configuration/net10.0/Transport.Tests.dll" -xml "$report" -noLogo -noColor "$@"
 status=$?
 set -e
 record "Linux" "$report" "$status"
+if [ -f "$soak_report" ]; then sed 's/^/  /' "$soak_report"; fi
+
+echo "== the NuGet package, installed into a fresh host"
+if package_line=$(bash "$root/build/package-check.sh" 2>&1 | tail -20); then
+  echo "  $(tail -1 <<<"$package_line")"
+  summary+=("Package: installs and serves")
+else
+  sed 's/^/    /' <<<"$package_line"
+  summary+=("Package: FAILED")
+  total_failed=$((total_failed + 1))
+fi
 
 if [ "${WINE:-1}" != "0" ]; then
   wine_dir="$artifacts/wine"
