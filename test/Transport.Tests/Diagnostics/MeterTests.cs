@@ -33,13 +33,7 @@ public sealed class MeterTests
             disconnects.Add((value, tags.Length > 0 ? tags[0].Value as string : null)));
         listener.Start();
 
-        using (var client = server.CreateClosingClient())
-        {
-            for (var i = 0; i < Requests; i++)
-            {
-                await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken);
-            }
-        }
+        await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         // Let teardown settle before comparing snapshots: a close counts when our FIN leaves, its recycle
         // (and its timing) only after the peer's FIN.

@@ -9,13 +9,7 @@ public sealed class ChurnTests
     {
         const int Requests = 2000;
         await using var server = await SampleServer.StartAsync();
-        using var client = server.CreateClosingClient();
-
-        for (var i = 0; i < Requests; i++)
-        {
-            var body = await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken);
-            Assert.Equal("Hello, World!"u8.ToArray(), body);
-        }
+        await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         var counters = server.Counters;
         Assert.True(counters.ConnectionsAccepted >= Requests, $"accepted {counters.ConnectionsAccepted}");

@@ -14,12 +14,7 @@ public sealed class NoReuseTests
     {
         const int Requests = 500;
         await using var server = await SampleServer.StartAsync(configure: options => options.ReuseSockets = false);
-        using var client = server.CreateClosingClient();
-
-        for (var i = 0; i < Requests; i++)
-        {
-            Assert.Equal(KestrelApp.SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
-        }
+        await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         await AssertFinOnGracefulEndAsync(server);
         var counters = server.Counters;
@@ -36,12 +31,7 @@ public sealed class NoReuseTests
     {
         const int Requests = 2000;
         await using var server = await SampleServer.StartAsync();
-        using var client = server.CreateClosingClient();
-
-        for (var i = 0; i < Requests; i++)
-        {
-            Assert.Equal(KestrelApp.SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
-        }
+        await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         await AssertFinOnGracefulEndAsync(server);
         var counters = server.Counters;
@@ -62,12 +52,7 @@ public sealed class NoReuseTests
             options.ReuseSockets = true;
             options.DisconnectTimeout = TimeSpan.FromMilliseconds(200);
         });
-        using var client = server.CreateClosingClient();
-
-        for (var i = 0; i < Requests; i++)
-        {
-            Assert.Equal(KestrelApp.SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
-        }
+        await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         // Every recycle hangs, is cut off at the timeout, closed and counted; none holds the pool.
         var counters = server.Counters;

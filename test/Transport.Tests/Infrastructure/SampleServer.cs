@@ -49,6 +49,19 @@ public sealed class SampleServer : IAsyncDisposable
         return client;
     }
 
+    /// <summary>
+    /// Sends <paramref name="requests"/> GET /plaintext requests in a row, each on a new connection
+    /// (Connection: close), and checks every body.
+    /// </summary>
+    public async Task GetPlaintextOnNewConnectionsAsync(int requests)
+    {
+        using var client = CreateClosingClient();
+        for (var i = 0; i < requests; i++)
+        {
+            Assert.Equal(SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));
+        }
+    }
+
     /// <summary>A client that keeps its connections alive between requests.</summary>
     public HttpClient CreateKeepAliveClient(int maxConnections = int.MaxValue)
         => new(new SocketsHttpHandler { MaxConnectionsPerServer = maxConnections }) { BaseAddress = BaseAddress };
