@@ -26,7 +26,7 @@ public sealed class NoReuseTests
         Assert.Equal(0, counters.AbortiveCloses);
     }
 
-    [Fact(Skip = "Runs only under Wine, the one platform here where socket reuse is broken; elsewhere ChurnTests covers reuse.", SkipUnless = nameof(WinePlatform.IsWine), SkipType = typeof(WinePlatform))]
+    [OnlyUnderWineFact("Runs only under Wine, the one platform here where socket reuse is broken; elsewhere ChurnTests covers reuse.")]
     public async Task Where_reuse_is_broken_the_self_test_turns_it_off_and_thousands_of_requests_succeed()
     {
         const int Requests = 2000;
@@ -43,7 +43,7 @@ public sealed class NoReuseTests
         TestContext.Current.SendDiagnosticMessage($"wine: {counters.ReuseStatus}; {Eventually.Describe(counters)}");
     }
 
-    [Fact(Skip = "Runs only under Wine, where a reuse disconnect really hangs; elsewhere it completes at once.", SkipUnless = nameof(WinePlatform.IsWine), SkipType = typeof(WinePlatform))]
+    [OnlyUnderWineFact("Runs only under Wine, where a reuse disconnect really hangs; elsewhere it completes at once.")]
     public async Task Where_reuse_disconnects_hang_forced_reuse_times_each_out_and_keeps_serving()
     {
         const int Requests = 100;

@@ -49,3 +49,19 @@ public sealed class NotUnderWineFactAttribute : FactAttribute
         SkipType = typeof(WinePlatform);
     }
 }
+
+/// <summary>A fact about the Windows API under Wine only (what the transport does where Wine lacks a feature).</summary>
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class OnlyUnderWineFactAttribute : FactAttribute
+{
+    public OnlyUnderWineFactAttribute(
+        string whyOnlyThere,
+        [CallerFilePath] string? sourceFilePath = null,
+        [CallerLineNumber] int sourceLineNumber = -1)
+        : base(sourceFilePath, sourceLineNumber)
+    {
+        Skip = whyOnlyThere;
+        SkipUnless = nameof(WinePlatform.IsWine);
+        SkipType = typeof(WinePlatform);
+    }
+}
