@@ -6,15 +6,20 @@ namespace Transport.Winsock.Connections;
 
 // How a connection ends. Every transition happens under _closeLock and is recorded once:
 //   Open --FIN sent--> FinSent --peer FIN, both loops done--> socket recycled
-//   Open/FinSent --abort, error, drain timeout--> Closed (socket closed, never reused)
+//   Open --output ended, deferred FIN--> FinDeferred --peer FIN or deferral over--> FinSent
+//   Open/FinDeferred/FinSent --abort, error, drain timeout--> Closed (socket closed, never reused)
 internal sealed partial class WinsockConnection
 {
     private static readonly Action<object> s_onDrainExpired = static state => ((WinsockConnection)state).OnDrainExpired();
+    private static readonly Action<object> s_onDeferralExpired = static state => ((WinsockConnection)state).OnDeferralExpired();
 
     private int _resetSeen;
 
-    /// <summary>The application finished its output: send a FIN, then give the peer a bounded time to close its side.</summary>
-    private void SendFin()
+    /// <summary>
+    /// The application finished its output: send a FIN now or, with a deferred FIN, once the peer has
+    /// closed its side first (the TIME_WAIT is then the peer's) or the deferral is over.
+    /// </summary>
+    private void EndOutput()
     {
         lock (_closeLock)
         {
@@ -23,22 +28,50 @@ internal sealed partial class WinsockConnection
                 return;
             }
 
-            if (HalfClose.SendFin(Socket) != Interop.WinsockErrorAction.Done)
+            if (_factory.DeferFinTimeout is { } deferral && !_peerFinReceived && !_receiveEnded)
             {
-                // Not connected any more (or the FIN could not be sent): close plainly, never reuse.
-                _closeState = CloseState.Closed;
-                _socket.Close(abortive: false);
+                _closeState = CloseState.FinDeferred;
+                _socket.Deadline.Arm(deferral, s_onDeferralExpired, this);
                 return;
             }
 
-            _closeState = CloseState.FinSent;
-            Logger.ConnectionWriteFin(ConnectionId);
-            _factory.Counters.GracefulClose();
-            // No drain to wait for when the peer's FIN is already in (a half-close in progress).
-            if (!_receiveEnded && !_peerFinReceived)
+            SendFinLocked();
+        }
+    }
+
+    private void OnDeferralExpired()
+    {
+        lock (_closeLock)
+        {
+            if (_closeState != CloseState.FinDeferred)
             {
-                _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this);
+                return;
             }
+
+            _factory.Counters.DeferFinTimedOut();
+            Logger.DeferFinTimedOut(ConnectionId);
+            SendFinLocked();
+        }
+    }
+
+    /// <summary>Sends the FIN, then gives the peer a bounded time to close its side.</summary>
+    private void SendFinLocked()
+    {
+        if (HalfClose.SendFin(Socket) != Interop.WinsockErrorAction.Done)
+        {
+            // Not connected any more (or the FIN could not be sent): close plainly, never reuse.
+            _closeState = CloseState.Closed;
+            _socket.Close(abortive: false);
+            return;
+        }
+
+        _closeState = CloseState.FinSent;
+        Logger.ConnectionWriteFin(ConnectionId);
+        _factory.Counters.GracefulClose();
+        // No drain to wait for when the peer's FIN is already in (a half-close in progress).
+        if (!_receiveEnded && !_peerFinReceived)
+        {
+            _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this);
         }
     }
 
@@ -88,8 +121,19 @@ internal sealed partial class WinsockConnection
 
     private void OnPeerFin()
     {
-        _peerFinReceived = true;
         Logger.ConnectionReadFin(ConnectionId);
+        lock (_closeLock)
+        {
+            _peerFinReceived = true;
+
+            // The peer closed first while our FIN waited for it: send it now. If the deferral has just
+            // expired instead, its callback sends the FIN.
+            if (_closeState == CloseState.FinDeferred && _socket.Deadline.TryDisarm())
+            {
+                _factory.Counters.PeerClosedFirstSeen();
+                SendFinLocked();
+            }
+        }
     }
 
     private void OnPeerReset()

@@ -39,6 +39,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
     private enum CloseState
     {
         Open,
+        FinDeferred,
         FinSent,
         Closed,
     }
@@ -274,7 +275,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
         {
             if (completed)
             {
-                SendFin();
+                EndOutput();
             }
             else if (failure is not null && !_peerReset)
             {

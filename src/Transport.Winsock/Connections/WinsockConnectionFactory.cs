@@ -22,6 +22,7 @@ internal sealed class WinsockConnectionFactory
         Logger = logger;
         DrainTimeout = options.DrainTimeout;
         HalfCloseTimeout = options.AllowHalfClose ? options.HalfCloseTimeout : null;
+        DeferFinTimeout = options.DeferFinTimeout > TimeSpan.Zero ? options.DeferFinTimeout : null;
 
         // Kestrel's pipe shape: the transport's pipe ends run their continuations on the thread pool,
         // writers pause at the buffer limit and resume at half of it.
@@ -45,6 +46,9 @@ internal sealed class WinsockConnectionFactory
 
     /// <summary>Set when a client's FIN is a half-close: how long sending may go on after it.</summary>
     public TimeSpan? HalfCloseTimeout { get; }
+
+    /// <summary>Set when the FIN waits for the peer to close first: for how long at most.</summary>
+    public TimeSpan? DeferFinTimeout { get; }
 
     public SocketRecycler Recycler { get; }
 

@@ -17,6 +17,8 @@ public sealed class WinsockTransportCounters
     private long _drainTimeouts;
     private long _disconnectFailures;
     private long _disconnectTimeouts;
+    private long _peerClosedFirst;
+    private long _deferFinTimeouts;
     private int _reuseActive;
     private string _reuseStatus = "not listening yet";
 
@@ -53,6 +55,12 @@ public sealed class WinsockTransportCounters
     /// <summary>Reuse disconnects that did not finish within the disconnect timeout; their sockets were closed.</summary>
     public long DisconnectTimeouts => Volatile.Read(ref _disconnectTimeouts);
 
+    /// <summary>With a deferred FIN: connections whose peer closed first, so the TIME_WAIT is the peer's.</summary>
+    public long PeerClosedFirst => Volatile.Read(ref _peerClosedFirst);
+
+    /// <summary>With a deferred FIN: connections whose peer did not close within the deferral, so the FIN went out first.</summary>
+    public long DeferFinTimeouts => Volatile.Read(ref _deferFinTimeouts);
+
     /// <summary>Whether the most recently started listener recycles sockets.</summary>
     public bool ReuseActive => Volatile.Read(ref _reuseActive) != 0;
 
@@ -78,6 +86,8 @@ public sealed class WinsockTransportCounters
     internal void DrainTimeout() => Interlocked.Increment(ref _drainTimeouts);
     internal void DisconnectFailure() => Interlocked.Increment(ref _disconnectFailures);
     internal void DisconnectTimeout() => Interlocked.Increment(ref _disconnectTimeouts);
+    internal void PeerClosedFirstSeen() => Interlocked.Increment(ref _peerClosedFirst);
+    internal void DeferFinTimedOut() => Interlocked.Increment(ref _deferFinTimeouts);
     internal void SetReuse(bool active, string status)
     {
         Volatile.Write(ref _reuseStatus, status);

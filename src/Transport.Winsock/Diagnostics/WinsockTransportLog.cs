@@ -50,4 +50,7 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(15, LogLevel.Warning, "Socket reuse turned off for {EndPoint} after {Failures} failed recycles in a row; the last one: {LastFailure}.", EventName = "ReuseFallback")]
     public static partial void ReuseFallback(this ILogger logger, EndPoint? endPoint, int failures, string lastFailure);
+
+    [LoggerMessage(16, LogLevel.Debug, "Connection id \"{ConnectionId}\": the peer did not close within the deferred FIN timeout; sending FIN first.", EventName = "DeferFinTimedOut")]
+    public static partial void DeferFinTimedOut(this ILogger logger, string connectionId);
 }

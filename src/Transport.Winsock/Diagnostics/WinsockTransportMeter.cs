@@ -42,6 +42,11 @@ internal sealed class WinsockTransportMeter : IDisposable
             new Measurement<long>(c.DisconnectFailures, new KeyValuePair<string, object?>("error.type", "failed")),
             new Measurement<long>(c.DisconnectTimeouts, new KeyValuePair<string, object?>("error.type", "timeout")),
         }, "{socket}", "Reuse disconnects that failed or timed out; their sockets were closed.");
+        _meter.CreateObservableCounter("winsock.fin.deferred", () => new[]
+        {
+            new Measurement<long>(c.PeerClosedFirst, new KeyValuePair<string, object?>("winsock.fin.outcome", "peer_closed_first")),
+            new Measurement<long>(c.DeferFinTimeouts, new KeyValuePair<string, object?>("winsock.fin.outcome", "timeout")),
+        }, "{connection}", "With a deferred FIN: connections whose peer closed first, and ones whose FIN went out first after the deferral.");
         _meter.CreateObservableGauge("winsock.reuse.active", () => c.ReuseActive ? 1 : 0, "{listener}",
             "1 while the most recently started listener recycles sockets, 0 when reuse is off or fell back.");
 

@@ -88,6 +88,22 @@ public sealed class WinsockTransportOptions
     public TimeSpan HalfCloseTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
+    /// Deferred FIN: once the application has finished its output, how long the transport waits for the
+    /// peer to close its side first before it sends its own FIN. The side that closes first keeps the
+    /// connection in TIME_WAIT; when the peer closes first, that is the client, not the server, and on
+    /// Windows the socket's reuse disconnect then completes at once instead of waiting out TIME_WAIT. If the
+    /// peer has not closed in time, the FIN is sent anyway. <see cref="TimeSpan.Zero"/> (the default) turns
+    /// it off: the FIN goes out as soon as the output ends, as in Kestrel's Sockets transport.
+    /// <para>
+    /// Only turn it on for protocols where the peer knows by itself when the server's output has ended
+    /// (HTTP/1.1 responses with a Content-Length or chunked body do). A protocol whose message ends at
+    /// close, such as an HTTP/1.0 response without a length, needs the FIN to end the message: the peer
+    /// would wait for it and every such connection would take the full delay. Valid range: 0 to 5 seconds.
+    /// </para>
+    /// </summary>
+    public TimeSpan DeferFinTimeout { get; set; }
+
+    /// <summary>
     /// Whether finished connections' sockets are recycled with a reuse disconnect and accepted into again.
     /// <see langword="null"/> (the default): each listener checks at startup that the socket's provider has
     /// DisconnectEx and runs a one-off loopback self-test of accept, disconnect with reuse and accept

@@ -8,6 +8,7 @@ internal sealed class WinsockTransportOptionsValidator : IValidateOptions<Winsoc
     internal const int MaxPendingAccepts = 1024;
     internal const int MaxSocketCap = 65536;
     internal static readonly TimeSpan MaxTimeout = TimeSpan.FromMinutes(5);
+    internal static readonly TimeSpan MaxDeferFinTimeout = TimeSpan.FromSeconds(5);
 
     public ValidateOptionsResult Validate(string? name, WinsockTransportOptions options)
     {
@@ -20,6 +21,11 @@ internal sealed class WinsockTransportOptionsValidator : IValidateOptions<Winsoc
         CheckTimeout(failures, nameof(options.DrainTimeout), options.DrainTimeout);
         CheckTimeout(failures, nameof(options.DisconnectTimeout), options.DisconnectTimeout);
         CheckTimeout(failures, nameof(options.HalfCloseTimeout), options.HalfCloseTimeout);
+        if (options.DeferFinTimeout < TimeSpan.Zero || options.DeferFinTimeout > MaxDeferFinTimeout)
+        {
+            failures.Add($"{nameof(WinsockTransportOptions)}.{nameof(options.DeferFinTimeout)} must be between zero (off) and {MaxDeferFinTimeout}; it was {options.DeferFinTimeout}.");
+        }
+
         CheckBufferSize(failures, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize);
         CheckBufferSize(failures, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize);
 

@@ -29,6 +29,8 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.Backlog), "0")]
     [InlineData(nameof(WinsockTransportOptions.MaxReadBufferSize), "-1")]
     [InlineData(nameof(WinsockTransportOptions.MaxWriteBufferSize), "-1")]
+    [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "-00:00:00.001")]
+    [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:05.001")]
     public async Task Invalid_option_fails_startup_naming_the_option(string option, string value)
     {
         var builder = SampleHost.CreateBuilder(["--urls", "http://127.0.0.1:0"], options => Set(options, option, value));
@@ -58,6 +60,8 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.DrainTimeout), "00:05:00")]
     [InlineData(nameof(WinsockTransportOptions.DisconnectTimeout), "00:00:00.001")]
     [InlineData(nameof(WinsockTransportOptions.Backlog), "1")]
+    [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:00")]
+    [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:05")]
     public async Task Valid_edge_value_starts_and_serves(string option, string? value)
     {
         await using var server = await SampleServer.StartAsync(configure: options => Set(options, option, value));
@@ -101,6 +105,7 @@ public sealed class OptionsValidationTests
             case nameof(WinsockTransportOptions.DrainTimeout): options.DrainTimeout = Time(value); break;
             case nameof(WinsockTransportOptions.DisconnectTimeout): options.DisconnectTimeout = Time(value); break;
             case nameof(WinsockTransportOptions.HalfCloseTimeout): options.HalfCloseTimeout = Time(value); break;
+            case nameof(WinsockTransportOptions.DeferFinTimeout): options.DeferFinTimeout = Time(value); break;
             case nameof(WinsockTransportOptions.MaxReadBufferSize): options.MaxReadBufferSize = Long(value); break;
             case nameof(WinsockTransportOptions.MaxWriteBufferSize): options.MaxWriteBufferSize = Long(value); break;
             default: throw new ArgumentOutOfRangeException(nameof(option), option, "not an option this test knows");
