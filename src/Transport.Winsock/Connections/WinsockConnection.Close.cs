@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.Logging;
 using Transport.Winsock.Diagnostics;
 using Transport.Winsock.Teardown;
 
@@ -10,8 +11,9 @@ namespace Transport.Winsock.Connections;
 //   Open/FinDeferred/FinSent --abort, error, drain timeout--> Closed (socket closed, never reused)
 internal sealed partial class WinsockConnection
 {
-    private static readonly Action<object> s_onDrainExpired = static state => ((WinsockConnection)state).OnDrainExpired();
-    private static readonly Action<object> s_onDeferralExpired = static state => ((WinsockConnection)state).OnDeferralExpired();
+    // Deadlines are armed with the connection's id: a pooled object ignores an expiry meant for its previous use.
+    private static readonly Action<object, long> s_onDrainExpired = static (state, id) => ((WinsockConnection)state).OnDrainExpired(id);
+    private static readonly Action<object, long> s_onDeferralExpired = static (state, id) => ((WinsockConnection)state).OnDeferralExpired(id);
 
     private int _resetSeen;
 
@@ -31,7 +33,7 @@ internal sealed partial class WinsockConnection
             if (_factory.DeferFinTimeout is { } deferral && !_peerFinReceived && !_receiveEnded)
             {
                 _closeState = CloseState.FinDeferred;
-                _socket.Deadline.Arm(deferral, s_onDeferralExpired, this);
+                _socket.Deadline.Arm(deferral, s_onDeferralExpired, this, _id);
                 return;
             }
 
@@ -39,11 +41,11 @@ internal sealed partial class WinsockConnection
         }
     }
 
-    private void OnDeferralExpired()
+    private void OnDeferralExpired(long id)
     {
         lock (_closeLock)
         {
-            if (_closeState != CloseState.FinDeferred)
+            if (id != _id || _closeState != CloseState.FinDeferred)
             {
                 return;
             }
@@ -66,20 +68,25 @@ internal sealed partial class WinsockConnection
         }
 
         _closeState = CloseState.FinSent;
-        Logger.ConnectionWriteFin(ConnectionId);
+        if (Logger.IsEnabled(LogLevel.Debug))
+        {
+            // Guarded: the id string is only made for a log that is written.
+            Logger.ConnectionWriteFin(ConnectionId);
+        }
+
         _factory.Counters.GracefulClose();
         // No drain to wait for when the peer's FIN is already in (a half-close in progress).
         if (!_receiveEnded && !_peerFinReceived)
         {
-            _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this);
+            _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this, _id);
         }
     }
 
-    private void OnDrainExpired()
+    private void OnDrainExpired(long id)
     {
         lock (_closeLock)
         {
-            if (_closeState != CloseState.FinSent || _receiveEnded)
+            if (id != _id || _closeState != CloseState.FinSent || _receiveEnded)
             {
                 return;
             }
@@ -121,7 +128,11 @@ internal sealed partial class WinsockConnection
 
     private void OnPeerFin()
     {
-        Logger.ConnectionReadFin(ConnectionId);
+        if (Logger.IsEnabled(LogLevel.Debug))
+        {
+            Logger.ConnectionReadFin(ConnectionId);
+        }
+
         lock (_closeLock)
         {
             _peerFinReceived = true;
@@ -166,24 +177,21 @@ internal sealed partial class WinsockConnection
         }
     }
 
-    private void FireConnectionClosed()
-    {
-        // Callbacks registered on ConnectionClosed run on the thread pool, never inside the receive loop.
-        ThreadPool.UnsafeQueueUserWorkItem(
-            static connection =>
-            {
-                try
-                {
-                    connection._connectionClosedTokenSource.Cancel();
-                }
-                catch (Exception ex)
-                {
-                    connection.Logger.ConnectionClosedCallbackFailed(connection.ConnectionId, ex);
-                }
+    // Callbacks registered on ConnectionClosed run on the thread pool, never inside the receive loop; the
+    // connection is its own work item, so firing allocates nothing.
+    private void FireConnectionClosed() => ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
 
-                connection._connectionClosedFired.TrySetResult();
-            },
-            this,
-            preferLocal: false);
+    void IThreadPoolWorkItem.Execute()
+    {
+        try
+        {
+            _connectionClosedTokenSource.Cancel();
+        }
+        catch (Exception ex)
+        {
+            Logger.ConnectionClosedCallbackFailed(ConnectionId, ex);
+        }
+
+        _connectionClosedFired.Set();
     }
 }

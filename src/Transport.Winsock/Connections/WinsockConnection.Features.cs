@@ -38,6 +38,19 @@ internal sealed partial class WinsockConnection :
 
     public override IFeatureCollection Features => this;
 
+    /// <summary>Forgets what the previous connection set; the revision keeps counting, so no cache sees stale features.</summary>
+    private void ResetFeatures()
+    {
+        if (_setFeatures is { Count: > 0 })
+        {
+            _setFeatures.Clear();
+            _featureRevision++;
+        }
+
+        _connectionId = null;
+        _items = null;
+    }
+
     public override string ConnectionId
     {
         get => _connectionId ??= _id.ToString("X16", System.Globalization.CultureInfo.InvariantCulture);

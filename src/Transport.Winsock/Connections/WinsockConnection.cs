@@ -14,27 +14,40 @@ namespace Transport.Winsock.Connections;
 /// pipe, with Kestrel's semantics (ConnectionClosed on the peer's FIN or reset, reset vs abort errors,
 /// backpressure at the pipe thresholds). Its end decides the socket's fate: after a FIN both ways the
 /// socket goes to the recycler; after an abort, an error or a reset it is closed and never reused.
+/// <para>
+/// The object is pooled by its listener and carries one connection after another: <see cref="Attach"/>
+/// readies it for a socket, <see cref="Start"/> gives each of its two long-lived loops (receive, send) a
+/// turn, and the awaiter of <see cref="DisposeAsync"/> hands it back. Pipes, signals, feature state and
+/// the loops' state machines are allocated once per object, so a steady stream of short connections
+/// allocates next to nothing here.
+/// </para>
 /// </summary>
-internal sealed partial class WinsockConnection : ConnectionContext
+internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem
 {
     private static long s_lastId = DateTime.UtcNow.Ticks;
 
-    private readonly ReusableSocket _socket;
     private readonly WinsockConnectionFactory _factory;
-    private readonly long _id;
     private readonly Pipe _input;
     private readonly Pipe _output;
-    private readonly CancellationTokenSource _connectionClosedTokenSource = new();
-    private readonly TaskCompletionSource _connectionClosedFired = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TaskCompletionSource _sendingEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly DuplexPipe _transport;
+    private readonly ReusableSignal _receiveTurn = new(runContinuationsAsynchronously: false);
+    private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
+    private readonly ReusableSignal _connectionClosedFired = new(runContinuationsAsynchronously: false);
+    private readonly ReusableSignal _finished;
     private readonly Lock _closeLock = new();
+    private ReusableSocket _socket = null!;
+    private long _id;
+    private CancellationTokenSource _connectionClosedTokenSource = new();
+    private TaskCompletionSource? _sendingEnded;
     private CloseState _closeState;
     private Exception? _shutdownReason;
     private bool _receiveEnded;
     private bool _peerFinReceived;
     private volatile bool _peerReset;
     private volatile bool _endSendingGracefully;
-    private Task _processingTask = Task.CompletedTask;
+    private int _loopsRunning;
+    private bool _started;
+    private bool _disposed;
 
     private enum CloseState
     {
@@ -44,17 +57,47 @@ internal sealed partial class WinsockConnection : ConnectionContext
         Closed,
     }
 
-    public WinsockConnection(ReusableSocket socket, WinsockConnectionFactory factory)
+    public WinsockConnection(WinsockConnectionFactory factory)
     {
-        _socket = socket;
         _factory = factory;
-        _id = Interlocked.Increment(ref s_lastId);
-        LocalEndPoint = socket.Socket.LocalEndPoint;
-        RemoteEndPoint = socket.Socket.RemoteEndPoint;
         _input = new Pipe(factory.InputOptions);
         _output = new Pipe(factory.OutputOptions);
-        Transport = new DuplexPipe(_input.Reader, _output.Writer);
+        _transport = new DuplexPipe(_input.Reader, _output.Writer);
+        Transport = _transport;
+        // The server's continuation after DisposeAsync runs on the thread pool, not inside our loops.
+        _finished = new ReusableSignal(runContinuationsAsynchronously: true, afterResult: Recycle);
+        _ = ReceiveLoopAsync();
+        _ = SendLoopAsync();
+    }
+
+    /// <summary>Readies this object, new or from the pool, for a newly accepted socket.</summary>
+    public void Attach(ReusableSocket socket)
+    {
+        _socket = socket;
+        _id = Interlocked.Increment(ref s_lastId);
+        LocalEndPoint = _factory.LocalEndPoint ?? socket.Socket.LocalEndPoint;
+        RemoteEndPoint = socket.Socket.RemoteEndPoint;
+        Transport = _transport;
+        _connectionClosedTokenSource = new CancellationTokenSource();
         ConnectionClosed = _connectionClosedTokenSource.Token;
+        _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
+        _closeState = CloseState.Open;
+        _shutdownReason = null;
+        _receiveEnded = false;
+        _peerFinReceived = false;
+        _peerReset = false;
+        _endSendingGracefully = false;
+        _resetSeen = 0;
+        _started = false;
+        _disposed = false;
+        ResetFeatures();
+    }
+
+    /// <summary>Ends a pooled object's loops when the pool has no room for it.</summary>
+    public void Retire()
+    {
+        _receiveTurn.Set(false);
+        _sendTurn.Set(false);
     }
 
     private Socket Socket => _socket.Socket;
@@ -69,7 +112,14 @@ internal sealed partial class WinsockConnection : ConnectionContext
 
     public override EndPoint? RemoteEndPoint { get; set; }
 
-    public void Start() => _processingTask = ProcessAsync();
+    /// <summary>Starts both loops on this connection; they run inline until they first wait for the socket or the application.</summary>
+    public void Start()
+    {
+        _started = true;
+        _loopsRunning = 2;
+        _receiveTurn.Set();
+        _sendTurn.Set();
+    }
 
     /// <summary>
     /// With a reason: an abortive close (RST), as in Kestrel's Sockets transport. Without one (Kestrel's
@@ -91,201 +141,220 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _output.Reader.CancelPendingRead();
     }
 
-    public override async ValueTask DisposeAsync()
+    /// <summary>
+    /// Ends the connection for the server. The returned task completes once both loops are done and the
+    /// socket is handed off; taking its result returns this object to the pool, so it must be awaited once
+    /// and the connection not touched after.
+    /// </summary>
+#pragma warning disable CA2215 // ConnectionContext's own DisposeAsync does nothing; the object is recycled instead.
+    public override ValueTask DisposeAsync()
+#pragma warning restore CA2215
     {
+        if (_disposed)
+        {
+            return ValueTask.CompletedTask;
+        }
+
+        _disposed = true;
         _input.Reader.Complete();
         _output.Writer.Complete();
-        await _processingTask.ConfigureAwait(false);
+        if (!_started)
+        {
+            Recycle();
+            return ValueTask.CompletedTask;
+        }
+
+        return _finished.WaitWithoutResultAsync();
+    }
+
+    /// <summary>Both loops are done with this connection: hand the socket off and let DisposeAsync complete.</summary>
+    private void OnLoopDone()
+    {
+        if (Interlocked.Decrement(ref _loopsRunning) == 0)
+        {
+            HandOffSocket();
+            _finished.Set();
+        }
+    }
+
+    /// <summary>After the server's DisposeAsync: every pipe end is complete, so everything can start over.</summary>
+    private void Recycle()
+    {
         _connectionClosedTokenSource.Dispose();
-        await base.DisposeAsync().ConfigureAwait(false);
-    }
-
-    private async Task ProcessAsync()
-    {
-        var receiving = ReceiveLoopAsync();
-        var sending = SendLoopAsync();
-        await receiving.ConfigureAwait(false);
-        await sending.ConfigureAwait(false);
-        HandOffSocket();
-    }
-
-    private async Task ReceiveLoopAsync()
-    {
-        Exception? error = null;
-        try
-        {
-            var end = await ReceiveAsync().ConfigureAwait(false);
-            if (end == ReceiveEnd.ApplicationStoppedReading)
-            {
-                await DiscardUntilFinAsync().ConfigureAwait(false);
-            }
-            else if (_factory.HalfCloseTimeout is { } halfCloseTimeout)
-            {
-                // A half-close: the input ends here, but the connection lives on for sending.
-                _input.Writer.Complete();
-                await WhileStillSendingAsync(halfCloseTimeout).ConfigureAwait(false);
-            }
-        }
-        catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
-        {
-            error = new ConnectionResetException(ex.Message, ex);
-            OnPeerReset();
-        }
-        catch (Exception ex) when (IsLocalAbort(ex))
-        {
-            // This side closed the socket: an abort, a drain timeout, or a send-side failure.
-            error = new ConnectionAbortedException("The connection was closed by the transport.", ex);
-        }
-        catch (Exception ex)
-        {
-            error = new IOException(ex.Message, ex);
-            Logger.ConnectionError(ConnectionId, ex);
-        }
-        finally
-        {
-            lock (_closeLock)
-            {
-                _receiveEnded = true;
-            }
-
-            // A drain that is over in time disarms its deadline; one that expired has closed the socket.
-            _socket.Deadline.TryDisarm();
-            _input.Writer.Complete(_shutdownReason ?? error);
-            FireConnectionClosed();
-        }
-
-        await _connectionClosedFired.Task.ConfigureAwait(false);
-    }
-
-    private async Task WhileStillSendingAsync(TimeSpan timeout)
-    {
-        try
-        {
-            await _sendingEnded.Task.WaitAsync(timeout).ConfigureAwait(false);
-        }
-        catch (TimeoutException)
-        {
-            // The application kept the connection past the bound: ConnectionClosed fires now.
-        }
-    }
-
-    private enum ReceiveEnd
-    {
-        PeerFin,
-        ApplicationStoppedReading,
-    }
-
-    private async Task<ReceiveEnd> ReceiveAsync()
-    {
-        var writer = _input.Writer;
-        while (true)
-        {
-            // Wait for data before taking a buffer, so an idle connection holds no memory.
-            await _socket.Receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
-
-            var buffer = writer.GetMemory(_factory.MinReceiveSize);
-            var received = await _socket.Receiver.ReceiveAsync(Socket, buffer).ConfigureAwait(false);
-            if (received == 0)
-            {
-                OnPeerFin();
-                return ReceiveEnd.PeerFin;
-            }
-
-            writer.Advance(received);
-            var flush = writer.FlushAsync();
-            var paused = !flush.IsCompleted;
-            if (paused)
-            {
-                Logger.ConnectionPause(ConnectionId);
-            }
-
-            var result = await flush.ConfigureAwait(false);
-            if (paused)
-            {
-                Logger.ConnectionResume(ConnectionId);
-            }
-
-            if (result.IsCompleted || result.IsCanceled)
-            {
-                return ReceiveEnd.ApplicationStoppedReading;
-            }
-        }
+        _input.Reset();
+        _output.Reset();
+        _socket = null!;
+        _factory.Return(this);
     }
 
     /// <summary>
-    /// The application will read no more, but the socket can only be reused once the peer has closed its
-    /// side; and closing with unread data would send an RST. So read and drop until the peer's FIN.
+    /// The receive side of every connection this object carries, one turn per connection: data into the
+    /// input pipe until the peer's FIN; if the application stops reading first, drain and discard until
+    /// the FIN (the socket can only be reused once the peer has closed, and closing on unread data would
+    /// send an RST); with half-close allowed, keep the connection while the application still sends.
     /// </summary>
-    private async Task DiscardUntilFinAsync()
+    private async Task ReceiveLoopAsync()
     {
-        using var scratch = _factory.MemoryPool.Rent();
-        while (await _socket.Receiver.ReceiveAsync(Socket, scratch.Memory).ConfigureAwait(false) > 0)
+        while (await _receiveTurn.WaitAsync().ConfigureAwait(false))
         {
-        }
+            Exception? error = null;
+            try
+            {
+                var writer = _input.Writer;
+                var applicationStoppedReading = false;
+                while (true)
+                {
+                    // Wait for data before taking a buffer, so an idle connection holds no memory.
+                    await _socket.Receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
+                    var received = await _socket.Receiver.ReceiveAsync(Socket, writer.GetMemory(_factory.MinReceiveSize)).ConfigureAwait(false);
+                    if (received == 0)
+                    {
+                        break;
+                    }
 
-        OnPeerFin();
+                    writer.Advance(received);
+                    var flush = writer.FlushAsync();
+                    var paused = !flush.IsCompleted;
+                    if (paused)
+                    {
+                        Logger.ConnectionPause(ConnectionId);
+                    }
+
+                    var result = await flush.ConfigureAwait(false);
+                    if (paused)
+                    {
+                        Logger.ConnectionResume(ConnectionId);
+                    }
+
+                    if (result.IsCompleted || result.IsCanceled)
+                    {
+                        applicationStoppedReading = true;
+                        break;
+                    }
+                }
+
+                if (applicationStoppedReading)
+                {
+                    using var scratch = _factory.MemoryPool.Rent();
+                    while (await _socket.Receiver.ReceiveAsync(Socket, scratch.Memory).ConfigureAwait(false) > 0)
+                    {
+                    }
+                }
+
+                OnPeerFin();
+                if (!applicationStoppedReading && _sendingEnded is not null)
+                {
+                    // A half-close: the input ends here, but the connection lives on for sending, bounded.
+                    _input.Writer.Complete();
+                    try
+                    {
+                        await _sendingEnded.Task.WaitAsync(_factory.HalfCloseTimeout!.Value).ConfigureAwait(false);
+                    }
+                    catch (TimeoutException)
+                    {
+                        // The application kept the connection past the bound: ConnectionClosed fires now.
+                    }
+                }
+            }
+            catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
+            {
+                error = new ConnectionResetException(ex.Message, ex);
+                OnPeerReset();
+            }
+            catch (Exception ex) when (IsLocalAbort(ex))
+            {
+                // This side closed the socket: an abort, a drain timeout, or a send-side failure.
+                error = new ConnectionAbortedException("The connection was closed by the transport.", ex);
+            }
+            catch (Exception ex)
+            {
+                error = new IOException(ex.Message, ex);
+                Logger.ConnectionError(ConnectionId, ex);
+            }
+            finally
+            {
+                lock (_closeLock)
+                {
+                    _receiveEnded = true;
+                }
+
+                // A drain that is over in time disarms its deadline; one that expired has closed the socket.
+                _socket.Deadline.TryDisarm();
+                _input.Writer.Complete(_shutdownReason ?? error);
+                FireConnectionClosed();
+            }
+
+            await _connectionClosedFired.WaitAsync().ConfigureAwait(false);
+            OnLoopDone();
+        }
     }
 
+    /// <summary>The send side of every connection this object carries, one turn per connection.</summary>
     private async Task SendLoopAsync()
     {
-        var reader = _output.Reader;
-        Exception? failure = null;
-        var completed = false;
-        try
+        while (await _sendTurn.WaitAsync().ConfigureAwait(false))
         {
-            while (true)
+            var reader = _output.Reader;
+            Exception? failure = null;
+            var completed = false;
+            try
             {
-                var result = await reader.ReadAsync().ConfigureAwait(false);
-                if (result.IsCanceled)
+                while (true)
                 {
-                    completed = _endSendingGracefully;
-                    break;
-                }
+                    var result = await reader.ReadAsync().ConfigureAwait(false);
+                    if (result.IsCanceled)
+                    {
+                        completed = _endSendingGracefully;
+                        break;
+                    }
 
-                var buffer = result.Buffer;
-                if (!buffer.IsEmpty)
-                {
-                    await _socket.Sender.SendAsync(Socket, buffer).ConfigureAwait(false);
-                }
+                    var buffer = result.Buffer;
+                    if (!buffer.IsEmpty)
+                    {
+                        await _socket.Sender.SendAsync(Socket, buffer).ConfigureAwait(false);
+                    }
 
-                reader.AdvanceTo(buffer.End);
-                if (result.IsCompleted)
-                {
-                    completed = true;
-                    break;
+                    reader.AdvanceTo(buffer.End);
+                    if (result.IsCompleted)
+                    {
+                        completed = true;
+                        break;
+                    }
                 }
             }
-        }
-        catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
-        {
-            OnPeerReset();
-            failure = new ConnectionResetException(ex.Message, ex);
-        }
-        catch (Exception ex) when (IsLocalAbort(ex))
-        {
-            // Aborted: the socket is already closed.
-        }
-        catch (Exception ex)
-        {
-            // The application completed its output with an error, or the send failed.
-            Logger.ConnectionError(ConnectionId, ex);
-            failure = ex;
-        }
-        finally
-        {
-            if (completed)
+            catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
             {
-                EndOutput();
+                OnPeerReset();
+                failure = new ConnectionResetException(ex.Message, ex);
             }
-            else if (failure is not null && !_peerReset)
+            catch (Exception ex) when (IsLocalAbort(ex))
             {
-                CloseAbortively(new ConnectionAbortedException(failure.Message, failure));
+                // Aborted: the socket is already closed.
+            }
+            catch (Exception ex)
+            {
+                // The application completed its output with an error, or the send failed.
+                Logger.ConnectionError(ConnectionId, ex);
+                failure = ex;
+            }
+            finally
+            {
+                if (completed)
+                {
+                    EndOutput();
+                }
+                else if (failure is not null && !_peerReset)
+                {
+                    CloseAbortively(new ConnectionAbortedException(failure.Message, failure));
+                }
+
+                reader.Complete(failure is ConnectionResetException ? null : failure);
+                // If the receive loop is held by backpressure, let it go: nobody will read any more.
+                _input.Writer.CancelPendingFlush();
+                _sendingEnded?.TrySetResult();
             }
 
-            reader.Complete(failure is ConnectionResetException ? null : failure);
-            // If the receive loop is held by backpressure, let it go: nobody will read any more.
-            _input.Writer.CancelPendingFlush();
-            _sendingEnded.TrySetResult();
+            OnLoopDone();
         }
     }
 

@@ -1,15 +1,25 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Net;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Connections;
 
-/// <summary>What every connection of one listener shares: memory pool, pipe settings, teardown and diagnostics.</summary>
+/// <summary>
+/// What every connection of one listener shares: memory pool, pipe settings, teardown and diagnostics;
+/// and the listener's idle connection objects, reused for new sockets (at most as many as
+/// <see cref="WinsockTransportOptions.MaxPooledSockets"/>).
+/// </summary>
 internal sealed class WinsockConnectionFactory
 {
+    private readonly Stack<WinsockConnection> _idle = new();
+    private readonly Lock _idleLock = new();
+    private readonly int _maxIdle;
+
     public WinsockConnectionFactory(
+        EndPoint listenEndPoint,
         MemoryPool<byte> memoryPool,
         WinsockTransportOptions options,
         SocketRecycler recycler,
@@ -17,6 +27,15 @@ internal sealed class WinsockConnectionFactory
         ILogger logger)
     {
         MemoryPool = memoryPool;
+        _maxIdle = options.MaxPooledSockets;
+
+        // Bound to one address, every accepted socket has the listener's own local endpoint: share it
+        // rather than ask each socket. Bound to a wildcard, each socket is asked.
+        if (listenEndPoint is IPEndPoint ip && !ip.Address.Equals(IPAddress.Any) && !ip.Address.Equals(IPAddress.IPv6Any))
+        {
+            LocalEndPoint = ip;
+        }
+
         Recycler = recycler;
         Counters = counters;
         Logger = logger;
@@ -35,6 +54,9 @@ internal sealed class WinsockConnectionFactory
     }
 
     public MemoryPool<byte> MemoryPool { get; }
+
+    /// <summary>The local endpoint every connection shares, or null when the listener is bound to a wildcard address.</summary>
+    public EndPoint? LocalEndPoint { get; }
 
     public PipeOptions InputOptions { get; }
 
@@ -56,6 +78,32 @@ internal sealed class WinsockConnectionFactory
 
     public ILogger Logger { get; }
 
+    /// <summary>A connection for a newly accepted socket: an idle one when there is one, else a new one.</summary>
     public WinsockConnection Create(ReusableSocket socket)
-        => new(socket, this);
+    {
+        WinsockConnection? connection;
+        lock (_idleLock)
+        {
+            _idle.TryPop(out connection);
+        }
+
+        connection ??= new WinsockConnection(this);
+        connection.Attach(socket);
+        return connection;
+    }
+
+    /// <summary>Takes back a connection the server has disposed; retired when enough are idle already.</summary>
+    public void Return(WinsockConnection connection)
+    {
+        lock (_idleLock)
+        {
+            if (_idle.Count < _maxIdle)
+            {
+                _idle.Push(connection);
+                return;
+            }
+        }
+
+        connection.Retire();
+    }
 }

@@ -49,7 +49,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _pendingAccepts = options.PendingAccepts;
         _pool = new SocketPool(options.MaxPooledSockets, counters);
         _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
-        _connections = new WinsockConnectionFactory(memoryPool, options, _recycler, counters, logger);
+        _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, _recycler, counters, logger);
         _accepts = new PostedAccepts(listenSocket, _pool, OnAccepted, options.NoDelay, counters, logger);
     }
 
@@ -67,6 +67,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _logger.ListenerStarted(EndPoint, _pendingAccepts, _reuse.Reason);
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<ConnectionContext?> AcceptAsync(CancellationToken cancellationToken = default)
     {
         while (await _accepted.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))

@@ -15,7 +15,9 @@ internal sealed class SocketDeadline : IDisposable
 
     private readonly Timer _timer;
     private Action<object>? _onExpired;
+    private Action<object, long>? _onExpiredTagged;
     private object? _state;
+    private long _tag;
     private long _dueTimestamp;
     private int _phase;
 
@@ -30,7 +32,25 @@ internal sealed class SocketDeadline : IDisposable
     public void Arm(TimeSpan timeout, Action<object> onExpired, object state)
     {
         _onExpired = onExpired;
+        _onExpiredTagged = null;
+        ArmCore(timeout, state, tag: 0);
+    }
+
+    /// <summary>
+    /// Arms with a tag that the callback gets back: the owner's generation when it was armed, so a pooled
+    /// owner can tell a late expiry meant for its previous use from one meant for its current use.
+    /// </summary>
+    public void Arm(TimeSpan timeout, Action<object, long> onExpired, object state, long tag)
+    {
+        _onExpired = null;
+        _onExpiredTagged = onExpired;
+        ArmCore(timeout, state, tag);
+    }
+
+    private void ArmCore(TimeSpan timeout, object state, long tag)
+    {
         _state = state;
+        _tag = tag;
         Volatile.Write(ref _dueTimestamp, Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency));
         Volatile.Write(ref _phase, Armed);
         _timer.Change(timeout, Timeout.InfiniteTimeSpan);
@@ -64,7 +84,14 @@ internal sealed class SocketDeadline : IDisposable
 
         if (Interlocked.CompareExchange(ref _phase, Expired, Armed) == Armed)
         {
-            _onExpired!(_state!);
+            if (_onExpiredTagged is { } tagged)
+            {
+                tagged(_state!, _tag);
+            }
+            else
+            {
+                _onExpired!(_state!);
+            }
         }
     }
 
