@@ -22,6 +22,11 @@ internal sealed class PostedAccepts
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
     private Task[] _slots = [];
+    private volatile int _noDelayInherited = NoDelayUnknown;
+
+    private const int NoDelayUnknown = 0;
+    private const int NoDelayYes = 1;
+    private const int NoDelayNo = 2;
     private volatile bool _stopping;
 
     public PostedAccepts(
@@ -72,7 +77,11 @@ internal sealed class PostedAccepts
             {
                 await acceptor.AcceptAsync(_listenSocket, socket.Socket);
                 acceptor.AcceptSocket = null;
-                socket.Socket.NoDelay = _noDelay;
+                if (_noDelay)
+                {
+                    EnsureNoDelay(socket.Socket);
+                }
+
                 error = SocketError.Success;
             }
             catch (SocketException ex)
@@ -111,6 +120,26 @@ internal sealed class PostedAccepts
                 // Out of handles or buffers: give the system a moment instead of spinning.
                 await Task.Delay(FaultBackoff);
             }
+        }
+    }
+
+    /// <summary>
+    /// The listening socket has TCP_NODELAY set, and accepted sockets normally inherit it, which saves a
+    /// system call per connection (and, where .NET emulates reuse, the option's copy at every recycle).
+    /// The first accept checks that it was inherited; if not, every accept sets it, as Kestrel does.
+    /// </summary>
+    private void EnsureNoDelay(Socket socket)
+    {
+        var inherited = _noDelayInherited;
+        if (inherited == NoDelayUnknown)
+        {
+            inherited = socket.NoDelay ? NoDelayYes : NoDelayNo;
+            _noDelayInherited = inherited;
+        }
+
+        if (inherited == NoDelayNo)
+        {
+            socket.NoDelay = true;
         }
     }
 

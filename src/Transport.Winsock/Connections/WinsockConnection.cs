@@ -100,7 +100,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _sendTurn.Set(false);
     }
 
-    private Socket Socket => _socket.Socket;
+    /// <summary>The socket this connection runs on now; internal for tests (no application may hold it).</summary>
+    internal Socket Socket => _socket.Socket;
 
     private ILogger Logger => _factory.Logger;
 

@@ -7,7 +7,10 @@ namespace Transport.Winsock.Listener;
 internal static class ListenSocket
 {
     /// <summary>Creates, binds and starts a listening socket; a busy address surfaces as Kestrel's <see cref="AddressInUseException"/>.</summary>
-    public static Socket Bind(IPEndPoint endPoint, int backlog)
+    /// <param name="endPoint">Where to listen.</param>
+    /// <param name="backlog">The pending connection queue's length.</param>
+    /// <param name="noDelay">Sets TCP_NODELAY on the listening socket, for the accepted sockets to inherit.</param>
+    public static Socket Bind(IPEndPoint endPoint, int backlog, bool noDelay)
     {
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
@@ -18,6 +21,7 @@ internal static class ListenSocket
                 socket.DualMode = true;
             }
 
+            socket.NoDelay = noDelay;
             socket.Bind(endPoint);
             socket.Listen(backlog);
             return socket;

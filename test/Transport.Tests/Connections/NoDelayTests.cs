@@ -1,0 +1,44 @@
+using System.Net.Sockets;
+using Transport.Tests.Infrastructure;
+using Transport.Winsock.Connections;
+
+namespace Transport.Tests.Connections;
+
+/// <summary>
+/// NoDelay reaches every accepted socket, new or recycled, although the transport sets it once on the
+/// listening socket (accepted sockets inherit it) instead of once per connection.
+/// </summary>
+public sealed class NoDelayTests
+{
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Every_accepted_socket_has_the_configured_NoDelay(bool noDelay)
+    {
+        var seen = new System.Collections.Concurrent.ConcurrentQueue<bool>();
+        await using var server = await ConnectionServer.StartAsync(
+            TransportKind.Winsock,
+            async connection =>
+            {
+                seen.Enqueue(((WinsockConnection)connection).Socket.NoDelay);
+                await connection.Transport.Output.CompleteAsync();
+            },
+            options =>
+            {
+                options.NoDelay = noDelay;
+                options.PendingAccepts = 1;
+            });
+
+        for (var i = 0; i < 8; i++)
+        {
+            using var client = await RawClient.ConnectAsync(server.EndPoint);
+            await RawClient.ReadToFinAsync(client, TimeSpan.FromSeconds(10));
+            client.Shutdown(SocketShutdown.Send);
+        }
+
+        Assert.True(await Eventually.TrueAsync(() => seen.Count == 8, TimeSpan.FromSeconds(10)), $"{seen.Count} connections seen");
+        Assert.All(seen, value => Assert.Equal(noDelay, value));
+        // The later connections ran on recycled sockets where reuse works.
+        Assert.True(WinePlatform.IsWine || server.Counters!.SocketsReused > 0, Eventually.Describe(server.Counters!));
+    }
+}
