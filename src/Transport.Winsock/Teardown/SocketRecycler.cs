@@ -75,11 +75,19 @@ internal sealed class SocketRecycler : IDisposable
     private async Task DisconnectAsync(ReusableSocket socket)
     {
         socket.DisconnectStarted = System.Diagnostics.Stopwatch.GetTimestamp();
-        socket.Deadline.Arm(_disconnectTimeout, _onDisconnectExpired, socket);
         var error = SocketError.Success;
         try
         {
-            await socket.Disconnector.DisconnectAsync(socket.Socket);
+            var disconnect = socket.Disconnector.DisconnectAsync(socket.Socket);
+            if (!disconnect.IsCompleted)
+            {
+                // Only a disconnect that is really pending needs a deadline (where .NET emulates reuse it
+                // completes at once). Should it complete between the check and the arming, the disarm
+                // below, after the await, still sees the arming.
+                socket.Deadline.Arm(_disconnectTimeout, _onDisconnectExpired, socket);
+            }
+
+            await disconnect;
         }
         catch (SocketException ex)
         {
