@@ -30,10 +30,22 @@ internal sealed partial class WinsockConnection
                 return;
             }
 
-            if (_factory.DeferFinTimeout is { } deferral && !_peerFinReceived && !_receiveEnded)
+            if (_factory.DeferFinTimeout is { } deferral)
             {
-                _closeState = CloseState.FinDeferred;
-                _socket.Deadline.Arm(deferral, s_onDeferralExpired, this, _id);
+                if (!_peerFinReceived && !_receiveEnded)
+                {
+                    _closeState = CloseState.FinDeferred;
+                    _socket.Deadline.Arm(deferral, s_onDeferralExpired, this, _id);
+                    return;
+                }
+
+                // The peer's FIN came in before the output ended: it has closed first already.
+                SendFinLocked();
+                if (_peerFinReceived)
+                {
+                    _factory.Counters.PeerClosedFirstSeen();
+                }
+
                 return;
             }
 
@@ -50,9 +62,10 @@ internal sealed partial class WinsockConnection
                 return;
             }
 
+            // Counted after the FIN, with it, so whoever sees the count also sees the graceful close.
+            SendFinLocked();
             _factory.Counters.DeferFinTimedOut();
             Logger.DeferFinTimedOut(ConnectionId);
-            SendFinLocked();
         }
     }
 
@@ -141,8 +154,8 @@ internal sealed partial class WinsockConnection
             // expired instead, its callback sends the FIN.
             if (_closeState == CloseState.FinDeferred && _socket.Deadline.TryDisarm())
             {
-                _factory.Counters.PeerClosedFirstSeen();
                 SendFinLocked();
+                _factory.Counters.PeerClosedFirstSeen();
             }
         }
     }
