@@ -23,7 +23,9 @@ public static class SampleHost
     /// </summary>
     public static WebApplicationBuilder CreateBuilder(string[] args, Action<WinsockTransportOptions>? configureTransport = null)
     {
-        var builder = WebApplication.CreateBuilder(args);
+        // The content root is the app's own folder, so its appsettings.json applies from wherever it is started
+        // (dotnet run --project samples/KestrelApp runs from the repository root).
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
         var transport = builder.Configuration["transport"] ?? "winsock";
         switch (transport.ToLowerInvariant())
         {
@@ -41,8 +43,31 @@ public static class SampleHost
             builder.WebHost.UseUrls(DefaultUrl);
         }
 
+        // Counts connections on either transport for /stats (build/bench.sh divides by it); passes everything on.
+        builder.WebHost.ConfigureKestrel(static kestrel => kestrel.ConfigureEndpointDefaults(static listen => listen.Use(static next => connection =>
+        {
+            Interlocked.Increment(ref s_connections);
+            return next(connection);
+        })));
+
         return builder;
     }
+
+    private static long s_connections;
+
+    /// <summary>
+    /// The <c>process</c> object of /stats, the same on both transports: connections Kestrel handed to the app
+    /// (all hosts in this process), bytes the GC has allocated, collections per generation, and the working set.
+    /// </summary>
+    public static object ProcessStats() => new
+    {
+        connections = Interlocked.Read(ref s_connections),
+        allocatedBytes = GC.GetTotalAllocatedBytes(precise: true),
+        gen0Collections = GC.CollectionCount(0),
+        gen1Collections = GC.CollectionCount(1),
+        gen2Collections = GC.CollectionCount(2),
+        workingSet = Environment.WorkingSet,
+    };
 
     /// <summary>Adds the sample's endpoints: <c>/</c>, <c>/plaintext</c>, <c>POST /echo</c> and <c>/stats</c>.</summary>
     public static void MapEndpoints(WebApplication app)
@@ -71,8 +96,8 @@ public static class SampleHost
         {
             var counters = context.RequestServices.GetService<WinsockTransportCounters>();
             return counters is null
-                ? Results.Json(new { transport = "sockets" })
-                : Results.Json(new { transport = "winsock", counters });
+                ? Results.Json(new { transport = "sockets", process = ProcessStats() })
+                : Results.Json(new { transport = "winsock", counters, process = ProcessStats() });
         });
     }
 

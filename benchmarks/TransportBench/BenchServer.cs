@@ -1,0 +1,117 @@
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+
+namespace TransportBench;
+
+/// <summary>
+/// The per-connection work, identical for every transport: read one byte, write one byte, complete both
+/// pipes (a graceful FIN), dispose. Nothing else runs, so the cost measured is the transport's.
+/// </summary>
+internal sealed class BenchServer(IConnectionListener listener)
+{
+    private long _completed;
+    private long _errors;
+    private long _active;
+    private int _firstSeen;
+
+    public long Completed => Interlocked.Read(ref _completed);
+
+    public long Errors => Interlocked.Read(ref _errors);
+
+    public long Active => Interlocked.Read(ref _active);
+
+    /// <summary>Completes when the first connection has been served: the client is up and running.</summary>
+    public TaskCompletionSource FirstConnection { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public async Task AcceptLoopAsync()
+    {
+        try
+        {
+            ConnectionContext? connection;
+            while ((connection = await listener.AcceptAsync().ConfigureAwait(false)) != null)
+            {
+                Interlocked.Increment(ref _active);
+                _ = HandleAsync(connection);
+            }
+        }
+        catch (Exception ex)
+        {
+            Interlocked.Increment(ref _errors);
+            Console.Error.WriteLine($"server: the accept loop failed: {ex}");
+        }
+    }
+
+    private async Task HandleAsync(ConnectionContext connection)
+    {
+        try
+        {
+            if (Interlocked.Exchange(ref _firstSeen, 1) == 0)
+            {
+                // Once, outside the measured period: which pool the transport really handed out.
+                var pool = connection.Features.Get<IMemoryPoolFeature>()?.MemoryPool;
+                Console.Error.WriteLine($"memory pool: {pool?.GetType().FullName ?? "(no IMemoryPoolFeature)"}; connection: {connection.GetType().FullName}");
+            }
+
+            var input = connection.Transport.Input;
+            while (true)
+            {
+                var result = await input.ReadAsync().ConfigureAwait(false);
+                var buffer = result.Buffer;
+                if (!buffer.IsEmpty)
+                {
+                    input.AdvanceTo(buffer.GetPosition(1));
+                    break;
+                }
+
+                if (result.IsCompleted || result.IsCanceled)
+                {
+                    throw new InvalidOperationException("the client closed before sending its byte");
+                }
+
+                input.AdvanceTo(buffer.Start, buffer.End);
+            }
+
+            var output = connection.Transport.Output;
+            output.GetSpan(1)[0] = (byte)'x';
+            output.Advance(1);
+            await output.FlushAsync().ConfigureAwait(false);
+            await output.CompleteAsync().ConfigureAwait(false);
+            await input.CompleteAsync().ConfigureAwait(false);
+            await connection.DisposeAsync().ConfigureAwait(false);
+            Interlocked.Increment(ref _completed);
+            FirstConnection.TrySetResult();
+        }
+        catch (Exception ex)
+        {
+            if (Interlocked.Increment(ref _errors) <= 5)
+            {
+                Console.Error.WriteLine($"server: connection error: {ex.GetType().Name}: {ex.Message}");
+            }
+
+            try
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception disposeError)
+            {
+                Console.Error.WriteLine($"server: dispose after an error failed: {disposeError.GetType().Name}: {disposeError.Message}");
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _active);
+        }
+    }
+
+    /// <summary>Waits, bounded, for the connections still being served after the listener is unbound.</summary>
+    public async Task<bool> DrainAsync(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (Active > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(10).ConfigureAwait(false);
+        }
+
+        return Active == 0;
+    }
+}

@@ -1,0 +1,243 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using Microsoft.AspNetCore.Connections;
+
+namespace TransportBench;
+
+/// <summary>
+/// Transport-only benchmark: what a Kestrel transport costs per short connection, without HTTP.
+/// stdout carries exactly one result line (bench.sh parses it); everything else goes to stderr.
+/// </summary>
+internal static class Program
+{
+    private const string Usage = """
+        TransportBench: per-connection cost of a Kestrel transport, without HTTP.
+
+        usage:
+          TransportBench run --transport winsock|sockets [--seconds 10] [--warmup 2] [--concurrency 16]
+          TransportBench client --port P --seconds S [--concurrency 16]
+          TransportBench --help
+
+        run     serves on 127.0.0.1:0 through the transport Kestrel would pick (winsock: services.AddWinsockReuseTransport();
+                sockets: Kestrel's SocketTransportFactory), spawns the client as a separate process, waits for the first
+                connection, warms up, then measures the server process only and prints one line on stdout:
+                  transport=T conns=N conns_per_s=R alloc_per_conn=B cpu_us_per_conn=U errors=E
+                conns, alloc (GC.GetTotalAllocatedBytes) and cpu (user+sys) cover the measured period only; errors
+                (client + server) cover the whole run. Exits 1 if no connection completed in the measured period.
+        client  the load: C loops of connect, send 1 byte, receive 1 byte, receive until FIN, close, for S seconds;
+                prints "ok=N errors=E" on stdout.
+        """;
+
+    public static async Task<int> Main(string[] args)
+    {
+        try
+        {
+            if (args.Contains("--help") || args.Contains("-h"))
+            {
+                Console.Out.WriteLine(Usage);
+                return 0;
+            }
+
+            return args.FirstOrDefault() switch
+            {
+                "run" => await RunAsync(ParseOptions(args.AsSpan(1), "transport", "seconds", "warmup", "concurrency")).ConfigureAwait(false),
+                "client" => await ClientAsync(ParseOptions(args.AsSpan(1), "port", "seconds", "concurrency")).ConfigureAwait(false),
+                var mode => throw new ArgumentException(mode is null ? "no mode given" : $"unknown mode '{mode}' (run, client, --help)"),
+            };
+        }
+        catch (ArgumentException ex)
+        {
+            Console.Error.WriteLine($"error: {ex.Message}");
+            Console.Error.WriteLine(Usage);
+            return 2;
+        }
+    }
+
+    private static async Task<int> RunAsync(Dictionary<string, string> options)
+    {
+        var transport = Get(options, "transport", "");
+        if (transport is not ("winsock" or "sockets"))
+        {
+            throw new ArgumentException("--transport must be winsock or sockets");
+        }
+
+        var seconds = GetNumber(options, "seconds", 10, min: 1);
+        var warmup = GetNumber(options, "warmup", 2, min: 0);
+        var concurrency = GetNumber(options, "concurrency", 16, min: 1);
+
+        await using var transports = Transports.Create(transport, new IPEndPoint(IPAddress.Loopback, 0));
+        var listener = await transports.Factory.BindAsync(new IPEndPoint(IPAddress.Loopback, 0)).ConfigureAwait(false);
+        var port = ((IPEndPoint)listener.EndPoint).Port;
+        Console.Error.WriteLine($"listening on 127.0.0.1:{port}");
+
+        var server = new BenchServer(listener);
+        var acceptLoop = Task.Run(server.AcceptLoopAsync);
+
+        // The client runs a little past the measured period so the load covers all of it.
+        using var client = StartClient(port, warmup + seconds + 1, concurrency);
+        var clientOutput = client.StandardOutput.ReadToEndAsync();
+
+        var first = await Task.WhenAny(server.FirstConnection.Task, client.WaitForExitAsync(), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        if (first != server.FirstConnection.Task)
+        {
+            Console.Error.WriteLine("no connection completed: the client exited or nothing arrived within 30 s");
+        }
+        else
+        {
+            await Task.Delay(TimeSpan.FromSeconds(warmup)).ConfigureAwait(false);
+        }
+
+        var before = Snapshot.Take(server);
+        if (first == server.FirstConnection.Task)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(seconds)).ConfigureAwait(false);
+        }
+
+        var after = Snapshot.Take(server);
+
+        var (clientOk, clientErrors) = await WaitForClientAsync(client, clientOutput, TimeSpan.FromSeconds(warmup + seconds + 15)).ConfigureAwait(false);
+        await StopAsync(listener, server, acceptLoop).ConfigureAwait(false);
+        ReportWinsockCounters(transports);
+
+        var conns = after.Completed - before.Completed;
+        var wall = (after.Wall - before.Wall).TotalSeconds;
+        var cpuMicros = (after.Cpu - before.Cpu).TotalMicroseconds;
+        var errors = clientErrors + server.Errors;
+        Console.Error.WriteLine($"client: ok={clientOk} errors={clientErrors}; server: completed={server.Completed} errors={server.Errors}");
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"transport={transport} conns={conns} conns_per_s={(wall > 0 ? conns / wall : 0):F1} alloc_per_conn={(conns > 0 ? (after.Allocated - before.Allocated) / conns : 0)} cpu_us_per_conn={(conns > 0 ? cpuMicros / conns : 0):F1} errors={errors}"));
+        return conns > 0 ? 0 : 1;
+    }
+
+    private static async Task<int> ClientAsync(Dictionary<string, string> options)
+    {
+        var port = options.ContainsKey("port") ? GetNumber(options, "port", 0, min: 1, max: 65535) : throw new ArgumentException("client needs --port");
+        var seconds = GetNumber(options, "seconds", 10, min: 1);
+        var client = new BenchClient(port, TimeSpan.FromSeconds(seconds), GetNumber(options, "concurrency", 16, min: 1));
+        await client.RunAsync().ConfigureAwait(false);
+        foreach (var (kind, count) in client.ErrorKinds)
+        {
+            Console.Error.WriteLine($"client: {count} x {kind}");
+        }
+
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"ok={client.Succeeded} errors={client.Errors}"));
+        return 0;
+    }
+
+    // The same executable in client mode: `dotnet TransportBench.dll client ...` or the apphost directly.
+    private static Process StartClient(int port, int seconds, int concurrency)
+    {
+        var host = Environment.ProcessPath ?? throw new InvalidOperationException("no process path to start the client with");
+        var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(host) == "dotnet")
+        {
+            start.ArgumentList.Add(typeof(Program).Assembly.Location);
+        }
+
+        foreach (var arg in new[] { "client", "--port", $"{port}", "--seconds", $"{seconds}", "--concurrency", $"{concurrency}" })
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        return Process.Start(start) ?? throw new InvalidOperationException($"could not start the client with {host}");
+    }
+
+    private static async Task<(long Ok, long Errors)> WaitForClientAsync(Process client, Task<string> output, TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await client.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("client: did not exit in time; killing it");
+            client.Kill();
+            return (0, 1);
+        }
+
+        // "ok=N errors=E"; a client that died without it counts as one error.
+        var fields = (await output.ConfigureAwait(false)).Split([' ', '\n', '\r'], StringSplitOptions.RemoveEmptyEntries)
+            .Select(static f => f.Split('=', 2)).Where(static kv => kv.Length == 2).ToDictionary(static kv => kv[0], static kv => kv[1]);
+        if (client.ExitCode != 0 || !fields.TryGetValue("ok", out var ok) || !fields.TryGetValue("errors", out var errors))
+        {
+            Console.Error.WriteLine($"client: exited with {client.ExitCode} and no result line");
+            return (0, 1);
+        }
+
+        return (long.Parse(ok, CultureInfo.InvariantCulture), long.Parse(errors, CultureInfo.InvariantCulture));
+    }
+
+    // Unbind ends the accept loop (AcceptAsync returns null); connections in flight finish; then dispose.
+    private static async Task StopAsync(IConnectionListener listener, BenchServer server, Task acceptLoop)
+    {
+        var timer = Stopwatch.StartNew();
+        await listener.UnbindAsync().ConfigureAwait(false);
+        if (await Task.WhenAny(acceptLoop, Task.Delay(TimeSpan.FromSeconds(10))).ConfigureAwait(false) != acceptLoop)
+        {
+            Console.Error.WriteLine("server: the accept loop did not end within 10 s of unbinding");
+        }
+
+        if (!await server.DrainAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false))
+        {
+            Console.Error.WriteLine($"server: {server.Active} connections still open 10 s after unbinding");
+        }
+
+        await listener.DisposeAsync().ConfigureAwait(false);
+        Console.Error.WriteLine($"server: unbound and disposed in {timer.ElapsedMilliseconds} ms");
+    }
+
+    private static void ReportWinsockCounters(Transports transports)
+    {
+        if (transports.WinsockCounters is { } c)
+        {
+            Console.Error.WriteLine($"winsock: reuse={c.ReuseActive} ({c.ReuseStatus}); accepted={c.ConnectionsAccepted} created={c.SocketsCreated} reused={c.SocketsReused} " +
+                $"graceful={c.GracefulCloses} abortive={c.AbortiveCloses} resets={c.ConnectionResets} drainTimeouts={c.DrainTimeouts} " +
+                $"disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts}");
+        }
+    }
+
+    private static Dictionary<string, string> ParseOptions(ReadOnlySpan<string> args, params string[] known)
+    {
+        var options = new Dictionary<string, string>(StringComparer.Ordinal);
+        for (var i = 0; i < args.Length; i += 2)
+        {
+            if (!args[i].StartsWith("--", StringComparison.Ordinal) || !known.Contains(args[i][2..]) || i + 1 >= args.Length)
+            {
+                throw new ArgumentException($"expected one of --{string.Join(", --", known)} with a value, got '{args[i]}'");
+            }
+
+            options[args[i][2..]] = args[i + 1];
+        }
+
+        return options;
+    }
+
+    private static string Get(Dictionary<string, string> options, string name, string fallback)
+        => options.TryGetValue(name, out var value) ? value : fallback;
+
+    private static int GetNumber(Dictionary<string, string> options, string name, int fallback, int min, int max = 100_000)
+    {
+        if (!options.TryGetValue(name, out var text))
+        {
+            return fallback;
+        }
+
+        return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) && value >= min && value <= max
+            ? value
+            : throw new ArgumentException($"--{name} must be a whole number in {min}..{max}, got '{text}'");
+    }
+
+    /// <summary>Server-process readings at one instant; the measured period is the difference of two.</summary>
+    private readonly record struct Snapshot(long Completed, long Allocated, TimeSpan Cpu, TimeSpan Wall)
+    {
+        private static readonly Stopwatch Clock = Stopwatch.StartNew();
+
+        public static Snapshot Take(BenchServer server)
+        {
+            using var self = Process.GetCurrentProcess();
+            return new Snapshot(server.Completed, GC.GetTotalAllocatedBytes(precise: true), self.TotalProcessorTime, Clock.Elapsed);
+        }
+    }
+}

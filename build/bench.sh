@@ -1,0 +1,384 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of this transport (--transport winsock) against Kestrel's own Sockets transport
+# (--transport sockets), on 127.0.0.1 only, in one bounded run:
+#   1. HTTP: builds samples/KestrelApp (Release) and, round after round, starts a fresh server per
+#      configuration on a port of its own (winsock, sockets, winsock with deferred FIN; even rounds in the
+#      reverse order, so A B B A ...), and measures with wrk:
+#        churn      /plaintext with "Connection: close" (one TCP connection per request): req/s, p50, p99,
+#                   errors (socket errors + non-2xx), and from the server: bytes allocated per connection
+#                   (GC delta / connections, from /stats; Kestrel's HTTP layer included, the same on both),
+#                   CPU µs per connection (utime+stime from /proc/<pid>/stat), server-side TIME_WAIT sockets
+#                   (local port = the server's) right after the phase, and the process's peak working set
+#        keep-alive /plaintext over persistent connections: req/s (not for the deferred-FIN server)
+#      Deferred FIN (--Kestrel:Transport:Winsock:DeferFinTimeout) makes the server wait for the client's
+#      FIN first, so TIME_WAIT lands on the client.
+#   2. Transport only: builds benchmarks/TransportBench (Release) and alternates its "run" mode between
+#      the transports: connections/s, bytes allocated and CPU µs per connection, without HTTP.
+# Prints a table per round, a summary of medians, writes artifacts/bench/results.tsv (every measurement)
+# and artifacts/bench/summary.tsv (medians), and ends with six lines, median(winsock)/median(sockets):
+#   churn_ratio= keepalive_ratio= cpu_per_conn_ratio= transport_conn_ratio= alloc_per_conn_ratio=
+#   time_wait_ratio= (the last one: winsock with deferred FIN on against sockets)
+# Any failed phase stops the run with a non-zero exit and no ratios; without benchmarks/TransportBench
+# its two ratios read n/a and the run exits 3. Installs wrk (and curl, ss) with
+# apt-get when missing (root, or sudo).
+#
+#   build/bench.sh                 full run: 4 rounds of 10 s phases, under 10 minutes
+#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 2 minutes
+# Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
+#   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
+#   (first port tried, 18100), TIME_LIMIT (seconds the whole run may take: 600, quick 120),
+#   SKIP_TRANSPORT_BENCH=1 (no transport-only phase: its two ratios print n/a).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+quick="${QUICK:-0}"
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown argument '$arg' (--quick, --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$quick" = 1 ]; then
+  rounds="${ROUNDS:-2}" churn_s="${CHURN_SECONDS:-4}" keepalive_s="${KEEPALIVE_SECONDS:-3}" warmup_s="${WARMUP_SECONDS:-1}"
+  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-120}"
+else
+  rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-2}"
+  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-2}" time_limit="${TIME_LIMIT:-600}"
+fi
+wrk_threads="${WRK_THREADS:-2}" wrk_conns="${WRK_CONNECTIONS:-32}"
+defer_fin="${DEFER_FIN_TIMEOUT:-00:00:00.500}"
+tb_conc="${TB_CONCURRENCY:-32}"
+next_port="${PORT_BASE:-18100}"
+skip_tb="${SKIP_TRANSPORT_BENCH:-0}"
+
+out="$root/artifacts/bench"
+build_dir="$out/build"
+logs="$out/logs"
+results="$out/results.tsv"
+summary="$out/summary.tsv"
+app_dll="$build_dir/bin/KestrelApp/release/KestrelApp.dll"
+tb_project="$root/benchmarks/TransportBench"
+tb_dll="$build_dir/bin/TransportBench/release/TransportBench.dll"
+clk_tck="$(getconf CLK_TCK)"
+server_pid="" server_port="" server_log=""
+
+die() { echo "bench.sh: error: $*" >&2; exit 1; }
+note() { echo "bench.sh: $*" >&2; }
+
+# Kills the server still running, if any (on every exit, including errors and Ctrl-C).
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Fails the run when the next step (about $1 seconds) would end past the time limit.
+budget() {
+  local need=$1
+  if [ $((SECONDS + need)) -gt "$time_limit" ]; then
+    die "time limit: ${SECONDS}s spent, the next step needs ~${need}s more, over TIME_LIMIT=${time_limit}s"
+  fi
+}
+
+# ensure_tool COMMAND PACKAGE: installs the Debian package when the command is missing.
+ensure_tool() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "$cmd is missing; install the Debian package '$pkg' (needs root or sudo)"
+    sudo="sudo"
+  fi
+  note "installing $pkg (apt-get)"
+  $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
+  command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $pkg"
+}
+
+machine() {
+  echo "== machine"
+  echo "nproc:   $(nproc)"
+  echo "cpu:     $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "kernel:  $(uname -srm)"
+  echo "dotnet:  $(dotnet --version)"
+  echo "wrk:     $(wrk -v 2>&1 | head -1)"
+  echo "ports:   ephemeral $(tr '\t' '-' < /proc/sys/net/ipv4/ip_local_port_range), tcp_tw_reuse=$(cat /proc/sys/net/ipv4/tcp_tw_reuse)"
+  echo "run:     $([ "$quick" = 1 ] && echo quick || echo full): $rounds rounds, warmup ${warmup_s}s, churn ${churn_s}s, keep-alive ${keepalive_s}s, wrk -t$wrk_threads -c$wrk_conns, deferred FIN $defer_fin; transport-only ${tb_s}s (+${tb_warmup}s warmup) x$tb_conc; limit ${time_limit}s"
+}
+
+# Sets server_port to a port nothing uses, in any TCP state (old TIME_WAIT included), from PORT_BASE upwards.
+pick_port() {
+  local p=$next_port
+  while [ -n "$(ss -Htan "( sport = :$p or dport = :$p )")" ]; do p=$((p + 1)); done
+  next_port=$((p + 1))
+  server_port=$p
+}
+
+# start_server LABEL TRANSPORT [ARGS...]: a fresh sample app on its own port; waits until /stats answers.
+start_server() {
+  local label=$1 transport=$2; shift 2
+  pick_port
+  server_log="$logs/${label}-r${round}-${server_port}.log"
+  # Logging at Warning whatever appsettings.json says: a log line per request would be what gets measured.
+  dotnet "$app_dll" --transport "$transport" --urls "http://127.0.0.1:$server_port" \
+    --Logging:LogLevel:Default=Warning "$@" >"$server_log" 2>&1 &
+  server_pid=$!
+  local i
+  for i in $(seq 1 150); do
+    if curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$server_port/stats"; then return 0; fi
+    kill -0 "$server_pid" 2>/dev/null || { head -20 "$server_log" >&2; die "$label: the server exited while starting (log: $server_log)"; }
+    sleep 0.2
+  done
+  head -20 "$server_log" >&2
+  die "$label: the server did not answer http://127.0.0.1:$server_port/stats within 30 s"
+}
+
+# Stops the server; sets server_hwm to its peak working set in MiB (VmHWM).
+stop_server() {
+  server_hwm=$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$server_pid/status") \
+    && [ -n "$server_hwm" ] || die "the server (pid $server_pid) is gone (log: $server_log)"
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+  if grep -qE '^(fail|crit):' "$server_log"; then note "the server logged errors: $server_log"; fi
+}
+
+stats() { curl -sf --max-time 5 "http://127.0.0.1:$server_port/stats" || die "GET /stats failed on port $server_port"; }
+
+# json_num JSON NAME: the numeric field NAME ("" if absent; the "process" object's names are unique in /stats).
+json_num() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2 || true; }
+
+# The server's user+sys CPU, in clock ticks (fields 14 and 15 of /proc/<pid>/stat; comm may hold spaces).
+cpu_ticks() { sed 's/^.*) //' "/proc/$server_pid/stat" | awk '{print $12 + $13}'; }
+
+# Server-side TIME_WAIT sockets: local port = the server's (client ends have it as the remote port).
+time_wait() { ss -Htan state time-wait "( sport = :$server_port )" | wc -l; }
+
+# run_wrk SECONDS OUTFILE [WRK ARGS...]
+run_wrk() {
+  local secs=$1 file=$2; shift 2
+  timeout --kill-after=5 $((secs + 30)) wrk -t"$wrk_threads" -c"$wrk_conns" -d"${secs}s" --latency "$@" \
+    "http://127.0.0.1:$server_port/plaintext" >"$file" 2>&1 || { cat "$file" >&2; die "wrk failed (output: $file)"; }
+}
+
+# parse_wrk FILE: "req/s p50_ms p99_ms errors requests"; fails if wrk printed no rate.
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0
+      if (v ~ /m$/) return v * 60000; if (v ~ /s$/) return v * 1000; return -1
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    / requests in / { req = $1 }
+    /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    END {
+      if (rps == "" || req == "" || p50 == "" || p99 == "") exit 1
+      printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, err, req
+    }' "$1" || { cat "$1" >&2; die "could not read wrk's results from $1"; }
+}
+
+# churn LABEL: warm up, then one measured Connection: close phase; sets churn_row (results.tsv, no WS yet).
+churn() {
+  local label=$1 wfile="$logs/${label}-r${round}-churn.txt"
+  run_wrk "$warmup_s" "$logs/${label}-r${round}-warmup.txt" -H 'Connection: close'
+  local before tw0 t0 after tw1 t1 parsed rps p50 p99 err req
+  before=$(stats); t0=$(cpu_ticks); tw0=$(time_wait)
+  run_wrk "$churn_s" "$wfile" -H 'Connection: close'
+  t1=$(cpu_ticks); tw1=$(time_wait); after=$(stats)
+  parsed=$(parse_wrk "$wfile")
+  read -r rps p50 p99 err req <<<"$parsed"
+  [ "$req" -gt 0 ] || die "$label: wrk completed no request (output: $wfile)"
+  local c0 c1 a0 a1
+  c0=$(json_num "$before" connections); c1=$(json_num "$after" connections)
+  a0=$(json_num "$before" allocatedBytes); a1=$(json_num "$after" allocatedBytes)
+  [ -n "$c0" ] && [ -n "$a0" ] && [ -n "$c1" ] && [ -n "$a1" ] \
+    || die "/stats has no process.connections/allocatedBytes: is samples/KestrelApp up to date? ($after)"
+  # The second /stats request came on a connection of its own: not part of the churn.
+  local conns=$((c1 - c0 - 1)) alloc cpu
+  [ "$conns" -gt 0 ] || die "$label: the server counted no connection during the churn"
+  alloc=$(awk -v a="$((a1 - a0))" -v n="$conns" 'BEGIN {printf "%.0f", a / n}')
+  cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$conns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  churn_row="$round	$label	churn	$rps	$p50	$p99	$err	$req	$conns	$alloc	$cpu	$((tw1 - tw0))"
+  # The Winsock transport's own view of who closed first (shows whether the deferred FIN took effect).
+  local p0 p1 d0 d1
+  p0=$(json_num "$before" peerClosedFirst); p1=$(json_num "$after" peerClosedFirst)
+  d0=$(json_num "$before" deferFinTimeouts); d1=$(json_num "$after" deferFinTimeouts)
+  if [ -n "$p0" ] && [ -n "$p1" ] && [ -n "$d0" ] && [ -n "$d1" ]; then
+    note "$label round $round: peerClosedFirst +$((p1 - p0)), deferFinTimeouts +$((d1 - d0)) over $conns connections"
+  fi
+}
+
+# keepalive LABEL: one measured keep-alive phase; sets keepalive_row.
+keepalive() {
+  local label=$1 wfile="$logs/${label}-r${round}-keepalive.txt" parsed rps p50 p99 err req
+  run_wrk "$keepalive_s" "$wfile"
+  parsed=$(parse_wrk "$wfile")
+  read -r rps p50 p99 err req <<<"$parsed"
+  [ "$req" -gt 0 ] || die "$label: wrk completed no request (output: $wfile)"
+  keepalive_row="$round	$label	keepalive	$rps	$p50	$p99	$err	$req	-	-	-	-	-"
+}
+
+# http_config LABEL TRANSPORT WITH_KEEPALIVE [SERVER ARGS...]: one fresh server, its phases, its rows.
+http_config() {
+  local label=$1 transport=$2 with_keepalive=$3; shift 3
+  budget $((warmup_s + churn_s + keepalive_s * with_keepalive + 5))
+  start_server "$label" "$transport" "$@"
+  churn "$label"
+  if [ "$with_keepalive" = 1 ]; then keepalive "$label"; fi
+  stop_server
+  printf '%s\t%s\n' "$churn_row" "$server_hwm" >>"$results"
+  if [ "$with_keepalive" = 1 ]; then printf '%s\n' "$keepalive_row" >>"$results"; fi
+}
+
+header="round	config	phase	rps	p50_ms	p99_ms	errors	requests	conns	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib"
+row_format='%-5s %-17s %-10s %9s %8s %8s %7s %8s %11s %12s %10s %8s\n'
+print_header() {
+  # shellcheck disable=SC2059
+  printf "$row_format" round config phase "req/s" "p50 ms" "p99 ms" errors conns "alloc/conn" "cpu us/conn" TIME_WAIT "WS MiB"
+}
+# print_rows FILTER: the rows of results.tsv whose first column matches (awk regex).
+print_rows() {
+  awk -F'\t' -v r="$1" -v fmt="$row_format" 'NR > 1 && $1 ~ r {
+    if ($3 == "transport") printf fmt, $1, $2, $3, $4, "-", "-", $7, $9, $10, $11, "-", "-"
+    else printf fmt, $1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13 }' "$results"
+}
+
+# median CONFIG PHASE COLUMN: the median of a results.tsv column, over the rounds ("" if none).
+median() {
+  awk -F'\t' -v c="$1" -v p="$2" -v col="$3" 'NR > 1 && $2 == c && $3 == p && $col != "-" {print $col}' "$results" \
+    | sort -g | awk '{v[NR] = $1} END {if (NR == 0) exit; m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.10g\n", m}'
+}
+
+# shown NUMBER: a median for the table (whole numbers from 100 up, else 3 significant digits; "-" stays).
+shown() { awk -v v="$1" 'BEGIN {if (v == "-") print v; else if (v >= 100 || v <= -100) printf "%.0f\n", v; else printf "%.3g\n", v}'; }
+
+# ratio A B: A/B with two decimals; n/a when either is missing or B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b}'; }
+
+# ---------------------------------------------------------------------------------------------------
+command -v dotnet >/dev/null 2>&1 || die "the .NET SDK (dotnet) is not on PATH"
+ensure_tool wrk wrk
+ensure_tool curl curl
+ensure_tool ss iproute2
+mkdir -p "$out" "$logs"
+rm -f "$logs"/*.log "$logs"/*.txt
+machine
+tb_present=0
+if [ "$skip_tb" = 1 ]; then
+  note "transport-only phase skipped (SKIP_TRANSPORT_BENCH=1)"
+elif [ -d "$tb_project" ]; then
+  tb_present=1
+else
+  note "benchmarks/TransportBench does not exist: the transport-only phase cannot run; its ratios will read n/a and the run exits 3"
+fi
+
+# Deadline check before anything starts: rounds x phases + the transport-only runs + builds and startups.
+phases_estimate=$(( rounds * (3 * (warmup_s + churn_s) + 2 * keepalive_s + 6) + tb_present * rounds * 2 * (tb_s + tb_warmup + 2) ))
+estimate=$((phases_estimate + 40))
+echo "estimate: ~${estimate}s (limit ${time_limit}s)"
+[ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
+
+echo "== build (Release)"
+budget 60
+dotnet build samples/KestrelApp -c Release --artifacts-path "$build_dir" -nologo -v quiet >"$logs/build-app.txt" 2>&1 \
+  || { tail -30 "$logs/build-app.txt" >&2; die "building samples/KestrelApp failed"; }
+[ -f "$app_dll" ] || die "no $app_dll after the build"
+echo "samples/KestrelApp -> ${app_dll#"$root"/}"
+if [ "$tb_present" = 1 ]; then
+  budget 60
+  dotnet build "$tb_project" -c Release --artifacts-path "$build_dir" -nologo -v quiet >"$logs/build-tb.txt" 2>&1 \
+    || { tail -30 "$logs/build-tb.txt" >&2; die "building benchmarks/TransportBench failed"; }
+  [ -f "$tb_dll" ] || die "no $tb_dll after the build"
+  echo "benchmarks/TransportBench -> ${tb_dll#"$root"/}"
+fi
+# The builds took what they took (a cold restore, a loaded machine): fail now rather than at the end.
+budget "$phases_estimate"
+
+echo "$header" >"$results"
+for round in $(seq 1 "$rounds"); do
+  echo
+  echo "== HTTP round $round/$rounds (${SECONDS}s)"
+  # Counterbalanced: odd rounds run winsock first, even rounds the reverse, so neither transport always
+  # follows the other's leftovers (TIME_WAIT, cycled client ports, a warmer or cooler machine).
+  if [ $((round % 2)) = 1 ]; then
+    http_config winsock winsock 1
+    http_config sockets sockets 1
+    http_config winsock+deferFIN winsock 0 "--Kestrel:Transport:Winsock:DeferFinTimeout=$defer_fin"
+  else
+    http_config winsock+deferFIN winsock 0 "--Kestrel:Transport:Winsock:DeferFinTimeout=$defer_fin"
+    http_config sockets sockets 1
+    http_config winsock winsock 1
+  fi
+  print_header
+  print_rows "^$round\$"
+done
+
+if [ "$tb_present" = 1 ]; then
+  for round in $(seq 1 "$rounds"); do
+    echo
+    echo "== transport-only round $round/$rounds (${SECONDS}s)"
+    order="winsock sockets"
+    if [ $((round % 2)) = 0 ]; then order="sockets winsock"; fi
+    for transport in $order; do
+      budget $((tb_s + tb_warmup + 5))
+      tfile="$logs/transport-${transport}-r${round}.txt"
+      line=$(timeout --kill-after=5 $((tb_s + tb_warmup + 60)) dotnet "$tb_dll" run --transport "$transport" \
+        --seconds "$tb_s" --warmup "$tb_warmup" --concurrency "$tb_conc" 2>"$tfile" | grep '^transport=' | tail -1) \
+        || { tail -20 "$tfile" >&2; die "TransportBench run --transport $transport failed (stderr: $tfile)"; }
+      echo "$line"
+      # transport=T conns=N conns_per_s=R alloc_per_conn=B cpu_us_per_conn=U errors=E
+      awk -v r="$round" '{
+          for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+          if (f["conns"] == "" || f["conns_per_s"] == "" || f["alloc_per_conn"] == "" || f["cpu_us_per_conn"] == "" || f["errors"] == "") exit 1
+          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\n", r, f["transport"], f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
+        }' <<<"$line" >>"$results" || die "TransportBench printed no valid result line: '$line'"
+    done
+  done
+fi
+
+echo
+echo "== summary: medians over $rounds rounds (every measurement: ${results#"$root"/})"
+echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib" >"$summary"
+print_header
+for key in "winsock churn" "sockets churn" "winsock+deferFIN churn" "winsock keepalive" "sockets keepalive" "winsock transport" "sockets transport"; do
+  read -r config phase <<<"$key"
+  [ -n "$(median "$config" "$phase" 4)" ] || continue
+  vals=()
+  for col in 4 5 6 7 10 11 12 13; do v=$(median "$config" "$phase" "$col"); vals+=("${v:--}"); done
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$config" "$phase" "${vals[@]}" >>"$summary"
+  shownvals=(); for v in "${vals[@]}"; do shownvals+=("$(shown "$v")"); done
+  if [ "$phase" = transport ]; then
+    # shellcheck disable=SC2059
+    printf "$row_format" med "$config" "$phase" "${shownvals[0]}" - - "${shownvals[3]}" - "${shownvals[4]}" "${shownvals[5]}" - -
+  else
+    # shellcheck disable=SC2059
+    printf "$row_format" med "$config" "$phase" "${shownvals[@]:0:4}" - "${shownvals[@]:4}"
+  fi
+done
+echo "(transport rows: req/s = connections/s, no HTTP; alloc/conn in bytes; TIME_WAIT: server side, after the churn; WS: peak working set)"
+echo
+
+lines=(
+  "churn_ratio=$(ratio "$(median winsock churn 4)" "$(median sockets churn 4)")"
+  "keepalive_ratio=$(ratio "$(median winsock keepalive 4)" "$(median sockets keepalive 4)")"
+  "cpu_per_conn_ratio=$(ratio "$(median winsock churn 11)" "$(median sockets churn 11)")"
+  "transport_conn_ratio=$(ratio "$(median winsock transport 4)" "$(median sockets transport 4)")"
+  "alloc_per_conn_ratio=$(ratio "$(median winsock transport 10)" "$(median sockets transport 10)")"
+  "time_wait_ratio=$(ratio "$(median winsock+deferFIN churn 12)" "$(median sockets churn 12)")"
+)
+printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
+missing=""
+if [ "$tb_present" = 0 ] && [ "$skip_tb" != 1 ]; then missing="; benchmarks/TransportBench missing: exit 3"; fi
+echo "took ${SECONDS}s; results in ${out#"$root"/}/ (results.tsv, summary.tsv, ratios.txt, logs/)$missing"
+printf '%s\n' "${lines[@]}"
+if [ -n "$missing" ]; then exit 3; fi
