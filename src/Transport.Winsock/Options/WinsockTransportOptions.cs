@@ -16,8 +16,9 @@ public sealed class WinsockTransportOptions
 
     /// <summary>
     /// The most disconnected sockets each listener keeps for reuse. A socket that comes back when the
-    /// pool is full is closed instead. Defaults to 1024. Valid range: 0 to 65536 (0 keeps none, which in
-    /// effect turns reuse off).
+    /// pool is full is closed instead. The same number caps the listener's idle connection objects (pipes
+    /// and per-connection state, pooled as well). Defaults to 1024. Valid range: 0 to 65536 (0 keeps none,
+    /// which in effect turns reuse off).
     /// </summary>
     public int MaxPooledSockets { get; set; } = 1024;
 
