@@ -2,13 +2,16 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.Diagnostics;
 using Transport.Winsock.Io;
+using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.AcceptPool;
 
 /// <summary>
-/// Keeps a fixed number of accepts posted on the listening socket, each into a socket from the reuse
-/// pool or, when the pool is empty, a new one. An accepted socket is handed off without waiting and the
-/// slot reposts at once. A failed accept costs only its socket: the slot discards it and reposts.
+/// Keeps a fixed number of accepts posted on the listening socket. While sockets are recycled, each
+/// accepts into a socket from the reuse pool or, when the pool is empty, a new one; otherwise into a
+/// socket the runtime makes, as Kestrel's Sockets transport does (nothing is made ahead that would only
+/// be closed). An accepted socket is handed off without waiting and the slot reposts at once. A failed
+/// accept costs only its socket: the slot discards it and reposts.
 /// </summary>
 internal sealed class PostedAccepts
 {
@@ -17,7 +20,8 @@ internal sealed class PostedAccepts
     private readonly Socket _listenSocket;
     private readonly System.Net.EndPoint? _endPoint;
     private readonly SocketPool _pool;
-    private readonly Action<ReusableSocket> _onAccepted;
+    private readonly SocketRecycler _recycler;
+    private readonly Action<Socket, ReusableSocket?> _onAccepted;
     private readonly bool _noDelay;
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
@@ -32,7 +36,8 @@ internal sealed class PostedAccepts
     public PostedAccepts(
         Socket listenSocket,
         SocketPool pool,
-        Action<ReusableSocket> onAccepted,
+        SocketRecycler recycler,
+        Action<Socket, ReusableSocket?> onAccepted,
         bool noDelay,
         WinsockTransportCounters counters,
         ILogger logger)
@@ -40,6 +45,7 @@ internal sealed class PostedAccepts
         _listenSocket = listenSocket;
         _endPoint = listenSocket.LocalEndPoint;
         _pool = pool;
+        _recycler = recycler;
         _onAccepted = onAccepted;
         _noDelay = noDelay;
         _counters = counters;
@@ -71,15 +77,18 @@ internal sealed class PostedAccepts
         using var acceptor = new SocketAcceptor();
         while (!_stopping)
         {
-            var socket = RentOrCreate();
+            // Read once per accept: the recycler can turn reuse off at any time (a fallback).
+            var reusable = _recycler.IsActive ? RentOrCreate() : null;
+            Socket? accepted = null;
             SocketError error;
             try
             {
-                await acceptor.AcceptAsync(_listenSocket, socket.Socket);
+                await acceptor.AcceptAsync(_listenSocket, reusable?.Socket);
+                accepted = acceptor.AcceptSocket!;
                 acceptor.AcceptSocket = null;
                 if (_noDelay)
                 {
-                    EnsureNoDelay(socket.Socket);
+                    EnsureNoDelay(accepted);
                 }
 
                 error = SocketError.Success;
@@ -95,20 +104,37 @@ internal sealed class PostedAccepts
 
             if (error == SocketError.Success)
             {
-                if (socket.Connections > 0)
+                if (reusable is null)
                 {
-                    _counters.SocketReused();
+                    _counters.SocketCreated();
+                }
+                else
+                {
+                    if (reusable.Connections > 0)
+                    {
+                        _counters.SocketReused();
+                    }
+
+                    reusable.OnAccepted();
                 }
 
-                socket.OnAccepted();
                 _counters.ConnectionAccepted();
-                _onAccepted(socket);
+                _onAccepted(accepted!, reusable);
                 continue;
             }
 
-            // The socket may be half-way through an accept or not recycled properly: never reuse it.
+            // The socket may be half-way through an accept or not recycled properly: never reuse it. One
+            // the runtime made for a failed accept is closed too.
+            if (reusable is null)
+            {
+                (accepted ?? acceptor.AcceptSocket)?.Dispose();
+            }
+            else
+            {
+                reusable.Dispose();
+            }
+
             acceptor.AcceptSocket = null;
-            socket.Dispose();
             if (_stopping)
             {
                 break;

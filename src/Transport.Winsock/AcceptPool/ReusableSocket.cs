@@ -5,13 +5,15 @@ using Transport.Winsock.Teardown;
 namespace Transport.Winsock.AcceptPool;
 
 /// <summary>
-/// A socket with everything that is per socket rather than per connection: its receive, send and
-/// disconnect event args and its teardown deadline. The whole bundle is recycled with the socket, so a
-/// reused socket's connection allocates none of them again.
+/// An accepted socket with what only recycling needs: the reuse disconnect's event args and deadline,
+/// both made on the first recycle and kept with the socket for every later one. Receiving and sending
+/// belong to the pooled connection object, not to the socket, so a socket that is never recycled (reuse
+/// off, an abort) brings no event args of its own.
 /// </summary>
 internal sealed class ReusableSocket : IDisposable
 {
     private SocketDisconnector? _disconnector;
+    private SocketDeadline? _deadline;
     private int _disposed;
 
     public ReusableSocket(Socket socket)
@@ -21,13 +23,10 @@ internal sealed class ReusableSocket : IDisposable
 
     public Socket Socket { get; }
 
-    public SocketReceiver Receiver { get; } = new();
-
-    public SocketSender Sender { get; } = new();
-
     public SocketDisconnector Disconnector => _disconnector ??= new SocketDisconnector();
 
-    public SocketDeadline Deadline { get; } = new();
+    /// <summary>The reuse disconnect's deadline.</summary>
+    public SocketDeadline Deadline => _deadline ??= new SocketDeadline();
 
     /// <summary>When its current reuse disconnect started (a Stopwatch timestamp).</summary>
     public long DisconnectStarted { get; set; }
@@ -37,28 +36,10 @@ internal sealed class ReusableSocket : IDisposable
 
     public void OnAccepted() => Connections++;
 
-    /// <summary>
-    /// Closes the socket handle, which also ends any operation pending on it. An abortive close sets a
-    /// zero linger first, so the peer gets an RST instead of a FIN.
-    /// </summary>
-    public void Close(bool abortive)
-    {
-        if (abortive)
-        {
-            try
-            {
-                Socket.LingerState = new LingerOption(enable: true, seconds: 0);
-            }
-            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-            {
-                // Already closed or already reset: there is nothing left to abort.
-            }
-        }
+    /// <summary>Closes the socket handle, which also ends any operation pending on it; see <see cref="SocketClose"/>.</summary>
+    public void Close(bool abortive) => SocketClose.Close(Socket, abortive);
 
-        Socket.Dispose();
-    }
-
-    /// <summary>Closes the socket and frees the event args; only once no operation is pending on them.</summary>
+    /// <summary>Closes the socket and frees its recycling state; only once no disconnect is pending.</summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -67,9 +48,7 @@ internal sealed class ReusableSocket : IDisposable
         }
 
         Socket.Dispose();
-        Receiver.Dispose();
-        Sender.Dispose();
         _disconnector?.Dispose();
-        Deadline.Dispose();
+        _deadline?.Dispose();
     }
 }

@@ -16,6 +16,10 @@ internal sealed partial class WinsockConnection
     private static readonly Action<object, long> s_onDeferralExpired = static (state, id) => ((WinsockConnection)state).OnDeferralExpired(id);
 
     private int _resetSeen;
+    private CancellationTokenSource? _connectionClosedSource;
+    private bool _connectionClosedFiring;
+    private bool _connectionClosedReplaced;
+    private CancellationToken _connectionClosedReplacement;
 
     /// <summary>
     /// The application finished its output: send a FIN now or, with a deferred FIN, once the peer has
@@ -23,6 +27,7 @@ internal sealed partial class WinsockConnection
     /// </summary>
     private void EndOutput()
     {
+        _outputEnded = true;
         lock (_closeLock)
         {
             if (_closeState != CloseState.Open || _peerReset)
@@ -35,7 +40,7 @@ internal sealed partial class WinsockConnection
                 if (!_peerFinReceived && !_receiveEnded)
                 {
                     _closeState = CloseState.FinDeferred;
-                    _socket.Deadline.Arm(deferral, s_onDeferralExpired, this, _id);
+                    _deadline.Arm(deferral, s_onDeferralExpired, this, _id);
                     return;
                 }
 
@@ -76,7 +81,7 @@ internal sealed partial class WinsockConnection
         {
             // Not connected any more (or the FIN could not be sent): close plainly, never reuse.
             _closeState = CloseState.Closed;
-            _socket.Close(abortive: false);
+            SocketClose.Close(_socket, abortive: false);
             return;
         }
 
@@ -91,7 +96,7 @@ internal sealed partial class WinsockConnection
         // No drain to wait for when the peer's FIN is already in (a half-close in progress).
         if (!_receiveEnded && !_peerFinReceived)
         {
-            _socket.Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this, _id);
+            _deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this, _id);
         }
     }
 
@@ -106,7 +111,7 @@ internal sealed partial class WinsockConnection
 
             // Our FIN is out and everything received was read: a plain close sends nothing more.
             _closeState = CloseState.Closed;
-            _socket.Close(abortive: false);
+            SocketClose.Close(_socket, abortive: false);
         }
 
         _factory.Counters.DrainTimeout();
@@ -128,11 +133,11 @@ internal sealed partial class WinsockConnection
             if (_peerReset)
             {
                 // The peer already reset: there is nothing left to abort, only a handle to close.
-                _socket.Close(abortive: false);
+                SocketClose.Close(_socket, abortive: false);
                 return;
             }
 
-            _socket.Close(abortive: true);
+            SocketClose.Close(_socket, abortive: true);
         }
 
         Logger.ConnectionWriteRst(ConnectionId, reason.Message);
@@ -152,7 +157,7 @@ internal sealed partial class WinsockConnection
 
             // The peer closed first while our FIN waited for it: send it now. If the deferral has just
             // expired instead, its callback sends the FIN.
-            if (_closeState == CloseState.FinDeferred && _socket.Deadline.TryDisarm())
+            if (_closeState == CloseState.FinDeferred && _deadline.TryDisarm())
             {
                 SendFinLocked();
                 _factory.Counters.PeerClosedFirstSeen();
@@ -180,25 +185,86 @@ internal sealed partial class WinsockConnection
             _closeState = CloseState.Closed;
         }
 
-        if (recycle)
-        {
-            _factory.Recycler.Recycle(_socket);
-        }
-        else
+        if (_reusable is null)
         {
             _socket.Dispose();
         }
+        else if (recycle)
+        {
+            _factory.Recycler.Recycle(_reusable);
+        }
+        else
+        {
+            _reusable.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Made when first asked for: a connection nobody watches never allocates a token source, and its end
+    /// needs no thread pool hop. Asked for after the end, it is already canceled.
+    /// </summary>
+    public override CancellationToken ConnectionClosed
+    {
+        get
+        {
+            lock (_closeLock)
+            {
+                if (_connectionClosedReplaced)
+                {
+                    return _connectionClosedReplacement;
+                }
+
+                return _connectionClosedFiring
+                    ? new CancellationToken(canceled: true)
+                    : (_connectionClosedSource ??= new CancellationTokenSource()).Token;
+            }
+        }
+
+        set
+        {
+            lock (_closeLock)
+            {
+                _connectionClosedReplacement = value;
+                _connectionClosedReplaced = true;
+            }
+        }
+    }
+
+    private void ResetConnectionClosed()
+    {
+        _connectionClosedSource?.Dispose();
+        _connectionClosedSource = null;
+        _connectionClosedFiring = false;
+        _connectionClosedReplaced = false;
+        _connectionClosedReplacement = default;
     }
 
     // Callbacks registered on ConnectionClosed run on the thread pool, never inside the receive loop; the
     // connection is its own work item, so firing allocates nothing.
-    private void FireConnectionClosed() => ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    private void FireConnectionClosed()
+    {
+        CancellationTokenSource? source;
+        lock (_closeLock)
+        {
+            _connectionClosedFiring = true;
+            source = _connectionClosedSource;
+        }
+
+        if (source is null)
+        {
+            // Nobody has the token: nothing to cancel.
+            _connectionClosedFired.Set();
+            return;
+        }
+
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    }
 
     void IThreadPoolWorkItem.Execute()
     {
         try
         {
-            _connectionClosedTokenSource.Cancel();
+            _connectionClosedSource!.Cancel();
         }
         catch (Exception ex)
         {

@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Io;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Connections;
@@ -35,9 +36,15 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private readonly ReusableSignal _connectionClosedFired = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _finished;
     private readonly Lock _closeLock = new();
-    private ReusableSocket _socket = null!;
+    private readonly SocketReceiver _receiver = new();
+    private readonly SocketSender _sender = new();
+    // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close.
+    private readonly SocketDeadline _deadline = new();
+    private readonly byte[] _probe = new byte[1];
+    private Socket _socket = null!;
+    // The socket's recycling state while sockets are reused; null when this socket will only be closed.
+    private ReusableSocket? _reusable;
     private long _id;
-    private CancellationTokenSource _connectionClosedTokenSource = new();
     private TaskCompletionSource? _sendingEnded;
     private CloseState _closeState;
     private Exception? _shutdownReason;
@@ -45,6 +52,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private bool _peerFinReceived;
     private volatile bool _peerReset;
     private volatile bool _endSendingGracefully;
+    private volatile bool _outputEnded;
     private int _loopsRunning;
     private bool _started;
     private bool _disposed;
@@ -71,15 +79,18 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     }
 
     /// <summary>Readies this object, new or from the pool, for a newly accepted socket.</summary>
-    public void Attach(ReusableSocket socket)
+    public void Attach(Socket socket, ReusableSocket? reusable)
     {
         _socket = socket;
+        _reusable = reusable;
         _id = Interlocked.Increment(ref s_lastId);
-        LocalEndPoint = _factory.LocalEndPoint ?? socket.Socket.LocalEndPoint;
-        RemoteEndPoint = socket.Socket.RemoteEndPoint;
+        // A deadline still armed for this object's previous connection ends here; one that fires anyway
+        // carries the old id and is ignored.
+        _deadline.TryDisarm();
+        LocalEndPoint = _factory.LocalEndPoint ?? socket.LocalEndPoint;
+        RemoteEndPoint = socket.RemoteEndPoint;
         Transport = _transport;
-        _connectionClosedTokenSource = new CancellationTokenSource();
-        ConnectionClosed = _connectionClosedTokenSource.Token;
+        ResetConnectionClosed();
         _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
         _closeState = CloseState.Open;
         _shutdownReason = null;
@@ -87,27 +98,29 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _peerFinReceived = false;
         _peerReset = false;
         _endSendingGracefully = false;
+        _outputEnded = false;
         _resetSeen = 0;
         _started = false;
         _disposed = false;
         ResetFeatures();
     }
 
-    /// <summary>Ends a pooled object's loops when the pool has no room for it.</summary>
+    /// <summary>Ends a pooled object's loops when the pool has no room for it, and frees its event args and timer.</summary>
     public void Retire()
     {
         _receiveTurn.Set(false);
         _sendTurn.Set(false);
+        _receiver.Dispose();
+        _sender.Dispose();
+        _deadline.Dispose();
     }
 
     /// <summary>The socket this connection runs on now; internal for tests (no application may hold it).</summary>
-    internal Socket Socket => _socket.Socket;
+    internal Socket Socket => _socket;
 
     private ILogger Logger => _factory.Logger;
 
     public override IDuplexPipe Transport { get; set; }
-
-    public override CancellationToken ConnectionClosed { get; set; }
 
     public override EndPoint? LocalEndPoint { get; set; }
 
@@ -181,10 +194,11 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     /// <summary>After the server's DisposeAsync: every pipe end is complete, so everything can start over.</summary>
     private void Recycle()
     {
-        _connectionClosedTokenSource.Dispose();
+        ResetConnectionClosed();
         _input.Reset();
         _output.Reset();
         _socket = null!;
+        _reusable = null;
         _factory.Return(this);
     }
 
@@ -206,8 +220,25 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                 while (true)
                 {
                     // Wait for data before taking a buffer, so an idle connection holds no memory.
-                    await _socket.Receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
-                    var received = await _socket.Receiver.ReceiveAsync(Socket, writer.GetMemory(_factory.MinReceiveSize)).ConfigureAwait(false);
+                    await _receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
+                    int received;
+                    if (_outputEnded)
+                    {
+                        // Once the output has ended, what arrives next is most likely the peer's FIN: a
+                        // one-byte probe takes it instead of pipe memory, because a pipe completed while it
+                        // holds an empty write segment drops that segment rather than pooling it (an
+                        // allocation per connection). A byte that does arrive goes into the pipe as usual.
+                        received = await _receiver.ReceiveAsync(Socket, _probe).ConfigureAwait(false);
+                        if (received > 0)
+                        {
+                            _probe.AsSpan(0, received).CopyTo(writer.GetSpan(received));
+                        }
+                    }
+                    else
+                    {
+                        received = await _receiver.ReceiveAsync(Socket, writer.GetMemory(_factory.MinReceiveSize)).ConfigureAwait(false);
+                    }
+
                     if (received == 0)
                     {
                         break;
@@ -237,7 +268,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                 if (applicationStoppedReading)
                 {
                     using var scratch = _factory.MemoryPool.Rent();
-                    while (await _socket.Receiver.ReceiveAsync(Socket, scratch.Memory).ConfigureAwait(false) > 0)
+                    while (await _receiver.ReceiveAsync(Socket, scratch.Memory).ConfigureAwait(false) > 0)
                     {
                     }
                 }
@@ -280,7 +311,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                 }
 
                 // A drain that is over in time disarms its deadline; one that expired has closed the socket.
-                _socket.Deadline.TryDisarm();
+                _deadline.TryDisarm();
                 _input.Writer.Complete(_shutdownReason ?? error);
                 FireConnectionClosed();
             }
@@ -312,7 +343,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     var buffer = result.Buffer;
                     if (!buffer.IsEmpty)
                     {
-                        await _socket.Sender.SendAsync(Socket, buffer).ConfigureAwait(false);
+                        await _sender.SendAsync(Socket, buffer).ConfigureAwait(false);
                     }
 
                     reader.AdvanceTo(buffer.End);

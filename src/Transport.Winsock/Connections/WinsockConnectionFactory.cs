@@ -79,7 +79,7 @@ internal sealed class WinsockConnectionFactory
     public ILogger Logger { get; }
 
     /// <summary>A connection for a newly accepted socket: an idle one when there is one, else a new one.</summary>
-    public WinsockConnection Create(ReusableSocket socket)
+    public WinsockConnection Create(System.Net.Sockets.Socket socket, ReusableSocket? reusable)
     {
         WinsockConnection? connection;
         lock (_idleLock)
@@ -88,7 +88,7 @@ internal sealed class WinsockConnectionFactory
         }
 
         connection ??= new WinsockConnection(this);
-        connection.Attach(socket);
+        connection.Attach(socket, reusable);
         return connection;
     }
 

@@ -50,7 +50,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _pool = new SocketPool(options.MaxPooledSockets, counters);
         _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
         _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, _recycler, counters, logger);
-        _accepts = new PostedAccepts(listenSocket, _pool, OnAccepted, options.NoDelay, counters, logger);
+        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger);
     }
 
     public EndPoint EndPoint { get; }
@@ -124,23 +124,35 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         }
     }
 
-    private void OnAccepted(ReusableSocket socket)
+    private void OnAccepted(Socket socket, ReusableSocket? reusable)
     {
         WinsockConnection connection;
         try
         {
-            connection = _connections.Create(socket);
+            connection = _connections.Create(socket, reusable);
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
             // Reset before its endpoints could be read.
-            socket.Dispose();
+            Close(socket, reusable);
             return;
         }
 
         if (!_accepted.Writer.TryWrite(connection))
         {
+            Close(socket, reusable);
+        }
+    }
+
+    private static void Close(Socket socket, ReusableSocket? reusable)
+    {
+        if (reusable is null)
+        {
             socket.Dispose();
+        }
+        else
+        {
+            reusable.Dispose();
         }
     }
 }
