@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 
@@ -5,10 +7,15 @@ namespace TransportBench;
 
 /// <summary>
 /// The per-connection work, identical for every transport: read one byte, write one byte, complete both
-/// pipes (a graceful FIN), dispose. Nothing else runs, so the cost measured is the transport's.
+/// pipes (a graceful FIN), dispose. Nothing else runs, so the cost measured is the transport's. Each
+/// connection is served by an idle <see cref="Handler"/> (or a new one), whose single long-lived loop
+/// serves one connection after another: the harness allocates nothing per connection itself, so the
+/// bytes per connection it reports are the transport's alone.
 /// </summary>
 internal sealed class BenchServer(IConnectionListener listener)
 {
+    private readonly Stack<Handler> _idle = new();
+    private readonly Lock _idleLock = new();
     private long _completed;
     private long _errors;
     private long _active;
@@ -31,7 +38,13 @@ internal sealed class BenchServer(IConnectionListener listener)
             while ((connection = await listener.AcceptAsync().ConfigureAwait(false)) != null)
             {
                 Interlocked.Increment(ref _active);
-                _ = HandleAsync(connection);
+                Handler? handler;
+                lock (_idleLock)
+                {
+                    _idle.TryPop(out handler);
+                }
+
+                (handler ?? new Handler(this)).Serve(connection);
             }
         }
         catch (Exception ex)
@@ -41,7 +54,17 @@ internal sealed class BenchServer(IConnectionListener listener)
         }
     }
 
-    private async Task HandleAsync(ConnectionContext connection)
+    private void ReturnHandler(Handler handler)
+    {
+        lock (_idleLock)
+        {
+            _idle.Push(handler);
+        }
+    }
+
+    // Pooled: awaited by its handler's loop, so the state machine's box is reused across connections.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask HandleAsync(ConnectionContext connection)
     {
         try
         {
@@ -113,5 +136,48 @@ internal sealed class BenchServer(IConnectionListener listener)
         }
 
         return Active == 0;
+    }
+
+    /// <summary>Serves one connection at a time, from a loop that lives as long as the process.</summary>
+    private sealed class Handler : IValueTaskSource
+    {
+        private readonly BenchServer _server;
+        private ManualResetValueTaskSourceCore<bool> _next = new() { RunContinuationsAsynchronously = true };
+        private ConnectionContext? _connection;
+
+        public Handler(BenchServer server)
+        {
+            _server = server;
+            _ = RunAsync();
+        }
+
+        public void Serve(ConnectionContext connection)
+        {
+            _connection = connection;
+            _next.SetResult(true);
+        }
+
+        private async Task RunAsync()
+        {
+            while (true)
+            {
+                await new ValueTask(this, _next.Version).ConfigureAwait(false);
+                var connection = _connection!;
+                _connection = null;
+                await _server.HandleAsync(connection).ConfigureAwait(false);
+                _server.ReturnHandler(this);
+            }
+        }
+
+        void IValueTaskSource.GetResult(short token)
+        {
+            _next.GetResult(token);
+            _next.Reset();
+        }
+
+        ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _next.GetStatus(token);
+
+        void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+            => _next.OnCompleted(continuation, state, token, flags);
     }
 }
