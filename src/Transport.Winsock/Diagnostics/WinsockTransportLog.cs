@@ -53,4 +53,7 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(16, LogLevel.Debug, "Connection id \"{ConnectionId}\": the peer did not close within the deferred FIN timeout; sending FIN first.", EventName = "DeferFinTimedOut")]
     public static partial void DeferFinTimedOut(this ILogger logger, string connectionId);
+
+    [LoggerMessage(17, LogLevel.Information, "Socket reuse is off for {EndPoint}: {Reason}. Each connection gets the socket its accept made, as with Kestrel's Sockets transport, and still ends with a graceful close.", EventName = "ReuseNotNative")]
+    public static partial void ReuseNotNative(this ILogger logger, EndPoint? endPoint, string reason);
 }

@@ -58,7 +58,11 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     public void Start()
     {
         _counters.SetReuse(_reuse.Active, _reuse.Reason);
-        if (!_reuse.Active && _reuse.Automatic)
+        if (_reuse.Emulated)
+        {
+            _logger.ReuseNotNative(EndPoint, _reuse.Reason);
+        }
+        else if (!_reuse.Active && _reuse.Automatic)
         {
             _logger.ReuseOff(EndPoint, _reuse.Reason);
         }

@@ -6,6 +6,9 @@ namespace Transport.Winsock.Teardown;
 /// <summary>Whether a listener recycles its sockets, and why, in words a log or /stats can show.</summary>
 internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
 {
+    /// <summary>Off because the platform only emulates reuse: the expected state there, not a fault.</summary>
+    public bool Emulated { get; init; }
+
     /// <summary>
     /// <see cref="WinsockTransportOptions.ReuseSockets"/> forces the answer; left null, the provider
     /// check (Windows) and the self-test decide, and a burst of failed recycles can still turn it off.
@@ -34,9 +37,9 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
             }
         }
 
-        var failure = await ReuseSelfTest.RunOnceAsync().ConfigureAwait(false);
-        return failure is null
+        var refusal = await ReuseSelfTest.RunOnceAsync().ConfigureAwait(false);
+        return refusal is null
             ? new(true, true, "on: the reuse self-test passed")
-            : new(false, true, $"off: the reuse self-test failed: {failure}");
+            : new(false, true, $"off: {refusal}") { Emulated = refusal == ReuseSelfTest.Emulated };
     }
 }

@@ -27,6 +27,7 @@ public sealed class NoDelayTests
             {
                 options.NoDelay = noDelay;
                 options.PendingAccepts = 1;
+                options.ReuseSockets = ReusePlatform.ForcedWhereItWorks;
             });
 
         for (var i = 0; i < 8; i++)

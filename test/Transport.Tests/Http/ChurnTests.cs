@@ -4,11 +4,14 @@ namespace Transport.Tests.Http;
 
 public sealed class ChurnTests
 {
+    private const int Requests = 2000;
+
     [NotUnderWineFact(WinePlatform.NoSocketReuse)]
     public async Task Thousands_of_connection_close_requests_all_succeed_and_reuse_sockets()
     {
-        const int Requests = 2000;
-        await using var server = await SampleServer.StartAsync();
+        // Forced: left automatic, reuse is on only where it is native (Windows); on Linux this runs
+        // through .NET's emulation, which exercises the same recycling path.
+        await using var server = await SampleServer.StartAsync(configure: options => options.ReuseSockets = true);
         await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         var counters = server.Counters;
@@ -22,5 +25,31 @@ public sealed class ChurnTests
             $"pooled={counters.PooledSockets} graceful={counters.GracefulCloses} abortive={counters.AbortiveCloses} " +
             $"resets={counters.ConnectionResets} drainTimeouts={counters.DrainTimeouts} disconnectFailures={counters.DisconnectFailures} " +
             $"disconnectTimeouts={counters.DisconnectTimeouts}");
+    }
+
+    [Fact]
+    public async Task Left_automatic_reuse_follows_the_platform_and_every_request_succeeds()
+    {
+        await using var server = await SampleServer.StartAsync();
+        await server.GetPlaintextOnNewConnectionsAsync(Requests);
+
+        var counters = server.Counters;
+        Assert.Equal(ReusePlatform.ReusesByDefault, counters.ReuseActive);
+        Assert.True(await Eventually.TrueAsync(() => counters.GracefulCloses >= Requests, TimeSpan.FromSeconds(10)), Eventually.Describe(counters));
+        Assert.Equal(0, counters.AbortiveCloses);
+        if (!counters.ReuseActive)
+        {
+            // Each connection on the socket its accept made: nothing made ahead, nothing pooled.
+            Assert.Equal(counters.ConnectionsAccepted, counters.SocketsCreated);
+            Assert.Equal(0, counters.SocketsReused);
+            Assert.Equal(0, counters.PooledSockets);
+        }
+
+        if (!OperatingSystem.IsWindows())
+        {
+            Assert.Contains("emulates socket reuse", counters.ReuseStatus, StringComparison.Ordinal);
+        }
+
+        TestContext.Current.SendDiagnosticMessage($"automatic churn: {counters.ReuseStatus}; {Eventually.Describe(counters)}");
     }
 }

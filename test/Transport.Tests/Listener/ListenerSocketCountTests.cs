@@ -11,12 +11,18 @@ public sealed class ListenerSocketCountTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
 
-    [Fact(Skip = ProcessSockets.Unsupported, SkipUnless = nameof(ProcessSockets.IsSupported), SkipType = typeof(ProcessSockets))]
-    public async Task Disposing_the_listener_closes_every_socket_it_owns()
+    [Theory(Skip = ProcessSockets.Unsupported, SkipUnless = nameof(ProcessSockets.IsSupported), SkipType = typeof(ProcessSockets))]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Disposing_the_listener_closes_every_socket_it_owns(bool reuse)
     {
         var ct = TestContext.Current.CancellationToken;
         var baseline = ProcessSockets.Count();
-        await using (var services = ListenerTests.BuildServices(options => options.PendingAccepts = 4))
+        await using (var services = ListenerTests.BuildServices(options =>
+        {
+            options.PendingAccepts = 4;
+            options.ReuseSockets = reuse;
+        }))
         {
             var counters = services.GetRequiredService<WinsockTransportCounters>();
             var listener = await ListenerTests.BindAsync(services);
@@ -32,8 +38,8 @@ public sealed class ListenerSocketCountTests
                 await connection.DisposeAsync().AsTask().WaitAsync(Timeout, ct);
             }
 
-            // The listening socket, the posted accepts and the recycled sockets are all open now.
-            Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets >= 1, Timeout), Eventually.Describe(counters));
+            // The listening socket and, with reuse, the posted accepts' and recycled sockets are open now.
+            Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets >= (reuse ? 1 : 0) && counters.GracefulCloses == 3, Timeout), Eventually.Describe(counters));
             Assert.True(ProcessSockets.Count() > baseline, $"no sockets open beyond the baseline {baseline} while listening");
 
             await listener.DisposeAsync().AsTask().WaitAsync(Timeout, ct);
