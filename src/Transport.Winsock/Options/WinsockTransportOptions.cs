@@ -108,9 +108,11 @@ public sealed class WinsockTransportOptions
     /// Whether finished connections' sockets are recycled with a reuse disconnect and accepted into again.
     /// <see langword="null"/> (the default): each listener checks at startup that the socket's provider has
     /// DisconnectEx and runs a one-off loopback self-test of accept, disconnect with reuse and accept
-    /// again; it reuses only if both pass, and turns reuse off later if 10 recycles in a row fail.
-    /// <see langword="true"/> forces reuse on (no self-test, no fallback); <see langword="false"/> turns it
-    /// off: every connection gets a fresh socket, still ends with a graceful half-close, and is closed.
+    /// again; it reuses only if both pass and the accept kept the given socket's handle (where the runtime
+    /// only emulates reuse, as .NET does on Linux, reuse would cost system calls and save none), and turns
+    /// reuse off later if 10 recycles in a row fail. <see langword="true"/> forces reuse on (no self-test,
+    /// no fallback); <see langword="false"/> turns it off: every connection gets the socket its accept made,
+    /// still ends with a graceful half-close, and is closed.
     /// </summary>
     public bool? ReuseSockets { get; set; }
 }

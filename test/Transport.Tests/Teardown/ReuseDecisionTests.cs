@@ -1,5 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Transport.Tests.Infrastructure;
 using Transport.Winsock;
 using Transport.Winsock.Teardown;
 
@@ -48,6 +50,39 @@ public sealed class ReuseDecisionTests
             // .NET on Linux accepts into a new descriptor and swaps it in: reuse there would only cost.
             Assert.False(decision.Active);
             Assert.Contains("emulates socket reuse", decision.Reason, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Reuse_left_off_is_logged_once_at_the_level_its_cause_deserves()
+    {
+        var log = new CapturedLog();
+        await using (var server = await SampleServer.StartAsync(configureBuilder: builder => builder.Logging.AddProvider(log).AddFilter<CapturedLog>("Transport.Winsock", LogLevel.Trace)))
+        {
+            await server.GetPlaintextOnNewConnectionsAsync(1);
+        }
+
+        var off = log.Entries.Where(e => e.EventId.Id == 14).ToList();
+        var notNative = log.Entries.Where(e => e.EventId.Id == 17).ToList();
+        if (WinePlatform.IsWine)
+        {
+            // A platform that claims reuse and fails it: a warning.
+            Assert.Equal(LogLevel.Warning, Assert.Single(off).Level);
+            Assert.Empty(notNative);
+        }
+        else if (OperatingSystem.IsWindows())
+        {
+            Assert.Empty(off);
+            Assert.Empty(notNative);
+        }
+        else
+        {
+            // Emulated reuse declined is the expected state on Linux: information, not a warning.
+            var entry = Assert.Single(notNative);
+            Assert.Equal(LogLevel.Information, entry.Level);
+            Assert.Equal("ReuseNotNative", entry.EventId.Name);
+            Assert.Contains("emulates socket reuse", entry.Message, StringComparison.Ordinal);
+            Assert.Empty(off);
         }
     }
 
