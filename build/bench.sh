@@ -191,10 +191,14 @@ parse_wrk() {
 churn() {
   local label=$1 wfile="$logs/${label}-r${round}-churn.txt"
   run_wrk "$warmup_s" "$logs/${label}-r${round}-warmup.txt" -H 'Connection: close'
-  local before tw0 t0 after tw1 t1 parsed rps p50 p99 err req
-  before=$(stats); t0=$(cpu_ticks); tw0=$(time_wait)
+  local before t0 after tw t1 parsed rps p50 p99 err req
+  before=$(stats); t0=$(cpu_ticks)
   run_wrk "$churn_s" "$wfile" -H 'Connection: close'
-  t1=$(cpu_ticks); tw1=$(time_wait); after=$(stats)
+  # What the churn (warm-up included) left on this server's own port: every server gets a port with no
+  # socket in any state, so all of these are its own. Counted as they are, not as a difference: the
+  # kernel can recycle a TIME_WAIT entry when a client port comes round again, so a difference can even
+  # be negative.
+  t1=$(cpu_ticks); tw=$(time_wait); after=$(stats)
   parsed=$(parse_wrk "$wfile")
   read -r rps p50 p99 err req <<<"$parsed"
   [ "$req" -gt 0 ] || die "$label: wrk completed no request (output: $wfile)"
@@ -208,7 +212,7 @@ churn() {
   [ "$conns" -gt 0 ] || die "$label: the server counted no connection during the churn"
   alloc=$(awk -v a="$((a1 - a0))" -v n="$conns" 'BEGIN {printf "%.0f", a / n}')
   cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$conns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  churn_row="$round	$label	churn	$rps	$p50	$p99	$err	$req	$conns	$alloc	$cpu	$((tw1 - tw0))"
+  churn_row="$round	$label	churn	$rps	$p50	$p99	$err	$req	$conns	$alloc	$cpu	$tw"
   # The Winsock transport's own view of who closed first (shows whether the deferred FIN took effect).
   local p0 p1 d0 d1
   p0=$(json_num "$before" peerClosedFirst); p1=$(json_num "$after" peerClosedFirst)

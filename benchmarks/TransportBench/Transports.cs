@@ -1,9 +1,8 @@
 using System.Net;
 using Microsoft.AspNetCore.Connections;
-using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
+using Transport.Benchmarks.Shared;
 using Transport.Winsock;
 
 namespace TransportBench;
@@ -29,59 +28,12 @@ internal sealed class Transports : IAsyncDisposable
 
     public static Transports Create(string transport, EndPoint endpoint)
     {
-        var host = new HostBuilder()
-            // No logging providers for either transport: nothing is formatted or written in the hot path.
-            .ConfigureLogging(static logging => logging.ClearProviders())
-            .ConfigureWebHost(web =>
-            {
-                web.UseKestrel();
-                if (transport == "winsock")
-                {
-                    web.ConfigureServices(static services => services.AddWinsockReuseTransport());
-                }
-
-                // The host is never started; a web host only needs an application to build.
-                web.Configure(static _ => { });
-            })
-            .Build();
-
-        var factory = Select(host.Services, endpoint);
-        var expected = transport == "winsock" ? "WinsockTransportFactory" : "SocketTransportFactory";
-        if (factory.GetType().Name != expected)
-        {
-            host.Dispose();
-            throw new InvalidOperationException($"Kestrel would bind {endpoint} with {factory.GetType().FullName}, not {expected}.");
-        }
-
+        var (host, factory) = KestrelTransportHost.Create(transport == "winsock", endpoint);
         var pools = host.Services.GetService<IMemoryPoolFactory<byte>>();
         Console.Error.WriteLine($"factory: {factory.GetType().FullName}");
         Console.Error.WriteLine($"memory pool factory: {pools?.GetType().FullName ?? "(none registered)"}");
         return new Transports(host, factory);
     }
 
-    // Kestrel's TransportManager: registrations newest first, the first that can bind the endpoint wins.
-    private static IConnectionListenerFactory Select(IServiceProvider services, EndPoint endpoint)
-    {
-        foreach (var factory in services.GetServices<IConnectionListenerFactory>().Reverse())
-        {
-            if (factory is not IConnectionListenerFactorySelector selector || selector.CanBind(endpoint))
-            {
-                return factory;
-            }
-        }
-
-        throw new InvalidOperationException($"No IConnectionListenerFactory can bind {endpoint}.");
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (_host is IAsyncDisposable asyncDisposable)
-        {
-            await asyncDisposable.DisposeAsync().ConfigureAwait(false);
-        }
-        else
-        {
-            _host.Dispose();
-        }
-    }
+    public ValueTask DisposeAsync() => KestrelTransportHost.DisposeAsync(_host);
 }
