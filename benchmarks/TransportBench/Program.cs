@@ -22,8 +22,9 @@ internal static class Program
         run     serves on 127.0.0.1:0 through the transport Kestrel would pick (winsock: services.AddWinsockReuseTransport();
                 sockets: Kestrel's SocketTransportFactory), spawns the client as a separate process, waits for the first
                 connection, warms up, then measures the server process only and prints one line on stdout:
-                  transport=T conns=N conns_per_s=R alloc_per_conn=B cpu_us_per_conn=U errors=E
-                conns, alloc (GC.GetTotalAllocatedBytes) and cpu (user+sys) cover the measured period only; errors
+                  transport=T conns=N conns_per_s=R alloc_per_conn=B cpu_us_per_conn=U work_items_per_conn=W errors=E
+                conns, alloc (GC.GetTotalAllocatedBytes), cpu (user+sys) and thread pool work items (hops: fewer is
+                less scheduling per connection) cover the measured period only; errors
                 (client + server) cover the whole run. Exits 1 if no connection completed in the measured period.
         client  the load: C loops of connect, send 1 byte, receive 1 byte, receive until FIN, close, for S seconds;
                 prints "ok=N errors=E" on stdout.
@@ -106,7 +107,7 @@ internal static class Program
         var errors = clientErrors + server.Errors;
         Console.Error.WriteLine($"client: ok={clientOk} errors={clientErrors}; server: completed={server.Completed} errors={server.Errors}");
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"transport={transport} conns={conns} conns_per_s={(wall > 0 ? conns / wall : 0):F1} alloc_per_conn={(conns > 0 ? (after.Allocated - before.Allocated) / conns : 0)} cpu_us_per_conn={(conns > 0 ? cpuMicros / conns : 0):F1} errors={errors}"));
+            $"transport={transport} conns={conns} conns_per_s={(wall > 0 ? conns / wall : 0):F1} alloc_per_conn={(conns > 0 ? (after.Allocated - before.Allocated) / conns : 0)} cpu_us_per_conn={(conns > 0 ? cpuMicros / conns : 0):F1} work_items_per_conn={(conns > 0 ? (double)(after.WorkItems - before.WorkItems) / conns : 0):F2} errors={errors}"));
         return conns > 0 ? 0 : 1;
     }
 
@@ -230,14 +231,14 @@ internal static class Program
     }
 
     /// <summary>Server-process readings at one instant; the measured period is the difference of two.</summary>
-    private readonly record struct Snapshot(long Completed, long Allocated, TimeSpan Cpu, TimeSpan Wall)
+    private readonly record struct Snapshot(long Completed, long Allocated, TimeSpan Cpu, TimeSpan Wall, long WorkItems)
     {
         private static readonly Stopwatch Clock = Stopwatch.StartNew();
 
         public static Snapshot Take(BenchServer server)
         {
             using var self = Process.GetCurrentProcess();
-            return new Snapshot(server.Completed, GC.GetTotalAllocatedBytes(precise: true), self.TotalProcessorTime, Clock.Elapsed);
+            return new Snapshot(server.Completed, GC.GetTotalAllocatedBytes(precise: true), self.TotalProcessorTime, Clock.Elapsed, ThreadPool.CompletedWorkItemCount);
         }
     }
 }
