@@ -10,8 +10,14 @@ namespace Transport.Winsock.Io;
 /// </summary>
 internal abstract class AwaitableSocketEventArgs : SocketAsyncEventArgs, IValueTaskSource<int>
 {
-    // Continuations run on the thread pool, never on the thread that completed the I/O.
-    private ManualResetValueTaskSourceCore<int> _source = new() { RunContinuationsAsynchronously = true };
+    // Where an operation that did not complete at once ends: on Unix, .NET's socket engine already hands
+    // the completion to the thread pool, so the continuation runs right there (queuing it again would cost
+    // a second hop per operation); on Windows completions arrive on I/O completion threads, which must not
+    // run the application's code, so the continuation is queued to the thread pool. Kestrel's Sockets
+    // transport makes the same choice.
+    private static readonly bool s_queueContinuations = OperatingSystem.IsWindows();
+
+    private ManualResetValueTaskSourceCore<int> _source = new() { RunContinuationsAsynchronously = s_queueContinuations };
 
     protected AwaitableSocketEventArgs()
         : base(unsafeSuppressExecutionContextFlow: true)
