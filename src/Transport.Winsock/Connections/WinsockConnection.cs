@@ -72,8 +72,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _output = new Pipe(factory.OutputOptions);
         _transport = new DuplexPipe(_input.Reader, _output.Writer);
         Transport = _transport;
-        // The server's continuation after DisposeAsync runs on the thread pool, not inside our loops.
-        _finished = new ReusableSignal(runContinuationsAsynchronously: true, afterResult: Recycle);
+        // The server's continuation after DisposeAsync runs inline, on the loop that finished last (a
+        // thread pool thread): neither loop touches the connection after OnLoopDone, and it saves a hop.
+        _finished = new ReusableSignal(runContinuationsAsynchronously: false, afterResult: Recycle);
         _ = ReceiveLoopAsync();
         _ = SendLoopAsync();
     }
