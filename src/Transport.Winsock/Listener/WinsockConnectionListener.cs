@@ -18,8 +18,10 @@ namespace Transport.Winsock.Listener;
 /// </summary>
 internal sealed class WinsockConnectionListener : IConnectionListener
 {
+    // A waiting server's accept loop resumes on the posting slot's thread pool thread, not after another
+    // hop: it only takes the connection, dispatches it and waits again before the slot reposts.
     private readonly Channel<WinsockConnection> _accepted = Channel.CreateUnbounded<WinsockConnection>(
-        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
+        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = true });
 
     private readonly MemoryPool<byte> _memoryPool;
     private readonly SocketPool _pool;
