@@ -68,8 +68,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     public WinsockConnection(WinsockConnectionFactory factory)
     {
         _factory = factory;
-        _input = new Pipe(factory.InputOptions);
-        _output = new Pipe(factory.OutputOptions);
+        var (inputOptions, outputOptions) = factory.NextPipeOptions();
+        _input = new Pipe(inputOptions);
+        _output = new Pipe(outputOptions);
         _transport = new DuplexPipe(_input.Reader, _output.Writer);
         Transport = _transport;
         // The server's continuation after DisposeAsync runs inline, on the loop that finished last (a

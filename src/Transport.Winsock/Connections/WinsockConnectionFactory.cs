@@ -17,6 +17,9 @@ internal sealed class WinsockConnectionFactory
     private readonly Stack<WinsockConnection> _idle = new();
     private readonly Lock _idleLock = new();
     private readonly int _maxIdle;
+    private readonly PipeOptions[] _inputOptions;
+    private readonly PipeOptions[] _outputOptions;
+    private int _nextScheduler;
 
     public WinsockConnectionFactory(
         EndPoint listenEndPoint,
@@ -43,13 +46,22 @@ internal sealed class WinsockConnectionFactory
         HalfCloseTimeout = options.AllowHalfClose ? options.HalfCloseTimeout : null;
         DeferFinTimeout = options.DeferFinTimeout > TimeSpan.Zero ? options.DeferFinTimeout : null;
 
-        // Kestrel's pipe shape: the transport's pipe ends run their continuations on the thread pool,
-        // writers pause at the buffer limit and resume at half of it.
+        // Kestrel's pipe shape: writers pause at the buffer limit and resume at half of it; the
+        // application's continuations run on the thread pool, the transport's own (the send loop woken
+        // by a flush, the receive loop released from backpressure) on a few batching schedulers.
         var minimumSegmentSize = Math.Min(memoryPool.MaxBufferSize, 4096);
         var maxRead = options.MaxReadBufferSize ?? 0;
         var maxWrite = options.MaxWriteBufferSize ?? 0;
-        InputOptions = new PipeOptions(memoryPool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false);
-        OutputOptions = new PipeOptions(memoryPool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
+        var schedulers = Math.Min(Environment.ProcessorCount, 16);
+        _inputOptions = new PipeOptions[schedulers];
+        _outputOptions = new PipeOptions[schedulers];
+        for (var i = 0; i < schedulers; i++)
+        {
+            var transportScheduler = new BatchingScheduler();
+            _inputOptions[i] = new PipeOptions(memoryPool, PipeScheduler.ThreadPool, transportScheduler, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false);
+            _outputOptions[i] = new PipeOptions(memoryPool, transportScheduler, PipeScheduler.ThreadPool, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
+        }
+
         MinReceiveSize = Math.Max(minimumSegmentSize / 2, 1);
     }
 
@@ -58,9 +70,12 @@ internal sealed class WinsockConnectionFactory
     /// <summary>The local endpoint every connection shares, or null when the listener is bound to a wildcard address.</summary>
     public EndPoint? LocalEndPoint { get; }
 
-    public PipeOptions InputOptions { get; }
-
-    public PipeOptions OutputOptions { get; }
+    /// <summary>Pipe options for a new connection object: its input and output pipes share one of the batching schedulers, taken in turn.</summary>
+    public (PipeOptions Input, PipeOptions Output) NextPipeOptions()
+    {
+        var i = (int)((uint)Interlocked.Increment(ref _nextScheduler) % (uint)_inputOptions.Length);
+        return (_inputOptions[i], _outputOptions[i]);
+    }
 
     public int MinReceiveSize { get; }
 
