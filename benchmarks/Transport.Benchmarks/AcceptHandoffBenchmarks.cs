@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using BenchmarkDotNet.Attributes;
+using Transport.Winsock.Listener;
 
 namespace Transport.Benchmarks;
 
@@ -9,11 +10,11 @@ namespace Transport.Benchmarks;
 /// (its <c>OnAccepted</c> writes the new connection to an unbounded channel) and Kestrel's accept loop
 /// getting it back from <c>AcceptAsync</c> (<c>WaitToReadAsync</c> + <c>TryRead</c>).
 /// <para>
-/// This mirrors the listener rather than driving it: the channel is a private field of the real
-/// listener, fed only by real accepts (that end to end path is <see cref="ConnectionLifecycleBenchmarks"/>).
-/// The channel options and <see cref="AcceptAsync"/>'s body, including its pooling async method builder,
-/// are copied from <c>WinsockConnectionListener</c> as they are; the only difference is that the item is
-/// a stand-in object and is not started (<c>connection.Start()</c> would run a connection's loops).
+/// This mirrors the listener rather than driving it: the listener's channel is fed only by real accepts
+/// (that end to end path is <see cref="ConnectionLifecycleBenchmarks"/>). The channel comes from the
+/// listener's own <c>CreateAcceptQueue</c>; <see cref="AcceptAsync"/>'s body, including its pooling async
+/// method builder, is copied from <c>WinsockConnectionListener</c>; the only difference is that the item
+/// is a stand-in object and is not started (<c>connection.Start()</c> would run a connection's loops).
 /// </para>
 /// </summary>
 [MemoryDiagnoser]
@@ -22,8 +23,7 @@ public class AcceptHandoffBenchmarks
     private const int Handoffs = 1000;
 
     // The listener's channel: unbounded, one reader (Kestrel's accept loop), many writers (the accept slots).
-    private readonly Channel<AcceptedConnection> _accepted = Channel.CreateUnbounded<AcceptedConnection>(
-        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
+    private readonly Channel<AcceptedConnection> _accepted = WinsockConnectionListener.CreateAcceptQueue<AcceptedConnection>();
 
     private readonly AcceptedConnection _connection = new();
 

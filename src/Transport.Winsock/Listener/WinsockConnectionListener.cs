@@ -18,10 +18,7 @@ namespace Transport.Winsock.Listener;
 /// </summary>
 internal sealed class WinsockConnectionListener : IConnectionListener
 {
-    // A waiting server's accept loop resumes on the posting slot's thread pool thread, not after another
-    // hop: it only takes the connection, dispatches it and waits again before the slot reposts.
-    private readonly Channel<WinsockConnection> _accepted = Channel.CreateUnbounded<WinsockConnection>(
-        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = true });
+    private readonly Channel<WinsockConnection> _accepted = CreateAcceptQueue<WinsockConnection>();
 
     private readonly MemoryPool<byte> _memoryPool;
     private readonly SocketPool _pool;
@@ -56,6 +53,14 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     }
 
     public EndPoint EndPoint { get; }
+
+    /// <summary>
+    /// The queue between the posted accepts and the server's accept loop (internal for the benchmarks). A
+    /// waiting accept loop resumes on the posting slot's thread pool thread, not after another hop: it
+    /// only takes the connection, dispatches it and waits again before the slot reposts.
+    /// </summary>
+    internal static Channel<T> CreateAcceptQueue<T>() => Channel.CreateUnbounded<T>(
+        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = true });
 
     public void Start()
     {
