@@ -239,8 +239,12 @@ internal sealed partial class WinsockConnection
         _connectionClosedReplacement = default;
     }
 
-    // Callbacks registered on ConnectionClosed run on the thread pool, never inside the receive loop; the
-    // connection is its own work item, so firing allocates nothing.
+    /// <summary>
+    /// Cancels ConnectionClosed, running its callbacks right here. The caller is the receive loop at its
+    /// end, always on a thread pool thread (never an I/O completion thread, never inside an application
+    /// call), with nothing left to do until the callbacks are done; a hop to another thread pool work item
+    /// would only cost.
+    /// </summary>
     private void FireConnectionClosed()
     {
         CancellationTokenSource? source;
@@ -250,27 +254,14 @@ internal sealed partial class WinsockConnection
             source = _connectionClosedSource;
         }
 
-        if (source is null)
-        {
-            // Nobody has the token: nothing to cancel.
-            _connectionClosedFired.Set();
-            return;
-        }
-
-        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
-    }
-
-    void IThreadPoolWorkItem.Execute()
-    {
         try
         {
-            _connectionClosedSource!.Cancel();
+            // Null when nobody asked for the token: nothing to cancel.
+            source?.Cancel();
         }
         catch (Exception ex)
         {
             Logger.ConnectionClosedCallbackFailed(ConnectionId, ex);
         }
-
-        _connectionClosedFired.Set();
     }
 }

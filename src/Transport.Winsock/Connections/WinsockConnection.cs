@@ -23,7 +23,7 @@ namespace Transport.Winsock.Connections;
 /// allocates next to nothing here.
 /// </para>
 /// </summary>
-internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem
+internal sealed partial class WinsockConnection : ConnectionContext
 {
     private static long s_lastId = DateTime.UtcNow.Ticks;
 
@@ -33,7 +33,6 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private readonly DuplexPipe _transport;
     private readonly ReusableSignal _receiveTurn = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
-    private readonly ReusableSignal _connectionClosedFired = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _finished;
     private readonly Lock _closeLock = new();
     private readonly SocketReceiver _receiver = new();
@@ -318,7 +317,6 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                 FireConnectionClosed();
             }
 
-            await _connectionClosedFired.WaitAsync().ConfigureAwait(false);
             OnLoopDone();
         }
     }
