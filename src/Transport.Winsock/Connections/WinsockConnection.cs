@@ -218,21 +218,24 @@ internal sealed partial class WinsockConnection : ConnectionContext
             {
                 var writer = _input.Writer;
                 var applicationStoppedReading = false;
+                var probeForFin = true;
                 while (true)
                 {
                     // Wait for data before taking a buffer, so an idle connection holds no memory.
                     await _receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
                     int received;
-                    if (_outputEnded)
+                    if (_outputEnded && probeForFin)
                     {
                         // Once the output has ended, what arrives next is most likely the peer's FIN: a
                         // one-byte probe takes it instead of pipe memory, because a pipe completed while it
                         // holds an empty write segment drops that segment rather than pooling it (an
-                        // allocation per connection). A byte that does arrive goes into the pipe as usual.
+                        // allocation per connection). A byte that does arrive goes into the pipe as usual,
+                        // and the rest of this connection's input is received the usual way.
                         received = await _receiver.ReceiveAsync(Socket, _probe).ConfigureAwait(false);
                         if (received > 0)
                         {
                             _probe.AsSpan(0, received).CopyTo(writer.GetSpan(received));
+                            probeForFin = false;
                         }
                     }
                     else
@@ -381,8 +384,14 @@ internal sealed partial class WinsockConnection : ConnectionContext
                 }
 
                 reader.Complete(failure is ConnectionResetException ? null : failure);
-                // If the receive loop is held by backpressure, let it go: nobody will read any more.
-                _input.Writer.CancelPendingFlush();
+                if (!completed)
+                {
+                    // Aborted or failed: if the receive loop is held by backpressure, let it go, nobody
+                    // will read any more. After a graceful end the application may still be reading its
+                    // input (our FIN only ends the output), so the receive loop carries on delivering it;
+                    // the server's DisposeAsync completes the input, which releases a held flush too.
+                    _input.Writer.CancelPendingFlush();
+                }
                 _sendingEnded?.TrySetResult();
             }
 

@@ -146,6 +146,50 @@ public sealed class TeardownTests
     }
 
     [Fact]
+    public async Task Input_sent_after_the_output_ended_reaches_the_application_intact()
+    {
+        // After the output ends the next receive is a one-byte probe for the peer's FIN; data that comes
+        // instead must reach the application whole, and the rest of it by ordinary receives.
+        var ct = TestContext.Current.CancellationToken;
+        var upload = RandomNumberGenerator.GetBytes(256 * 1024);
+        var received = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Winsock, async context =>
+        {
+            await context.Transport.Output.CompleteAsync();
+            var input = context.Transport.Input;
+            var all = new MemoryStream();
+            while (true)
+            {
+                var result = await input.ReadAsync(ct);
+                foreach (var segment in result.Buffer)
+                {
+                    all.Write(segment.Span);
+                }
+
+                input.AdvanceTo(result.Buffer.End);
+                if (result.IsCompleted)
+                {
+                    break;
+                }
+            }
+
+            received.TrySetResult(all.ToArray());
+        });
+        var counters = server.Counters!;
+
+        using var client = await RawClient.ConnectAsync(server.EndPoint);
+        Assert.Empty(await RawClient.ReadToFinAsync(client, Timeout));
+        await client.SendAsync(upload, SocketFlags.None, ct);
+        client.Shutdown(SocketShutdown.Send);
+
+        var all = await received.Task.WaitAsync(Timeout, ct);
+        Assert.Equal(upload.Length, all.Length);
+        Assert.True(upload.AsSpan().SequenceEqual(all), "the input arrived altered");
+        Assert.True(await Eventually.TrueAsync(() => counters.GracefulCloses == 1, Timeout), Eventually.Describe(counters));
+        Assert.Equal(0, counters.AbortiveCloses);
+    }
+
+    [Fact]
     public async Task Peer_that_never_closes_hits_the_drain_timeout_and_its_socket_is_not_reused()
     {
         await using var server = await ConnectionServer.StartAsync(
