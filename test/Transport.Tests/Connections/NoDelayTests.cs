@@ -30,16 +30,24 @@ public sealed class NoDelayTests
                 options.ReuseSockets = ReusePlatform.ForcedWhereItWorks;
             });
 
+        var counters = server.Counters!;
         for (var i = 0; i < 8; i++)
         {
-            using var client = await RawClient.ConnectAsync(server.EndPoint);
-            await RawClient.ReadToFinAsync(client, TimeSpan.FromSeconds(10));
-            client.Shutdown(SocketShutdown.Send);
+            using (var client = await RawClient.ConnectAsync(server.EndPoint))
+            {
+                await RawClient.ReadToFinAsync(client, TimeSpan.FromSeconds(10));
+                client.Shutdown(SocketShutdown.Send);
+            }
+
+            // Let this connection's socket finish its recycle before the next accept completes, so the
+            // slot's repost after that accept finds it in the pool: recycled sockets are then certain.
+            var ended = i + 1;
+            Assert.True(await Eventually.TrueAsync(() => counters.GracefulCloses == ended && counters.PendingDisconnects == 0, TimeSpan.FromSeconds(10)), Eventually.Describe(counters));
         }
 
         Assert.True(await Eventually.TrueAsync(() => seen.Count == 8, TimeSpan.FromSeconds(10)), $"{seen.Count} connections seen");
         Assert.All(seen, value => Assert.Equal(noDelay, value));
         // The later connections ran on recycled sockets where reuse works.
-        Assert.True(WinePlatform.IsWine || server.Counters!.SocketsReused > 0, Eventually.Describe(server.Counters!));
+        Assert.True(WinePlatform.IsWine || counters.SocketsReused > 0, Eventually.Describe(counters));
     }
 }
