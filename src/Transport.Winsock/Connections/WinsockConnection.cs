@@ -91,7 +91,6 @@ internal sealed partial class WinsockConnection : ConnectionContext
         LocalEndPoint = _factory.LocalEndPoint ?? socket.LocalEndPoint;
         RemoteEndPoint = socket.RemoteEndPoint;
         Transport = _transport;
-        ResetConnectionClosed();
         _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
         _closeState = CloseState.Open;
         _shutdownReason = null;
@@ -192,7 +191,10 @@ internal sealed partial class WinsockConnection : ConnectionContext
         }
     }
 
-    /// <summary>After the server's DisposeAsync: every pipe end is complete, so everything can start over.</summary>
+    /// <summary>
+    /// After the server's DisposeAsync: every pipe end is complete, so everything can start over. Every
+    /// object goes back to the pool through here, so <see cref="Attach"/> finds ConnectionClosed reset.
+    /// </summary>
     private void Recycle()
     {
         ResetConnectionClosed();
