@@ -37,7 +37,7 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
             }
         }
 
-        var refusal = await ReuseSelfTest.RunOnceAsync().ConfigureAwait(false);
+        var refusal = await ReuseSelfTest.RunOnceAsync(ReuseSelfTest.ListenerKind.Of(listenSocket)).ConfigureAwait(false);
         return refusal is null
             ? new(true, true, "on: the reuse self-test passed")
             : new(false, true, $"off: {refusal}") { Emulated = refusal == ReuseSelfTest.Emulated };

@@ -15,32 +15,59 @@ namespace Transport.Winsock.Teardown;
 /// not keep that socket's handle (.NET on Linux accepts into a new descriptor and swaps it in, and its
 /// reuse disconnect opens yet another), "reusing" costs system calls and saves none.
 /// </para>
-/// Runs once per process; every listener shares the verdict.
+/// Runs on the listener's own kind of socket (IPv4, IPv6, or IPv6 dual-mode taking IPv4 clients), once per
+/// process for each kind; every listener of that kind shares the verdict.
 /// </summary>
 internal static class ReuseSelfTest
 {
     internal static readonly TimeSpan Timeout = TimeSpan.FromSeconds(5);
 
     private static readonly Lock s_lock = new();
-    private static Task<string?>? s_verdict;
+    private static readonly Dictionary<ListenerKind, Task<string?>> s_verdicts = [];
 
     /// <summary>The verdict where the runtime only emulates reuse: expected, not a fault.</summary>
     internal const string Emulated = "the runtime emulates socket reuse here (an accept into a given socket got a new handle), so reuse would add system calls and save none";
 
-    /// <summary>Null when reuse works; otherwise why the transport should not reuse sockets here.</summary>
-    public static Task<string?> RunOnceAsync()
+    /// <summary>What the accepted sockets of a listener are: its address family, and for IPv6 whether it is dual-mode.</summary>
+    internal readonly record struct ListenerKind(AddressFamily Family, bool DualMode)
+    {
+        public static ListenerKind Of(Socket listenSocket) => new(
+            listenSocket.AddressFamily,
+            listenSocket.AddressFamily == AddressFamily.InterNetworkV6 && listenSocket.DualMode);
+
+        /// <summary>Where the self-test listens: loopback of the family; for dual-mode the IPv4-mapped loopback, so its clients come over IPv4.</summary>
+        public IPAddress ListenAddress => Family == AddressFamily.InterNetworkV6
+            ? (DualMode ? IPAddress.Loopback.MapToIPv6() : IPAddress.IPv6Loopback)
+            : IPAddress.Loopback;
+
+        public AddressFamily ClientFamily => DualMode ? AddressFamily.InterNetwork : Family;
+
+        public override string ToString() => Family == AddressFamily.InterNetworkV6
+            ? (DualMode ? "IPv6 dual-mode, IPv4 clients" : "IPv6")
+            : "IPv4";
+    }
+
+    /// <summary>Null when reuse works for this kind of listener; otherwise why the transport should not reuse sockets there.</summary>
+    public static Task<string?> RunOnceAsync(ListenerKind kind)
     {
         lock (s_lock)
         {
-            return s_verdict ??= Task.Run(RunAsync);
+            if (!s_verdicts.TryGetValue(kind, out var verdict))
+            {
+                verdict = Task.Run(() => RunAsync(kind));
+                s_verdicts.Add(kind, verdict);
+            }
+
+            return verdict;
         }
     }
 
-    private static async Task<string?> RunAsync()
+    private static async Task<string?> RunAsync(ListenerKind kind)
     {
         var step = "setting up a loopback listener";
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        using var listener = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
+        // As the posted accepts make them: the listener's family, nothing else set.
+        using var socket = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
         using var acceptor = new SocketAcceptor();
         using var receiver = new SocketReceiver();
         using var sender = new SocketSender();
@@ -48,13 +75,19 @@ internal static class ReuseSelfTest
         var deadline = Task.Delay(Timeout);
         try
         {
-            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            if (kind.DualMode)
+            {
+                listener.DualMode = true;
+            }
+
+            listener.Bind(new IPEndPoint(kind.ListenAddress, 0));
             listener.Listen(2);
+            var target = new IPEndPoint(kind.DualMode ? IPAddress.Loopback : kind.ListenAddress, ((IPEndPoint)listener.LocalEndPoint!).Port);
             for (var round = 1; round <= 2; round++)
             {
-                using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                using var client = new Socket(kind.ClientFamily, SocketType.Stream, ProtocolType.Tcp);
                 step = round == 1 ? "accepting into a new socket" : "accepting into the recycled socket";
-                var connecting = client.ConnectAsync(listener.LocalEndPoint!);
+                var connecting = client.ConnectAsync(target);
                 var handle = socket.Handle;
                 await Within(acceptor.AcceptAsync(listener, socket).AsTask(), deadline).ConfigureAwait(false);
                 acceptor.AcceptSocket = null;
@@ -89,15 +122,15 @@ internal static class ReuseSelfTest
         }
         catch (TimeoutException)
         {
-            return $"the reuse self-test failed: {step} did not finish within {Timeout.TotalSeconds:0} s";
+            return $"the reuse self-test ({kind}) failed: {step} did not finish within {Timeout.TotalSeconds:0} s";
         }
         catch (SocketException ex)
         {
-            return $"the reuse self-test failed: {step} failed with {ex.SocketErrorCode}";
+            return $"the reuse self-test ({kind}) failed: {step} failed with {ex.SocketErrorCode}";
         }
         catch (Exception ex) when (ex is InvalidOperationException or NotSupportedException or ObjectDisposedException)
         {
-            return $"the reuse self-test failed: {step} failed: {ex.Message}";
+            return $"the reuse self-test ({kind}) failed: {step} failed: {ex.Message}";
         }
     }
 

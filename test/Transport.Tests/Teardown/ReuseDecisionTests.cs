@@ -53,6 +53,40 @@ public sealed class ReuseDecisionTests
         }
     }
 
+    [Theory]
+    [InlineData(AddressFamily.InterNetwork, false, "IPv4")]
+    [InlineData(AddressFamily.InterNetworkV6, false, "IPv6")]
+    [InlineData(AddressFamily.InterNetworkV6, true, "IPv6 dual-mode, IPv4 clients")]
+    public async Task The_self_test_runs_on_the_listeners_own_kind_of_socket(AddressFamily family, bool dualMode, string kind)
+    {
+        using var listenSocket = new Socket(family, SocketType.Stream, ProtocolType.Tcp);
+        if (dualMode)
+        {
+            listenSocket.DualMode = true;
+        }
+
+        // Dual-mode on the IPv4-mapped loopback: the listener takes IPv4 clients without a wildcard address.
+        listenSocket.Bind(new IPEndPoint(family == AddressFamily.InterNetwork ? IPAddress.Loopback : dualMode ? IPAddress.Loopback.MapToIPv6() : IPAddress.IPv6Loopback, 0));
+        listenSocket.Listen();
+        Assert.Equal(kind, ReuseSelfTest.ListenerKind.Of(listenSocket).ToString());
+
+        var decision = await ReuseDecision.DecideAsync(new WinsockTransportOptions(), listenSocket);
+        if (WinePlatform.IsWine)
+        {
+            // The test got as far as the reuse disconnect on a socket of this kind.
+            Assert.Contains($"reuse self-test ({kind}) failed: the reuse disconnect", decision.Reason, StringComparison.Ordinal);
+        }
+        else if (OperatingSystem.IsWindows())
+        {
+            Assert.Equal(new ReuseDecision(true, Automatic: true, "on: the reuse self-test passed"), decision);
+        }
+        else
+        {
+            // Declined only after an accept on this kind of socket went through and got a new handle.
+            Assert.True(decision.Emulated, decision.Reason);
+        }
+    }
+
     [Fact]
     public async Task Reuse_left_off_is_logged_once_at_the_level_its_cause_deserves()
     {
