@@ -7,20 +7,23 @@ namespace Transport.Winsock.Teardown;
 internal static class HalfClose
 {
     /// <summary>
-    /// Sends a FIN: WSASendDisconnect on Windows, shutdown(SHUT_WR) elsewhere.
+    /// Sends a FIN with <see cref="Socket.Shutdown"/>: shutdown(SD_SEND) on Windows, which is
+    /// WSASendDisconnect without disconnect data (Winsock's TCP has none), and shutdown(SHUT_WR) elsewhere.
     /// <see cref="WinsockErrorAction.NotConnected"/> means the peer is already gone and there is nothing to close.
     /// </summary>
+    /// <remarks>
+    /// Not a P/Invoke of WSASendDisconnect, although the wire sees the same FIN: .NET must see the
+    /// shutdown. Its SafeSocketHandle turns a close that cancels a pending operation into an abortive one
+    /// (an RST) unless it has recorded a shutdown of the send side, and only <see cref="Socket.Shutdown"/>
+    /// records it. Graceful paths do close under a pending operation: the drain timeout closes while the
+    /// receive waits for the peer's FIN, and the disconnect timeout while DisconnectEx waits out TIME_WAIT.
+    /// </remarks>
     public static WinsockErrorAction SendFin(Socket socket) => WinsockErrors.Classify(TrySendFin(socket));
 
     private static SocketError TrySendFin(Socket socket)
     {
         try
         {
-            if (OperatingSystem.IsWindows())
-            {
-                return WinsockNative.SendDisconnect(socket.SafeHandle);
-            }
-
             socket.Shutdown(SocketShutdown.Send);
             return SocketError.Success;
         }

@@ -1,4 +1,3 @@
-using System.Net;
 using System.Net.Sockets;
 using System.Runtime.Versioning;
 using Transport.Tests.Infrastructure;
@@ -9,8 +8,6 @@ namespace Transport.Tests.Interop;
 /// <summary>The Winsock calls the transport makes itself, on the real ws2_32.dll (Windows, or Windows under Wine).</summary>
 public sealed class WinsockInteropTests
 {
-    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
-
     [Fact(Skip = WinePlatform.NotWindowsApi, SkipUnless = nameof(WinePlatform.IsWindowsApi), SkipType = typeof(WinePlatform))]
     [SupportedOSPlatform("windows")]
     public void The_tcp_provider_has_the_AcceptEx_and_DisconnectEx_functions()
@@ -26,36 +23,6 @@ public sealed class WinsockInteropTests
     {
         using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         Assert.NotEqual(SocketError.Success, WinsockExtensions.Probe(socket, Guid.NewGuid()));
-    }
-
-    [Fact(Skip = WinePlatform.NotWindowsApi, SkipUnless = nameof(WinePlatform.IsWindowsApi), SkipType = typeof(WinePlatform))]
-    [SupportedOSPlatform("windows")]
-    public async Task WSASendDisconnect_sends_a_fin_after_the_data_and_the_peer_reads_end_of_stream()
-    {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen();
-        using var client = await RawClient.ConnectAsync((IPEndPoint)listener.LocalEndPoint!);
-        using var server = await listener.AcceptAsync(TestContext.Current.CancellationToken);
-
-        await server.SendAsync("last words"u8.ToArray(), SocketFlags.None, TestContext.Current.CancellationToken);
-        Assert.Equal(SocketError.Success, WinsockNative.SendDisconnect(server.SafeHandle));
-
-        Assert.Equal("last words"u8.ToArray(), await RawClient.ReadToFinAsync(client, Timeout));
-        // Only the send side is closed: the server still receives.
-        await client.SendAsync("reply"u8.ToArray(), SocketFlags.None, TestContext.Current.CancellationToken);
-        var buffer = new byte[5];
-        Assert.Equal(5, await server.ReceiveAsync(buffer, SocketFlags.None, TestContext.Current.CancellationToken));
-    }
-
-    [Fact(Skip = WinePlatform.NotWindowsApi, SkipUnless = nameof(WinePlatform.IsWindowsApi), SkipType = typeof(WinePlatform))]
-    [SupportedOSPlatform("windows")]
-    public void WSASendDisconnect_on_a_socket_that_never_connected_reports_not_connected()
-    {
-        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        var error = WinsockNative.SendDisconnect(socket.SafeHandle);
-        Assert.Equal(SocketError.NotConnected, error);
-        Assert.Equal(WinsockErrorAction.NotConnected, WinsockErrors.Classify(error));
     }
 
     [Fact]
