@@ -11,7 +11,9 @@ namespace Transport.Winsock.AcceptPool;
 /// accepts into a socket from the reuse pool or, when the pool is empty, a new one; otherwise into a
 /// socket the runtime makes, as Kestrel's Sockets transport does (nothing is made ahead that would only
 /// be closed). An accepted socket is handed off without waiting and the slot reposts at once. A failed
-/// accept costs only its socket: the slot discards it and reposts.
+/// accept costs only its socket: the slot discards it and reposts; a fault that is not the connection's
+/// (out of handles, an exception of the runtime's) backs off first. An accept into a recycled socket that
+/// fails as if the socket had not been recycled is reported to the recycler, which may turn reuse off.
 /// </summary>
 internal sealed class PostedAccepts
 {
@@ -26,7 +28,8 @@ internal sealed class PostedAccepts
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
     private Task[] _slots = [];
-    private volatile int _noDelayInherited = NoDelayUnknown;
+    // Windows starts as "not inherited": every accept sets it (see EnsureNoDelay).
+    private volatile int _noDelayInherited = OperatingSystem.IsWindows() ? NoDelayNo : NoDelayUnknown;
 
     private const int NoDelayUnknown = 0;
     private const int NoDelayYes = 1;
@@ -78,9 +81,11 @@ internal sealed class PostedAccepts
         while (!_stopping)
         {
             // Read once per accept: the recycler can turn reuse off at any time (a fallback).
-            var reusable = _recycler.IsActive ? RentOrCreate() : null;
+            var recycled = false;
+            var reusable = _recycler.IsActive ? RentOrCreate(out recycled) : null;
             Socket? accepted = null;
-            SocketError error;
+            var error = SocketError.Success;
+            Exception? unexpected = null;
             try
             {
                 await acceptor.AcceptAsync(_listenSocket, reusable?.Socket);
@@ -90,8 +95,6 @@ internal sealed class PostedAccepts
                 {
                     EnsureNoDelay(accepted);
                 }
-
-                error = SocketError.Success;
             }
             catch (SocketException ex)
             {
@@ -100,6 +103,13 @@ internal sealed class PostedAccepts
             catch (ObjectDisposedException)
             {
                 error = SocketError.OperationAborted;
+            }
+            catch (Exception ex)
+            {
+                // Thrown before any accept was posted, e.g. .NET refusing a socket to accept into that it
+                // does not see as disconnected (InvalidOperationException). The slot must go on.
+                unexpected = ex;
+                error = SocketError.SocketError;
             }
 
             if (error == SocketError.Success)
@@ -110,9 +120,10 @@ internal sealed class PostedAccepts
                 }
                 else
                 {
-                    if (reusable.Connections > 0)
+                    if (recycled)
                     {
                         _counters.SocketReused();
+                        _recycler.OnRecycledAccept();
                     }
 
                     reusable.OnAccepted();
@@ -140,19 +151,38 @@ internal sealed class PostedAccepts
                 break;
             }
 
-            _logger.AcceptFault(_endPoint, error);
-            if (!IsPerConnectionFault(error))
+            if (recycled && (unexpected is InvalidOperationException || IsNotRecycled(error)))
             {
-                // Out of handles or buffers: give the system a moment instead of spinning.
+                // Only this socket is bad; the next accept goes into another one at once.
+                var failure = unexpected?.Message ?? error.ToString();
+                _logger.RecycledAcceptFailed(_endPoint, failure);
+                _recycler.OnRecycledAcceptFailed(failure);
+                continue;
+            }
+
+            if (unexpected is not null)
+            {
+                _logger.AcceptFailed(_endPoint, unexpected);
+            }
+            else
+            {
+                _logger.AcceptFault(_endPoint, error);
+            }
+
+            if (unexpected is not null || !IsPerConnectionFault(error))
+            {
+                // Out of handles or buffers, or a fault of this slot's own: give the system a moment instead of spinning.
                 await Task.Delay(FaultBackoff);
             }
         }
     }
 
     /// <summary>
-    /// The listening socket has TCP_NODELAY set, and accepted sockets normally inherit it, which saves a
-    /// system call per connection (and, where .NET emulates reuse, the option's copy at every recycle).
-    /// The first accept checks that it was inherited; if not, every accept sets it, as Kestrel does.
+    /// TCP_NODELAY on accepted sockets. On Windows every accept sets it, as Kestrel's Sockets transport
+    /// does: whether an accepted socket inherits it from the listening socket is undocumented there, and a
+    /// socket accepted into again and a new one need not behave alike. Elsewhere the kernel copies it from
+    /// the listening socket into every accepted one (Linux does), which saves a system call per
+    /// connection: the first accept checks that it was inherited, and if not, every accept sets it.
     /// </summary>
     private void EnsureNoDelay(Socket socket)
     {
@@ -169,9 +199,10 @@ internal sealed class PostedAccepts
         }
     }
 
-    private ReusableSocket RentOrCreate()
+    private ReusableSocket RentOrCreate(out bool recycled)
     {
         var socket = _pool.TryRent();
+        recycled = socket is not null;
         if (socket is not null)
         {
             return socket;
@@ -180,6 +211,12 @@ internal sealed class PostedAccepts
         _counters.SocketCreated();
         return new ReusableSocket(new Socket(_listenSocket.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
     }
+
+    /// <summary>
+    /// An accept into a recycled socket that fails with one of these says the socket was not really
+    /// recycled (Apache httpd's mpm_winnt reads WSAEINVAL and WSAENOTSOCK so); it counts toward the fallback.
+    /// </summary>
+    internal static bool IsNotRecycled(SocketError error) => error is SocketError.InvalidArgument or SocketError.NotSocket;
 
     // Faults that concern one connection or one socket, after which the next accept is expected to work.
     private static bool IsPerConnectionFault(SocketError error) => error is

@@ -6,9 +6,14 @@ using Transport.Winsock.Teardown;
 namespace Transport.Winsock.Connections;
 
 // How a connection ends. Every transition happens under _closeLock and is recorded once:
-//   Open --FIN sent--> FinSent --peer FIN, both loops done--> socket recycled
+//   Open --FIN sent--> FinSent --peer FIN, both loops done--> handed off (below)
 //   Open --output ended, deferred FIN--> FinDeferred --peer FIN or deferral over--> FinSent
-//   Open/FinDeferred/FinSent --abort, error, drain timeout--> Closed (socket closed, never reused)
+//   Open/FinDeferred --output ended after the peer's FIN, socket not to be recycled--> FinWithClose
+//   Open/FinDeferred/FinSent/FinWithClose --abort, error, drain timeout--> Closed (closed, never reused)
+// Who closed first decides the socket's fate at the hand-off. A passive close (the peer's FIN came in
+// before ours went out) leaves no TIME_WAIT here: its socket is recycled. An active close (our FIN went
+// first) leaves this side in TIME_WAIT, and a reuse disconnect would wait that out (minutes on Windows):
+// its socket is closed at once, gracefully, and counted as a TIME_WAIT close, never as a failed recycle.
 internal sealed partial class WinsockConnection
 {
     // Deadlines are armed with the connection's id: a pooled object ignores an expiry meant for its previous use.
@@ -16,6 +21,7 @@ internal sealed partial class WinsockConnection
     private static readonly Action<object, long> s_onDeferralExpired = static (state, id) => ((WinsockConnection)state).OnDeferralExpired(id);
 
     private int _resetSeen;
+    private bool _passiveClose;
     private CancellationTokenSource? _connectionClosedSource;
     private bool _connectionClosedFiring;
     private bool _connectionClosedReplaced;
@@ -74,9 +80,23 @@ internal sealed partial class WinsockConnection
         }
     }
 
-    /// <summary>Sends the FIN, then gives the peer a bounded time to close its side.</summary>
+    /// <summary>
+    /// Sends the FIN, then gives the peer a bounded time to close its side. Records who closed first: a
+    /// FIN sent after the peer's makes this a passive close.
+    /// </summary>
     private void SendFinLocked()
     {
+        _passiveClose = _peerFinReceived;
+        if (_peerFinReceived && !WillRecycle)
+        {
+            // The peer has closed and this socket is only going to be closed, right after: the close
+            // carries our FIN (everything received has been read, so it is a FIN, not an RST). One system
+            // call fewer than shutdown + close, and on Linux no wake-up for the FIN's ACK on a socket
+            // nothing waits on. Counted and logged at the hand-off, once the FIN is out.
+            _closeState = CloseState.FinWithClose;
+            return;
+        }
+
         if (HalfClose.SendFin(Socket) != Interop.WinsockErrorAction.Done)
         {
             // Not connected any more (or the FIN could not be sent): close plainly, never reuse.
@@ -86,17 +106,24 @@ internal sealed partial class WinsockConnection
         }
 
         _closeState = CloseState.FinSent;
-        if (Logger.IsEnabled(LogLevel.Debug))
-        {
-            // Guarded: the id string is only made for a log that is written.
-            Logger.ConnectionWriteFin(ConnectionId);
-        }
-
+        LogFinSent();
         _factory.Counters.GracefulClose();
         // No drain to wait for when the peer's FIN is already in (a half-close in progress).
         if (!_receiveEnded && !_peerFinReceived)
         {
             _deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this, _id);
+        }
+    }
+
+    /// <summary>Whether this connection's socket goes to the recycler after a passive close.</summary>
+    private bool WillRecycle => _reusable is not null && _factory.Recycler.IsActive;
+
+    private void LogFinSent()
+    {
+        if (Logger.IsEnabled(LogLevel.Debug))
+        {
+            // Guarded: the id string is only made for a log that is written.
+            Logger.ConnectionWriteFin(ConnectionId);
         }
     }
 
@@ -175,27 +202,46 @@ internal sealed partial class WinsockConnection
         }
     }
 
-    /// <summary>Both loops are done: the socket goes to the recycler after a clean FIN both ways, else it is closed.</summary>
+    /// <summary>
+    /// Both loops are done. After a clean FIN both ways, a passive close's socket goes to the recycler; an
+    /// active close's is in TIME_WAIT and is closed (nothing more goes on the wire), as is every socket of
+    /// a connection that did not end cleanly.
+    /// </summary>
     private void HandOffSocket()
     {
-        bool recycle;
+        CloseState state;
+        bool clean;
         lock (_closeLock)
         {
-            recycle = _closeState == CloseState.FinSent && _peerFinReceived && !_peerReset;
+            state = _closeState;
+            clean = state is (CloseState.FinSent or CloseState.FinWithClose) && _peerFinReceived && !_peerReset;
             _closeState = CloseState.Closed;
+        }
+
+        if (clean && _passiveClose && state == CloseState.FinSent && _reusable is not null)
+        {
+            _factory.Recycler.Recycle(_reusable);
+            return;
         }
 
         if (_reusable is null)
         {
             _socket.Dispose();
         }
-        else if (recycle)
-        {
-            _factory.Recycler.Recycle(_reusable);
-        }
         else
         {
             _reusable.Dispose();
+        }
+
+        if (state == CloseState.FinWithClose)
+        {
+            LogFinSent();
+            _factory.Counters.GracefulClose();
+        }
+
+        if (clean && !_passiveClose)
+        {
+            _factory.Counters.TimeWaitClose();
         }
     }
 

@@ -61,6 +61,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
         Open,
         FinDeferred,
         FinSent,
+        FinWithClose,
         Closed,
     }
 
@@ -96,6 +97,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _shutdownReason = null;
         _receiveEnded = false;
         _peerFinReceived = false;
+        _passiveClose = false;
         _peerReset = false;
         _endSendingGracefully = false;
         _outputEnded = false;

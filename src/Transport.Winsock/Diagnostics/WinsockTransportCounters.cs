@@ -15,6 +15,9 @@ public sealed class WinsockTransportCounters
     private long _abortiveCloses;
     private long _connectionResets;
     private long _drainTimeouts;
+    private long _timeWaitCloses;
+    private long _reuseDisconnects;
+    private long _recycledAcceptFailures;
     private long _disconnectFailures;
     private long _disconnectTimeouts;
     private long _peerClosedFirst;
@@ -49,11 +52,28 @@ public sealed class WinsockTransportCounters
     /// <summary>Connections whose peer did not send its FIN within the drain timeout; their sockets were closed.</summary>
     public long DrainTimeouts => Volatile.Read(ref _drainTimeouts);
 
+    /// <summary>
+    /// Connections that ended with both FINs exchanged, ours first (an active close): this side keeps the
+    /// connection in TIME_WAIT, so the socket was closed at once, not handed to a reuse disconnect that
+    /// would wait TIME_WAIT out. Counted with reuse on or off; a deferred FIN turns these into passive closes.
+    /// </summary>
+    public long TimeWaitCloses => Volatile.Read(ref _timeWaitCloses);
+
+    /// <summary>Reuse disconnects started (DisconnectEx with TF_REUSE_SOCKET on Windows): the sockets of passive closes.</summary>
+    public long ReuseDisconnects => Volatile.Read(ref _reuseDisconnects);
+
     /// <summary>Reuse disconnects that failed; their sockets were closed.</summary>
     public long DisconnectFailures => Volatile.Read(ref _disconnectFailures);
 
     /// <summary>Reuse disconnects that did not finish within the disconnect timeout; their sockets were closed.</summary>
     public long DisconnectTimeouts => Volatile.Read(ref _disconnectTimeouts);
+
+    /// <summary>
+    /// Accepts into a recycled socket that failed as if the socket had not really been recycled
+    /// (WSAEINVAL, WSAENOTSOCK, or .NET refusing the socket); the socket was closed. Like failed and
+    /// timed-out reuse disconnects, they count toward the fallback that turns automatic reuse off.
+    /// </summary>
+    public long RecycledAcceptFailures => Volatile.Read(ref _recycledAcceptFailures);
 
     /// <summary>With a deferred FIN: connections whose peer closed first, so the TIME_WAIT is the peer's.</summary>
     public long PeerClosedFirst => Volatile.Read(ref _peerClosedFirst);
@@ -84,6 +104,9 @@ public sealed class WinsockTransportCounters
     internal void AbortiveClose() => Interlocked.Increment(ref _abortiveCloses);
     internal void ConnectionReset() => Interlocked.Increment(ref _connectionResets);
     internal void DrainTimeout() => Interlocked.Increment(ref _drainTimeouts);
+    internal void TimeWaitClose() => Interlocked.Increment(ref _timeWaitCloses);
+    internal void ReuseDisconnectStarted() => Interlocked.Increment(ref _reuseDisconnects);
+    internal void RecycledAcceptFailed() => Interlocked.Increment(ref _recycledAcceptFailures);
     internal void DisconnectFailure() => Interlocked.Increment(ref _disconnectFailures);
     internal void DisconnectTimeout() => Interlocked.Increment(ref _disconnectTimeouts);
     internal void PeerClosedFirstSeen() => Interlocked.Increment(ref _peerClosedFirst);

@@ -56,4 +56,10 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(17, LogLevel.Information, "Socket reuse is off for {EndPoint}: {Reason}. Each connection gets the socket its accept made, as with Kestrel's Sockets transport, and still ends with a graceful close.", EventName = "ReuseNotNative")]
     public static partial void ReuseNotNative(this ILogger logger, EndPoint? endPoint, string reason);
+
+    [LoggerMessage(18, LogLevel.Debug, "An accept on {EndPoint} into a recycled socket failed ({Failure}); the socket was closed, and the failure counts toward the reuse fallback.", EventName = "RecycledAcceptFailed")]
+    public static partial void RecycledAcceptFailed(this ILogger logger, EndPoint? endPoint, string failure);
+
+    [LoggerMessage(19, LogLevel.Warning, "An accept on {EndPoint} failed unexpectedly; the socket was discarded and the accept is reposted after a pause.", EventName = "AcceptFailed")]
+    public static partial void AcceptFailed(this ILogger logger, EndPoint? endPoint, Exception exception);
 }

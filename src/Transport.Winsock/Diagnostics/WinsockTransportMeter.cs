@@ -36,7 +36,12 @@ internal sealed class WinsockTransportMeter : IDisposable
             new Measurement<long>(c.AbortiveCloses, new KeyValuePair<string, object?>("winsock.close.kind", "abortive")),
             new Measurement<long>(c.ConnectionResets, new KeyValuePair<string, object?>("winsock.close.kind", "peer_reset")),
             new Measurement<long>(c.DrainTimeouts, new KeyValuePair<string, object?>("winsock.close.kind", "drain_timeout")),
-        }, "{connection}", "How connections ended: a FIN from us, an RST from us, a reset by the peer, or no FIN from the peer in time.");
+            new Measurement<long>(c.TimeWaitCloses, new KeyValuePair<string, object?>("winsock.close.kind", "time_wait")),
+        }, "{connection}", "How connections ended: a FIN from us, an RST from us, a reset by the peer, no FIN from the peer in time, or FINs both ways with ours first (TIME_WAIT here, so the socket was closed, not recycled).");
+        _meter.CreateObservableCounter("winsock.reuse.disconnects", () => c.ReuseDisconnects, "{socket}",
+            "Reuse disconnects started: the sockets of passive closes, handed to DisconnectEx(TF_REUSE_SOCKET).");
+        _meter.CreateObservableCounter("winsock.reuse.accept_failures", () => c.RecycledAcceptFailures, "{socket}",
+            "Accepts into recycled sockets that failed as if the socket had not been recycled; each counts toward the reuse fallback.");
         _meter.CreateObservableCounter("winsock.disconnect.failures", () => new[]
         {
             new Measurement<long>(c.DisconnectFailures, new KeyValuePair<string, object?>("error.type", "failed")),

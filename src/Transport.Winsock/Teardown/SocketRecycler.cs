@@ -7,12 +7,15 @@ using Transport.Winsock.Diagnostics;
 namespace Transport.Winsock.Teardown;
 
 /// <summary>
-/// Recycles the sockets of connections that ended cleanly (FIN both ways): a reuse disconnect
+/// Recycles the sockets of passive closes (the peer's FIN came first, then ours): a reuse disconnect
 /// (DisconnectEx with TF_REUSE_SOCKET on Windows), bounded in time and in number, then back to the pool.
-/// Runs detached from the connection, so a disconnect held up by TIME_WAIT never holds a connection, a
-/// thread or the pool; one that fails or times out only costs its socket. When reuse was decided
-/// automatically, a burst of failed recycles turns it off for the listener, as Apache httpd does after
-/// repeated AcceptEx faults.
+/// Sockets of active closes never come here: they are in TIME_WAIT, which a reuse disconnect would wait
+/// out. Runs detached from the connection, so a slow disconnect never holds a connection, a thread or the
+/// pool; one that fails or times out only costs its socket. When reuse was decided automatically, a burst
+/// of real recycle failures in a row turns it off for the listener and closes the pooled sockets, as
+/// Apache httpd gives up AcceptEx reuse after repeated faults. The failures that count: a reuse disconnect
+/// that fails, one that does not finish in time, and an accept into a recycled socket that fails as if the
+/// socket had not been recycled (WSAEINVAL, WSAENOTSOCK). A recycled socket accepted into is a success.
 /// </summary>
 internal sealed class SocketRecycler : IDisposable
 {
@@ -69,6 +72,7 @@ internal sealed class SocketRecycler : IDisposable
         }
 
         _counters.PendingDisconnectsChanged(1);
+        _counters.ReuseDisconnectStarted();
         _ = DisconnectAsync(socket);
     }
 
@@ -116,7 +120,7 @@ internal sealed class SocketRecycler : IDisposable
             return;
         }
 
-        Interlocked.Exchange(ref _failuresInARow, 0);
+        // Not a success yet: that is the accept into it (OnRecycledAccept).
         if (!_pool.TryReturn(socket))
         {
             socket.Dispose();
@@ -139,6 +143,25 @@ internal sealed class SocketRecycler : IDisposable
         OnFailure($"no completion within {_disconnectTimeout.TotalMilliseconds:0} ms");
     }
 
+    /// <summary>An accept into a socket from the pool succeeded: the whole recycle worked.</summary>
+    public void OnRecycledAccept()
+    {
+        if (Volatile.Read(ref _failuresInARow) != 0)
+        {
+            Interlocked.Exchange(ref _failuresInARow, 0);
+        }
+    }
+
+    /// <summary>
+    /// An accept into a socket from the pool failed as if the socket had not been recycled; the caller
+    /// has closed it. <paramref name="failure"/> says how, for the fallback's reason.
+    /// </summary>
+    public void OnRecycledAcceptFailed(string failure)
+    {
+        _counters.RecycledAcceptFailed();
+        OnFailure($"an accept into a recycled socket failed: {failure}");
+    }
+
     private void OnFailure(string failure)
     {
         if (!_canFallBack || Interlocked.Increment(ref _failuresInARow) != FailuresBeforeFallback)
@@ -149,6 +172,9 @@ internal sealed class SocketRecycler : IDisposable
         _active = false;
         _counters.SetReuse(false, $"off: {FailuresBeforeFallback} recycles in a row failed (the last: {failure})");
         _logger.ReuseFallback(_endPoint, FailuresBeforeFallback, failure);
+        // Nothing will be accepted into them any more: close them now, not when the listener goes. A
+        // disposed pool takes nothing back, so a disconnect still pending closes its socket when it ends.
+        _pool.Dispose();
     }
 
     private bool Release(ReusableSocket socket)

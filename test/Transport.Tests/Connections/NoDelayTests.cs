@@ -5,8 +5,8 @@ using Transport.Winsock.Connections;
 namespace Transport.Tests.Connections;
 
 /// <summary>
-/// NoDelay reaches every accepted socket, new or recycled, although the transport sets it once on the
-/// listening socket (accepted sockets inherit it) instead of once per connection.
+/// NoDelay reaches every accepted socket, new or recycled: on Windows the transport sets it on every
+/// accept, as Kestrel does; elsewhere accepted sockets inherit it from the listening socket.
 /// </summary>
 public sealed class NoDelayTests
 {
@@ -21,6 +21,8 @@ public sealed class NoDelayTests
             async connection =>
             {
                 seen.Enqueue(((WinsockConnection)connection).Socket.NoDelay);
+                // The client closes first (a passive close), so that the socket recycles.
+                await TeardownTests.ReadToEndAsync(connection.Transport.Input);
                 await connection.Transport.Output.CompleteAsync();
             },
             options =>
@@ -35,8 +37,8 @@ public sealed class NoDelayTests
         {
             using (var client = await RawClient.ConnectAsync(server.EndPoint))
             {
-                await RawClient.ReadToFinAsync(client, TimeSpan.FromSeconds(10));
                 client.Shutdown(SocketShutdown.Send);
+                await RawClient.ReadToFinAsync(client, TimeSpan.FromSeconds(10));
             }
 
             // Let this connection's socket finish its recycle before the next accept completes, so the

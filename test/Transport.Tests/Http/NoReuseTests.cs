@@ -51,12 +51,16 @@ public sealed class NoReuseTests
         {
             options.ReuseSockets = true;
             options.DisconnectTimeout = TimeSpan.FromMilliseconds(200);
+            // HttpClient then closes first: passive closes, every one handed to a reuse disconnect.
+            options.DeferFinTimeout = TimeSpan.FromSeconds(2);
         });
         await server.GetPlaintextOnNewConnectionsAsync(Requests);
 
         // Every recycle hangs, is cut off at the timeout, closed and counted; none holds the pool.
         var counters = server.Counters;
-        Assert.True(await Eventually.TrueAsync(() => counters.PendingDisconnects == 0 && counters.DisconnectTimeouts >= Requests, TimeSpan.FromSeconds(20)), Eventually.Describe(counters));
+        Assert.True(await Eventually.TrueAsync(() => counters.PendingDisconnects == 0 && counters.DisconnectTimeouts == Requests, TimeSpan.FromSeconds(20)), Eventually.Describe(counters));
+        Assert.Equal(Requests, counters.ReuseDisconnects);
+        Assert.Equal(0, counters.TimeWaitCloses);
         Assert.True(counters.ReuseActive, "forced reuse never falls back");
         Assert.Equal(0, counters.SocketsReused);
         Assert.Equal(0, counters.PooledSockets);

@@ -24,5 +24,7 @@ public static class Eventually
     public static string Describe(Transport.Winsock.WinsockTransportCounters c) =>
         $"accepted={c.ConnectionsAccepted} created={c.SocketsCreated} reused={c.SocketsReused} pooled={c.PooledSockets} " +
         $"pendingDisconnects={c.PendingDisconnects} graceful={c.GracefulCloses} abortive={c.AbortiveCloses} resets={c.ConnectionResets} " +
-        $"drainTimeouts={c.DrainTimeouts} disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts}";
+        $"drainTimeouts={c.DrainTimeouts} timeWaitCloses={c.TimeWaitCloses} reuseDisconnects={c.ReuseDisconnects} " +
+        $"disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts} recycledAcceptFailures={c.RecycledAcceptFailures} " +
+        $"peerClosedFirst={c.PeerClosedFirst} deferFinTimeouts={c.DeferFinTimeouts} reuse={c.ReuseActive}";
 }

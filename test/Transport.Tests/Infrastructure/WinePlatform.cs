@@ -15,6 +15,12 @@ public static class WinePlatform
         && NativeLibrary.TryLoad("ntdll.dll", out var ntdll)
         && NativeLibrary.TryGetExport(ntdll, "wine_get_version", out _);
 
+    /// <summary>For SkipUnless: Windows itself, not under Wine.</summary>
+    public static bool IsRealWindows => OperatingSystem.IsWindows() && !IsWine;
+
+    public const string NotRealWindows =
+        "Needs real Windows: .NET on Linux only emulates socket reuse (a new descriptor each time) and Wine 8 has no TF_REUSE_SOCKET, so neither can show what TIME_WAIT does to DisconnectEx; CI's windows-latest job runs it.";
+
     /// <summary>For SkipUnless: Windows, or Windows under Wine.</summary>
     public static bool IsWindowsApi => OperatingSystem.IsWindows();
 

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using System.Runtime.Versioning;
 using Transport.Tests.Infrastructure;
+using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Interop;
 
 namespace Transport.Tests.Interop;
@@ -33,5 +34,14 @@ public sealed class WinsockInteropTests
         Assert.Equal(WinsockErrorAction.NotConnected, WinsockErrors.Classify(SocketError.NotConnected));
         Assert.Equal(WinsockErrorAction.DiscardSocket, WinsockErrors.Classify(SocketError.InvalidArgument));
         Assert.Equal(WinsockErrorAction.Fail, WinsockErrors.Classify(SocketError.ConnectionReset));
+    }
+
+    [Fact]
+    public void An_accept_into_a_recycled_socket_failing_with_WSAEINVAL_or_WSAENOTSOCK_means_it_was_not_recycled()
+    {
+        Assert.True(PostedAccepts.IsNotRecycled(SocketError.InvalidArgument));
+        Assert.True(PostedAccepts.IsNotRecycled(SocketError.NotSocket));
+        Assert.False(PostedAccepts.IsNotRecycled(SocketError.ConnectionReset));
+        Assert.False(PostedAccepts.IsNotRecycled(SocketError.TooManyOpenSockets));
     }
 }

@@ -31,6 +31,9 @@ public sealed class ListenerSocketCountTests
                 var client = await RawClient.ConnectAsync((IPEndPoint)listener.EndPoint);
                 var connection = await ListenerTests.AcceptAsync(listener);
                 Assert.NotNull(connection);
+                // The client closes first, so that with reuse the socket recycles into the pool.
+                client.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+                await Connections.TeardownTests.ReadToEndAsync(connection.Transport.Input);
                 await connection.Transport.Output.WriteAsync("bye"u8.ToArray(), ct);
                 await connection.Transport.Output.CompleteAsync();
                 Assert.Equal("bye"u8.ToArray(), await RawClient.ReadToFinAsync(client, Timeout));

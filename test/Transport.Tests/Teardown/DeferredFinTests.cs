@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using KestrelApp;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock;
@@ -15,7 +14,6 @@ namespace Transport.Tests.Teardown;
 public sealed class DeferredFinTests
 {
     private const int Connections = 20;
-    private static readonly byte[] Request = Encoding.ASCII.GetBytes("GET /plaintext HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
 
     [Fact(Skip = TimeWaitSockets.Unsupported, SkipUnless = nameof(TimeWaitSockets.IsSupported), SkipType = typeof(TimeWaitSockets))]
     public async Task On_the_client_closes_first_and_the_server_keeps_no_TIME_WAIT()
@@ -25,7 +23,7 @@ public sealed class DeferredFinTests
         for (var i = 0; i < Connections; i++)
         {
             using var socket = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, server.Port));
-            await ReadResponseAsync(socket);
+            await RawHttp.SendRequestAndReadResponseAsync(socket);
             socket.Shutdown(SocketShutdown.Send);
             // The server's FIN follows the client's; no byte after the response, and no RST.
             Assert.Empty(await RawClient.ReadToFinAsync(socket, TimeSpan.FromSeconds(10)));
@@ -36,6 +34,7 @@ public sealed class DeferredFinTests
         Assert.Equal(0, counters.DeferFinTimeouts);
         Assert.Equal(Connections, counters.GracefulCloses);
         Assert.Equal(0, counters.AbortiveCloses);
+        Assert.Equal(0, counters.TimeWaitCloses);
         Assert.Equal(0, TimeWaitSockets.CountWithLocalPort(server.Port));
     }
 
@@ -47,7 +46,7 @@ public sealed class DeferredFinTests
         for (var i = 0; i < Connections; i++)
         {
             using var socket = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, server.Port));
-            await ReadResponseAsync(socket);
+            await RawHttp.SendRequestAndReadResponseAsync(socket);
             // The server closes without waiting for us.
             Assert.Empty(await RawClient.ReadToFinAsync(socket, TimeSpan.FromSeconds(10)));
         }
@@ -56,6 +55,7 @@ public sealed class DeferredFinTests
             await Eventually.TrueAsync(() => TimeWaitSockets.CountWithLocalPort(server.Port) >= Connections, TimeSpan.FromSeconds(10)),
             $"server-side TIME_WAIT: {TimeWaitSockets.CountWithLocalPort(server.Port)}");
         Assert.Equal(0, server.Counters.PeerClosedFirst);
+        Assert.True(await Eventually.TrueAsync(() => server.Counters.TimeWaitCloses == Connections, TimeSpan.FromSeconds(10)), Eventually.Describe(server.Counters));
     }
 
     [Fact]
@@ -64,7 +64,7 @@ public sealed class DeferredFinTests
         await using var server = await SampleServer.StartAsync(configure: o => o.DeferFinTimeout = TimeSpan.FromMilliseconds(300));
         using var socket = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, server.Port));
 
-        await ReadResponseAsync(socket);
+        await RawHttp.SendRequestAndReadResponseAsync(socket);
 
         // We keep our side open: the FIN comes anyway, once the deferral is over.
         Assert.Empty(await RawClient.ReadToFinAsync(socket, TimeSpan.FromSeconds(10)));
@@ -88,23 +88,5 @@ public sealed class DeferredFinTests
 
         Assert.Equal(1, server.Counters.ConnectionsAccepted);
         Assert.Equal(0, server.Counters.DeferFinTimeouts);
-    }
-
-    /// <summary>Sends the request and reads the whole response (its body is the last thing on the wire).</summary>
-    private static async Task ReadResponseAsync(Socket socket)
-    {
-        await socket.SendAsync(Request, SocketFlags.None, TestContext.Current.CancellationToken);
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
-        cts.CancelAfter(TimeSpan.FromSeconds(10));
-        var received = new List<byte>();
-        var buffer = new byte[4096];
-        while (!received.ToArray().AsSpan().EndsWith(SampleHost.PlaintextBody))
-        {
-            var read = await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
-            Assert.True(read > 0, "the server closed before the response was complete");
-            received.AddRange(buffer.AsSpan(0, read));
-        }
-
-        Assert.StartsWith("HTTP/1.1 200 OK", Encoding.ASCII.GetString(received.ToArray()), StringComparison.Ordinal);
     }
 }

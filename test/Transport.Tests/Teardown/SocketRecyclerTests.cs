@@ -104,6 +104,53 @@ public sealed class SocketRecyclerTests
         Assert.Equal(SocketRecycler.FailuresBeforeFallback, counters.DisconnectFailures);
     }
 
+    [Fact]
+    public async Task The_fallback_closes_the_pooled_sockets_at_once_and_pools_nothing_more()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64);
+        using var idle = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        Assert.True(pool.TryReturn(idle));
+
+        for (var i = 0; i < SocketRecycler.FailuresBeforeFallback; i++)
+        {
+            recycler.Recycle(NeverConnected());
+            await PollAsync(() => counters.DisconnectFailures == i + 1 ? "failed" : null);
+        }
+
+        Assert.False(recycler.IsActive);
+        Assert.Equal(0, counters.PooledSockets);
+        Assert.Throws<ObjectDisposedException>(() => idle.Socket.Available);
+        using var late = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        Assert.False(pool.TryReturn(late));
+    }
+
+    [Fact]
+    public void Only_an_accept_into_a_recycled_socket_ends_a_run_of_failures()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64);
+
+        // Nine failures, a recycled socket accepted into, then nine more: never ten in a row.
+        for (var i = 0; i < 2 * (SocketRecycler.FailuresBeforeFallback - 1); i++)
+        {
+            if (i == SocketRecycler.FailuresBeforeFallback - 1)
+            {
+                recycler.OnRecycledAccept();
+            }
+
+            recycler.OnRecycledAcceptFailed("InvalidArgument");
+        }
+
+        Assert.True(recycler.IsActive);
+        Assert.Equal(2 * (SocketRecycler.FailuresBeforeFallback - 1), counters.RecycledAcceptFailures);
+        recycler.OnRecycledAcceptFailed("NotSocket");
+        Assert.False(recycler.IsActive);
+        Assert.Contains("an accept into a recycled socket failed: NotSocket", counters.ReuseStatus, StringComparison.Ordinal);
+    }
+
     [NotUnderWineFact(WinePlatform.NoSocketReuse)]
     public async Task Forced_reuse_keeps_recycling_whatever_fails()
     {
