@@ -8,16 +8,21 @@
 #                   errors (socket errors + non-2xx), and from the server: bytes allocated per connection
 #                   (GC delta / connections, from /stats; Kestrel's HTTP layer included, the same on both),
 #                   CPU µs per connection (utime+stime from /proc/<pid>/stat), server-side TIME_WAIT sockets
-#                   (local port = the server's) right after the phase, and the process's peak working set
+#                   (local port = the server's) right after the phase, the process's peak working set, and
+#                   the client's (wrk's) CPU µs per connection: on loopback each side's kernel work for the
+#                   other's FIN lands partly in its own system calls, so a deferred FIN moves CPU from
+#                   the client to the server without adding any
 #        keep-alive /plaintext over persistent connections: req/s (not for the deferred-FIN server)
 #      Deferred FIN (--Kestrel:Transport:Winsock:DeferFinTimeout) makes the server wait for the client's
 #      FIN first, so TIME_WAIT lands on the client.
 #   2. Transport only: builds benchmarks/TransportBench (Release) and alternates its "run" mode between
 #      the transports: connections/s, bytes allocated and CPU µs per connection, without HTTP.
 # Prints a table per round, a summary of medians, writes artifacts/bench/results.tsv (every measurement)
-# and artifacts/bench/summary.tsv (medians), and ends with six lines, median(winsock)/median(sockets):
+# and artifacts/bench/summary.tsv (medians), and ends with eight lines: six of median(winsock)/median(sockets),
 #   churn_ratio= keepalive_ratio= cpu_per_conn_ratio= transport_conn_ratio= alloc_per_conn_ratio=
-#   time_wait_ratio= (the last one: winsock with deferred FIN on against sockets)
+#   time_wait_ratio= (this one: winsock with deferred FIN on against sockets)
+# then two of winsock with deferred FIN on against winsock without it (what the deferred FIN costs):
+#   deferfin_churn_ratio= deferfin_cpu_ratio= (server CPU per connection)
 # Any failed phase stops the run with a non-zero exit and no ratios; without benchmarks/TransportBench
 # its two ratios read n/a and the run exits 3. Installs wrk (and curl, ss) with
 # apt-get when missing (root, or sudo).
@@ -161,11 +166,12 @@ cpu_ticks() { sed 's/^.*) //' "/proc/$server_pid/stat" | awk '{print $12 + $13}'
 # Server-side TIME_WAIT sockets: local port = the server's (client ends have it as the remote port).
 time_wait() { ss -Htan state time-wait "( sport = :$server_port )" | wc -l; }
 
-# run_wrk SECONDS OUTFILE [WRK ARGS...]
+# run_wrk SECONDS OUTFILE [WRK ARGS...]: also writes OUTFILE.cpu, wrk's user and system CPU seconds.
 run_wrk() {
   local secs=$1 file=$2; shift 2
-  timeout --kill-after=5 $((secs + 30)) wrk -t"$wrk_threads" -c"$wrk_conns" -d"${secs}s" --latency "$@" \
-    "http://127.0.0.1:$server_port/plaintext" >"$file" 2>&1 || { cat "$file" >&2; die "wrk failed (output: $file)"; }
+  local TIMEFORMAT='%U %S'
+  { time timeout --kill-after=5 $((secs + 30)) wrk -t"$wrk_threads" -c"$wrk_conns" -d"${secs}s" --latency "$@" \
+    "http://127.0.0.1:$server_port/plaintext" >"$file" 2>&1 ; } 2>"$file.cpu" || { cat "$file" >&2; die "wrk failed (output: $file)"; }
 }
 
 # parse_wrk FILE: "req/s p50_ms p99_ms errors requests"; fails if wrk printed no rate.
@@ -212,6 +218,8 @@ churn() {
   [ "$conns" -gt 0 ] || die "$label: the server counted no connection during the churn"
   alloc=$(awk -v a="$((a1 - a0))" -v n="$conns" 'BEGIN {printf "%.0f", a / n}')
   cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$conns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  # Global, like churn_row: http_config writes both.
+  client_cpu=$(awk -v n="$conns" 'NF == 2 {printf "%.1f", ($1 + $2) * 1e6 / n; found = 1} END {if (!found) print "-"}' "$wfile.cpu")
   churn_row="$round	$label	churn	$rps	$p50	$p99	$err	$req	$conns	$alloc	$cpu	$tw"
   # The Winsock transport's own view of who closed first (shows whether the deferred FIN took effect).
   local p0 p1 d0 d1
@@ -229,7 +237,7 @@ keepalive() {
   parsed=$(parse_wrk "$wfile")
   read -r rps p50 p99 err req <<<"$parsed"
   [ "$req" -gt 0 ] || die "$label: wrk completed no request (output: $wfile)"
-  keepalive_row="$round	$label	keepalive	$rps	$p50	$p99	$err	$req	-	-	-	-	-"
+  keepalive_row="$round	$label	keepalive	$rps	$p50	$p99	$err	$req	-	-	-	-	-	-"
 }
 
 # http_config LABEL TRANSPORT WITH_KEEPALIVE [SERVER ARGS...]: one fresh server, its phases, its rows.
@@ -240,21 +248,21 @@ http_config() {
   churn "$label"
   if [ "$with_keepalive" = 1 ]; then keepalive "$label"; fi
   stop_server
-  printf '%s\t%s\n' "$churn_row" "$server_hwm" >>"$results"
+  printf '%s\t%s\t%s\n' "$churn_row" "$server_hwm" "$client_cpu" >>"$results"
   if [ "$with_keepalive" = 1 ]; then printf '%s\n' "$keepalive_row" >>"$results"; fi
 }
 
-header="round	config	phase	rps	p50_ms	p99_ms	errors	requests	conns	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib"
-row_format='%-5s %-17s %-10s %9s %8s %8s %7s %8s %11s %12s %10s %8s\n'
+header="round	config	phase	rps	p50_ms	p99_ms	errors	requests	conns	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn"
+row_format='%-5s %-17s %-10s %9s %8s %8s %7s %8s %11s %12s %10s %8s %11s\n'
 print_header() {
   # shellcheck disable=SC2059
-  printf "$row_format" round config phase "req/s" "p50 ms" "p99 ms" errors conns "alloc/conn" "cpu us/conn" TIME_WAIT "WS MiB"
+  printf "$row_format" round config phase "req/s" "p50 ms" "p99 ms" errors conns "alloc/conn" "cpu us/conn" TIME_WAIT "WS MiB" "client us/c"
 }
 # print_rows FILTER: the rows of results.tsv whose first column matches (awk regex).
 print_rows() {
   awk -F'\t' -v r="$1" -v fmt="$row_format" 'NR > 1 && $1 ~ r {
-    if ($3 == "transport") printf fmt, $1, $2, $3, $4, "-", "-", $7, $9, $10, $11, "-", "-"
-    else printf fmt, $1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13 }' "$results"
+    if ($3 == "transport") printf fmt, $1, $2, $3, $4, "-", "-", $7, $9, $10, $11, "-", "-", "-"
+    else printf fmt, $1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13, $14 }' "$results"
 }
 
 # median CONFIG PHASE COLUMN: the median of a results.tsv column, over the rounds ("" if none).
@@ -344,7 +352,7 @@ if [ "$tb_present" = 1 ]; then
       awk -v r="$round" '{
           for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
           if (f["conns"] == "" || f["conns_per_s"] == "" || f["alloc_per_conn"] == "" || f["cpu_us_per_conn"] == "" || f["errors"] == "") exit 1
-          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\n", r, f["transport"], f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
+          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\t-\n", r, f["transport"], f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
         }' <<<"$line" >>"$results" || die "TransportBench printed no valid result line: '$line'"
     done
   done
@@ -352,24 +360,25 @@ fi
 
 echo
 echo "== summary: medians over $rounds rounds (every measurement: ${results#"$root"/})"
-echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib" >"$summary"
+echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn" >"$summary"
 print_header
 for key in "winsock churn" "sockets churn" "winsock+deferFIN churn" "winsock keepalive" "sockets keepalive" "winsock transport" "sockets transport"; do
   read -r config phase <<<"$key"
   [ -n "$(median "$config" "$phase" 4)" ] || continue
   vals=()
-  for col in 4 5 6 7 10 11 12 13; do v=$(median "$config" "$phase" "$col"); vals+=("${v:--}"); done
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$config" "$phase" "${vals[@]}" >>"$summary"
+  for col in 4 5 6 7 10 11 12 13 14; do v=$(median "$config" "$phase" "$col"); vals+=("${v:--}"); done
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$config" "$phase" "${vals[@]}" >>"$summary"
   shownvals=(); for v in "${vals[@]}"; do shownvals+=("$(shown "$v")"); done
   if [ "$phase" = transport ]; then
     # shellcheck disable=SC2059
-    printf "$row_format" med "$config" "$phase" "${shownvals[0]}" - - "${shownvals[3]}" - "${shownvals[4]}" "${shownvals[5]}" - -
+    printf "$row_format" med "$config" "$phase" "${shownvals[0]}" - - "${shownvals[3]}" - "${shownvals[4]}" "${shownvals[5]}" - - -
   else
     # shellcheck disable=SC2059
     printf "$row_format" med "$config" "$phase" "${shownvals[@]:0:4}" - "${shownvals[@]:4}"
   fi
 done
-echo "(transport rows: req/s = connections/s, no HTTP; alloc/conn in bytes; TIME_WAIT: server side, after the churn; WS: peak working set)"
+echo "(transport rows: req/s = connections/s, no HTTP; alloc/conn in bytes; TIME_WAIT: server side, after the churn; WS: peak working set;"
+echo " client us/c: wrk's CPU per connection)"
 echo
 
 lines=(
@@ -379,6 +388,8 @@ lines=(
   "transport_conn_ratio=$(ratio "$(median winsock transport 4)" "$(median sockets transport 4)")"
   "alloc_per_conn_ratio=$(ratio "$(median winsock transport 10)" "$(median sockets transport 10)")"
   "time_wait_ratio=$(ratio "$(median winsock+deferFIN churn 12)" "$(median sockets churn 12)")"
+  "deferfin_churn_ratio=$(ratio "$(median winsock+deferFIN churn 4)" "$(median winsock churn 4)")"
+  "deferfin_cpu_ratio=$(ratio "$(median winsock+deferFIN churn 11)" "$(median winsock churn 11)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
 missing=""
