@@ -80,17 +80,22 @@ internal sealed class PostedAccepts
         using var acceptor = new SocketAcceptor();
         while (!_stopping)
         {
-            // Read once per accept: the recycler can turn reuse off at any time (a fallback).
             var recycled = false;
-            var reusable = _recycler.IsActive ? RentOrCreate(out recycled) : null;
+            ReusableSocket? reusable = null;
             Socket? accepted = null;
             var error = SocketError.Success;
             Exception? unexpected = null;
+            // Until the accept itself completes: only its failure can say the socket was not recycled.
+            var accepting = true;
             try
             {
+                // Read once per accept: the recycler can turn reuse off at any time (a fallback). Making
+                // a socket can fail too (out of handles), which must not end the slot either.
+                reusable = _recycler.IsActive ? RentOrCreate(out recycled) : null;
                 await acceptor.AcceptAsync(_listenSocket, reusable?.Socket);
                 accepted = acceptor.AcceptSocket!;
                 acceptor.AcceptSocket = null;
+                accepting = false;
                 if (_noDelay)
                 {
                     EnsureNoDelay(accepted);
@@ -151,7 +156,7 @@ internal sealed class PostedAccepts
                 break;
             }
 
-            if (recycled && (unexpected is InvalidOperationException || IsNotRecycled(error)))
+            if (recycled && accepting && (unexpected is InvalidOperationException || IsNotRecycled(error)))
             {
                 // Only this socket is bad; the next accept goes into another one at once.
                 var failure = unexpected?.Message ?? error.ToString();
