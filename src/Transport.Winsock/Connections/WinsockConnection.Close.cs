@@ -182,10 +182,12 @@ internal sealed partial class WinsockConnection
         {
             _peerFinReceived = true;
 
-            // The peer closed first while our FIN waited for it: send it now. If the deferral has just
-            // expired instead, its callback sends the FIN.
-            if (_closeState == CloseState.FinDeferred && _deadline.TryDisarm())
+            // The peer closed first while our FIN waited for it: send it now. A deferral that expired at
+            // this very moment finds the FIN sent when its callback gets the lock, and does nothing: the
+            // peer's FIN was first, so this is a passive close, and counted as one.
+            if (_closeState == CloseState.FinDeferred)
             {
+                _deadline.TryDisarm();
                 SendFinLocked();
                 _factory.Counters.PeerClosedFirstSeen();
             }

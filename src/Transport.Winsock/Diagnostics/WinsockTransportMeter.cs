@@ -37,7 +37,7 @@ internal sealed class WinsockTransportMeter : IDisposable
             new Measurement<long>(c.ConnectionResets, new KeyValuePair<string, object?>("winsock.close.kind", "peer_reset")),
             new Measurement<long>(c.DrainTimeouts, new KeyValuePair<string, object?>("winsock.close.kind", "drain_timeout")),
             new Measurement<long>(c.TimeWaitCloses, new KeyValuePair<string, object?>("winsock.close.kind", "time_wait")),
-        }, "{connection}", "How connections ended: a FIN from us, an RST from us, a reset by the peer, no FIN from the peer in time, or FINs both ways with ours first (TIME_WAIT here, so the socket was closed, not recycled).");
+        }, "{connection}", "How connections ended: a FIN from us (graceful), an RST from us, a reset by the peer. drain_timeout (no FIN from the peer in time) and time_wait (FINs both ways, ours first: TIME_WAIT here, so the socket was closed, not recycled) are parts of graceful, not added to it.");
         _meter.CreateObservableCounter("winsock.reuse.disconnects", () => c.ReuseDisconnects, "{socket}",
             "Reuse disconnects started: the sockets of passive closes, handed to DisconnectEx(TF_REUSE_SOCKET).");
         _meter.CreateObservableCounter("winsock.reuse.accept_failures", () => c.RecycledAcceptFailures, "{socket}",

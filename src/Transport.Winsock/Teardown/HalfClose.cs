@@ -13,10 +13,13 @@ internal static class HalfClose
     /// </summary>
     /// <remarks>
     /// Not a P/Invoke of WSASendDisconnect, although the wire sees the same FIN: .NET must see the
-    /// shutdown. Its SafeSocketHandle turns a close that cancels a pending operation into an abortive one
-    /// (an RST) unless it has recorded a shutdown of the send side, and only <see cref="Socket.Shutdown"/>
-    /// records it. Graceful paths do close under a pending operation: the drain timeout closes while the
-    /// receive waits for the peer's FIN, and the disconnect timeout while DisconnectEx waits out TIME_WAIT.
+    /// shutdown. Its SafeSocketHandle turns a close that cancels operations into an abortive one (an RST)
+    /// unless it has recorded a shutdown of the send side, and only <see cref="Socket.Shutdown"/> records
+    /// it. Graceful paths do close under a pending operation: the drain timeout closes while the receive
+    /// waits for the peer's FIN, the disconnect timeout while DisconnectEx waits. On Unix every such close
+    /// cancels the pending operation; on Windows one that races a socket call still in progress on another
+    /// thread does. The price on Windows: <see cref="Socket.Shutdown"/> also calls ioctlsocket(FIONBIO),
+    /// one system call more per FIN than the P/Invoke.
     /// </remarks>
     public static WinsockErrorAction SendFin(Socket socket) => WinsockErrors.Classify(TrySendFin(socket));
 

@@ -164,7 +164,9 @@ internal sealed class SocketRecycler : IDisposable
 
     private void OnFailure(string failure)
     {
-        if (!_canFallBack || Interlocked.Increment(ref _failuresInARow) != FailuresBeforeFallback)
+        // Once off, reuse stays off: failures of sockets still on their way (a pending disconnect, a
+        // posted accept into a recycled socket) change nothing.
+        if (!_canFallBack || !_active || Interlocked.Increment(ref _failuresInARow) != FailuresBeforeFallback)
         {
             return;
         }

@@ -14,12 +14,13 @@ public sealed class MeterTests
         const int Recycled = 50;
         const int ServerFirst = 10;
         // Forced reuse where it works, so the recycling path runs on Linux too (through .NET's emulation);
-        // a short deferred FIN: HttpClient closes first (passive closes, recycled), and raw clients that
-        // wait for the server's FIN get it after the deferral (active closes, TIME_WAIT here).
+        // a deferred FIN: HttpClient closes first (passive closes, recycled), and raw clients that wait
+        // for the server's FIN get it after the deferral (active closes, TIME_WAIT here). The deferral is
+        // long enough that a slow HttpClient close on a busy machine still comes first.
         await using var server = await SampleServer.StartAsync(configure: options =>
         {
             options.ReuseSockets = ReusePlatform.ForcedWhereItWorks;
-            options.DeferFinTimeout = TimeSpan.FromMilliseconds(200);
+            options.DeferFinTimeout = TimeSpan.FromSeconds(2);
         });
         var scope = server.App.Services.GetRequiredService<IMeterFactory>();
         var measurements = new ConcurrentDictionary<string, double>();

@@ -152,6 +152,28 @@ public sealed class SocketRecyclerTests
     }
 
     [NotUnderWineFact(WinePlatform.NoSocketReuse)]
+    public async Task A_successful_reuse_disconnect_alone_does_not_end_a_run_of_failures()
+    {
+        // The disconnect is only half of a recycle: a socket whose accept then fails was not recycled.
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64);
+        for (var i = 0; i < SocketRecycler.FailuresBeforeFallback - 1; i++)
+        {
+            recycler.OnRecycledAcceptFailed("InvalidArgument");
+        }
+
+        var socket = await ConnectedAndClosedBothWaysAsync();
+        recycler.Recycle(socket);
+        Assert.Same(socket, await PollAsync(() => pool.TryRent()));
+        Assert.True(recycler.IsActive);
+
+        recycler.OnRecycledAcceptFailed("InvalidArgument");
+        Assert.False(recycler.IsActive);
+        socket.Dispose();
+    }
+
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
     public async Task Forced_reuse_keeps_recycling_whatever_fails()
     {
         var counters = new WinsockTransportCounters();
