@@ -37,9 +37,9 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
             }
         }
 
-        var refusal = await ReuseSelfTest.RunOnceAsync(ReuseSelfTest.ListenerKind.Of(listenSocket)).ConfigureAwait(false);
-        return refusal is null
-            ? new(true, true, "on: the reuse self-test passed")
-            : new(false, true, $"off: {refusal}") { Emulated = refusal == ReuseSelfTest.Emulated };
+        var verdict = await ReuseSelfTest.RunOnceAsync(ReuseSelfTest.ListenerKind.Of(listenSocket)).ConfigureAwait(false);
+        return verdict.Refusal is null
+            ? new(true, true, $"on: the reuse self-test ({verdict.Kind}) passed")
+            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
     }
 }

@@ -23,10 +23,13 @@ internal static class ReuseSelfTest
     internal static readonly TimeSpan Timeout = TimeSpan.FromSeconds(5);
 
     private static readonly Lock s_lock = new();
-    private static readonly Dictionary<ListenerKind, Task<string?>> s_verdicts = [];
+    private static readonly Dictionary<ListenerKind, Task<Verdict>> s_verdicts = [];
 
-    /// <summary>The verdict where the runtime only emulates reuse: expected, not a fault.</summary>
-    internal const string Emulated = "the runtime emulates socket reuse here (an accept into a given socket got a new handle), so reuse would add system calls and save none";
+    /// <summary>
+    /// What the self-test found: <see cref="Refusal"/> is null when reuse works, else why not;
+    /// <see cref="Emulated"/> marks the refusal where the runtime only emulates reuse (expected, not a fault).
+    /// </summary>
+    internal readonly record struct Verdict(ListenerKind Kind, string? Refusal, bool Emulated = false);
 
     /// <summary>What the accepted sockets of a listener are: its address family, and for IPv6 whether it is dual-mode.</summary>
     internal readonly record struct ListenerKind(AddressFamily Family, bool DualMode)
@@ -47,8 +50,8 @@ internal static class ReuseSelfTest
             : "IPv4";
     }
 
-    /// <summary>Null when reuse works for this kind of listener; otherwise why the transport should not reuse sockets there.</summary>
-    public static Task<string?> RunOnceAsync(ListenerKind kind)
+    /// <summary>The verdict for this kind of listener, from the one run of the test for that kind.</summary>
+    public static Task<Verdict> RunOnceAsync(ListenerKind kind)
     {
         lock (s_lock)
         {
@@ -62,7 +65,7 @@ internal static class ReuseSelfTest
         }
     }
 
-    private static async Task<string?> RunAsync(ListenerKind kind)
+    private static async Task<Verdict> RunAsync(ListenerKind kind)
     {
         var step = "setting up a loopback listener";
         using var listener = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
@@ -94,7 +97,7 @@ internal static class ReuseSelfTest
                 await Within(connecting, deadline).ConfigureAwait(false);
                 if (socket.Handle != handle)
                 {
-                    return Emulated;
+                    return new(kind, $"the runtime emulates socket reuse here (an accept into a given {kind} socket got a new handle), so reuse would add system calls and save none", Emulated: true);
                 }
 
                 step = round == 1 ? "sending on a new socket" : "sending on the recycled socket";
@@ -118,19 +121,19 @@ internal static class ReuseSelfTest
                 }
             }
 
-            return null;
+            return new(kind, null);
         }
         catch (TimeoutException)
         {
-            return $"the reuse self-test ({kind}) failed: {step} did not finish within {Timeout.TotalSeconds:0} s";
+            return new(kind, $"the reuse self-test ({kind}) failed: {step} did not finish within {Timeout.TotalSeconds:0} s");
         }
         catch (SocketException ex)
         {
-            return $"the reuse self-test ({kind}) failed: {step} failed with {ex.SocketErrorCode}";
+            return new(kind, $"the reuse self-test ({kind}) failed: {step} failed with {ex.SocketErrorCode}");
         }
         catch (Exception ex) when (ex is InvalidOperationException or NotSupportedException or ObjectDisposedException)
         {
-            return $"the reuse self-test ({kind}) failed: {step} failed: {ex.Message}";
+            return new(kind, $"the reuse self-test ({kind}) failed: {step} failed: {ex.Message}");
         }
     }
 
