@@ -3,7 +3,11 @@ using Microsoft.Extensions.Logging;
 
 namespace Transport.Winsock.Diagnostics;
 
-/// <summary>The transport's log messages. Event ids are stable: add new ones, never renumber.</summary>
+/// <summary>
+/// The transport's log messages, under the category <c>Transport.Winsock</c>. Event ids are stable: add
+/// new ones, never renumber. As with Kestrel's transports, nothing above Debug in normal operation:
+/// warnings only when something asked for cannot be done or a fallback happens.
+/// </summary>
 internal static partial class WinsockTransportLog
 {
     [LoggerMessage(1, LogLevel.Debug, "Listening on {EndPoint} with {PendingAccepts} pending accepts; socket reuse {ReuseMode}.", EventName = "ListenerStarted")]
@@ -54,7 +58,7 @@ internal static partial class WinsockTransportLog
     [LoggerMessage(16, LogLevel.Debug, "Connection id \"{ConnectionId}\": the peer did not close within the deferred FIN timeout; sending FIN first.", EventName = "DeferFinTimedOut")]
     public static partial void DeferFinTimedOut(this ILogger logger, string connectionId);
 
-    [LoggerMessage(17, LogLevel.Information, "Socket reuse is off for {EndPoint}: {Reason}. Each connection gets the socket its accept made, as with Kestrel's Sockets transport, and still ends with a graceful close.", EventName = "ReuseNotNative")]
+    [LoggerMessage(17, LogLevel.Debug, "Socket reuse is off for {EndPoint}: {Reason}. Each connection gets the socket its accept made, as with Kestrel's Sockets transport, and still ends with a graceful close.", EventName = "ReuseNotNative")]
     public static partial void ReuseNotNative(this ILogger logger, EndPoint? endPoint, string reason);
 
     [LoggerMessage(18, LogLevel.Debug, "An accept on {EndPoint} into a recycled socket failed ({Failure}); the socket was closed, and the failure counts toward the reuse fallback.", EventName = "RecycledAcceptFailed")]
