@@ -101,7 +101,11 @@ internal sealed class WinsockConnectionListener : IConnectionListener
             _unbindTask ??= UnbindCoreAsync();
         }
 
-        return new ValueTask(_unbindTask.WaitAsync(cancellationToken));
+        // Completes whatever the token says, as Kestrel's Sockets transport does: Kestrel disposes the
+        // listeners of a failed bind, and a host disposed without a stop, with a token already canceled,
+        // and an exception here would replace the real error. Unbinding only closes the listening socket
+        // and waits for the posted accepts to end, which they do at once.
+        return new ValueTask(_unbindTask);
     }
 
     private async Task UnbindCoreAsync()

@@ -5,7 +5,9 @@ using System.Text;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock;
@@ -21,8 +23,7 @@ public sealed class ListenerTests
     public async Task Factory_binds_ip_endpoints_only()
     {
         await using var services = BuildServices();
-        var factory = Assert.Single(services.GetServices<IConnectionListenerFactory>());
-        var selector = Assert.IsAssignableFrom<IConnectionListenerFactorySelector>(factory);
+        var selector = Ours(services);
 
         Assert.True(selector.CanBind(new IPEndPoint(IPAddress.Loopback, 0)));
         Assert.True(selector.CanBind(new IPEndPoint(IPAddress.IPv6Any, 8080)));
@@ -34,7 +35,7 @@ public sealed class ListenerTests
     public async Task Factory_leaves_unix_domain_socket_endpoints_to_other_transports()
     {
         await using var services = BuildServices();
-        var selector = Assert.IsAssignableFrom<IConnectionListenerFactorySelector>(Assert.Single(services.GetServices<IConnectionListenerFactory>()));
+        var selector = Ours(services);
         Assert.False(selector.CanBind(new UnixDomainSocketEndPoint(Path.Combine(Path.GetTempPath(), "winsock-test.sock"))));
     }
 
@@ -107,48 +108,93 @@ public sealed class ListenerTests
         Assert.Null(await AcceptAsync(listener));
     }
 
-    [NotUnderWineFact(WinePlatform.NoUnixSockets)]
-    public async Task In_a_host_unix_socket_endpoints_fall_through_to_kestrels_transport_while_tcp_uses_ours()
+    public enum Composition
+    {
+        /// <summary>WebApplication.CreateSlimBuilder, then UseWinsockReuseTransport: Kestrel registered first.</summary>
+        WebApplication,
+
+        /// <summary>A host that composes services itself: AddWinsockReuseTransport, then UseKestrelCore.</summary>
+        OursBeforeKestrelCore,
+
+        /// <summary>The same host the other way round: UseKestrelCore, then AddWinsockReuseTransport.</summary>
+        KestrelCoreBeforeOurs,
+    }
+
+    [Theory(Skip = WinePlatform.NoUnixSockets, SkipWhen = nameof(WinePlatform.IsWine), SkipType = typeof(WinePlatform))]
+    [InlineData(Composition.WebApplication)]
+    [InlineData(Composition.OursBeforeKestrelCore)]
+    [InlineData(Composition.KestrelCoreBeforeOurs)]
+    public async Task In_a_host_unix_socket_endpoints_fall_through_to_kestrels_transport_while_tcp_uses_ours(Composition composition)
     {
         var ct = TestContext.Current.CancellationToken;
         var path = Path.Combine(Path.GetTempPath(), $"winsock-{Guid.NewGuid():N}.sock");
         var served = new ConcurrentQueue<Type>();
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseWinsockReuseTransport();
-        builder.WebHost.UseKestrel(kestrel =>
+        void Listen(Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions kestrel)
         {
             kestrel.Listen(IPAddress.Loopback, 0, listen => listen.Run(HelloAsync));
             kestrel.ListenUnixSocket(path, listen => listen.Run(HelloAsync));
-        });
-        await using var app = builder.Build();
-        await app.StartAsync(ct);
-        try
-        {
-            var counters = app.Services.GetRequiredService<WinsockTransportCounters>();
-            using (var uds = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
-            {
-                await uds.ConnectAsync(new UnixDomainSocketEndPoint(path), ct);
-                Assert.Equal("hello", Encoding.ASCII.GetString(await RawClient.ReadToFinAsync(uds, Timeout)));
-            }
-
-            Assert.Equal(0, counters.ConnectionsAccepted);
-            Assert.DoesNotContain(typeof(WinsockTransportCounters).Assembly, served.Select(t => t.Assembly));
-
-            var tcp = new Uri(app.Urls.Single(url => url.StartsWith("http://127.0.0.1:", StringComparison.Ordinal)));
-            using (var client = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, tcp.Port)))
-            {
-                Assert.Equal("hello", Encoding.ASCII.GetString(await RawClient.ReadToFinAsync(client, Timeout)));
-            }
-
-            Assert.Equal(1, counters.ConnectionsAccepted);
-            Assert.Equal(2, served.Count);
-            Assert.Equal(typeof(WinsockTransportCounters).Assembly, served.Last().Assembly);
         }
-        finally
+
+        IHost app;
+        if (composition == Composition.WebApplication)
         {
-            await app.StopAsync(CancellationToken.None);
-            File.Delete(path);
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.WebHost.UseWinsockReuseTransport();
+            builder.WebHost.UseKestrel(Listen);
+            app = builder.Build();
+        }
+        else
+        {
+            app = new HostBuilder().ConfigureWebHost(web =>
+            {
+                if (composition == Composition.OursBeforeKestrelCore)
+                {
+                    web.ConfigureServices(services => services.AddWinsockReuseTransport());
+                }
+
+                web.UseKestrelCore().ConfigureKestrel(Listen);
+                if (composition == Composition.KestrelCoreBeforeOurs)
+                {
+                    web.ConfigureServices(services => services.AddWinsockReuseTransport());
+                }
+
+                web.Configure(static _ => { });
+            }).Build();
+        }
+
+        using (app)
+        {
+            await app.StartAsync(ct);
+            try
+            {
+                var counters = app.Services.GetRequiredService<WinsockTransportCounters>();
+                using (var uds = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+                {
+                    await uds.ConnectAsync(new UnixDomainSocketEndPoint(path), ct);
+                    Assert.Equal("hello", Encoding.ASCII.GetString(await RawClient.ReadToFinAsync(uds, Timeout)));
+                }
+
+                Assert.Equal(0, counters.ConnectionsAccepted);
+                Assert.DoesNotContain(typeof(WinsockTransportCounters).Assembly, served.Select(t => t.Assembly));
+
+                var addresses = app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>().Features
+                    .GetRequiredFeature<Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature>().Addresses;
+                var tcp = new Uri(addresses.Single(url => url.StartsWith("http://127.0.0.1:", StringComparison.Ordinal)));
+                using (var client = await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, tcp.Port)))
+                {
+                    Assert.Equal("hello", Encoding.ASCII.GetString(await RawClient.ReadToFinAsync(client, Timeout)));
+                }
+
+                Assert.Equal(1, counters.ConnectionsAccepted);
+                Assert.Equal(2, served.Count);
+                Assert.Equal(typeof(WinsockTransportCounters).Assembly, served.Last().Assembly);
+            }
+            finally
+            {
+                await app.StopAsync(CancellationToken.None);
+                File.Delete(path);
+            }
         }
 
         async Task HelloAsync(ConnectionContext context)
@@ -156,6 +202,60 @@ public sealed class ListenerTests
             served.Enqueue(context.GetType());
             await context.Transport.Output.WriteAsync("hello"u8.ToArray(), ct);
         }
+    }
+
+    [Fact]
+    public async Task Unbind_with_a_token_already_canceled_still_unbinds_as_Kestrels_Sockets_transport_does()
+    {
+        await using var services = BuildServices();
+        var listener = await BindAsync(services);
+        var endPoint = (IPEndPoint)listener.EndPoint;
+
+        await listener.UnbindAsync(new CancellationToken(canceled: true)).AsTask().WaitAsync(Timeout, TestContext.Current.CancellationToken);
+        var refused = await Assert.ThrowsAsync<SocketException>(async () => (await RawClient.ConnectAsync(endPoint)).Dispose());
+        Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+        await listener.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_host_disposed_without_a_stop_throws_nothing_and_closes_its_listener()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseWinsockReuseTransport();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        var app = builder.Build();
+        await app.StartAsync(TestContext.Current.CancellationToken);
+        var port = new Uri(app.Urls.Single()).Port;
+
+        await app.DisposeAsync();
+        var refused = await Assert.ThrowsAsync<SocketException>(async () => (await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port))).Dispose());
+        Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+    }
+
+    [Fact(Skip = Ipv6Loopback.Unavailable, SkipUnless = nameof(Ipv6Loopback.IsAvailable), SkipType = typeof(Ipv6Loopback))]
+    public async Task A_localhost_bind_that_fails_half_way_reports_the_address_in_use()
+    {
+        // [::1] on the port is taken, 127.0.0.1 is free: Kestrel binds the IPv4 half through this
+        // transport, fails on the IPv6 half, and disposes what it bound with a canceled token.
+        using var taken = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
+        taken.Bind(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        taken.Listen();
+        var port = ((IPEndPoint)taken.LocalEndPoint!).Port;
+
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseWinsockReuseTransport();
+        builder.WebHost.UseUrls($"http://localhost:{port}");
+        await using var app = builder.Build();
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => app.StartAsync(TestContext.Current.CancellationToken));
+
+        Assert.IsNotType<TaskCanceledException>(error);
+        Assert.IsNotType<OperationCanceledException>(error);
+        Assert.Contains("address already in use", error.ToString(), StringComparison.OrdinalIgnoreCase);
+        // And the IPv4 half is closed again.
+        var refused = await Assert.ThrowsAsync<SocketException>(async () => (await RawClient.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port))).Dispose());
+        Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
     }
 
     internal static ServiceProvider BuildServices(Action<WinsockTransportOptions>? configure = null)
@@ -167,10 +267,11 @@ public sealed class ListenerTests
     }
 
     internal static async Task<IConnectionListener> BindAsync(IServiceProvider services)
-    {
-        var factory = services.GetServices<IConnectionListenerFactory>().OfType<IConnectionListenerFactorySelector>().Single();
-        return await ((IConnectionListenerFactory)factory).BindAsync(new IPEndPoint(IPAddress.Loopback, 0), TestContext.Current.CancellationToken);
-    }
+        => await ((IConnectionListenerFactory)Ours(services)).BindAsync(new IPEndPoint(IPAddress.Loopback, 0), TestContext.Current.CancellationToken);
+
+    /// <summary>This transport's factory (with no Kestrel in the services, Kestrel's Sockets transport is registered beside it).</summary>
+    internal static IConnectionListenerFactorySelector Ours(IServiceProvider services)
+        => Assert.Single(services.GetServices<IConnectionListenerFactory>().OfType<IConnectionListenerFactorySelector>(), f => f.GetType().Assembly == typeof(WinsockTransportCounters).Assembly);
 
     internal static async Task<ConnectionContext?> AcceptAsync(IConnectionListener listener)
     {
