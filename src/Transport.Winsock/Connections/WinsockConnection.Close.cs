@@ -145,9 +145,13 @@ internal sealed partial class WinsockConnection
         Logger.DrainTimedOut(ConnectionId);
     }
 
-    /// <summary>An abort or an error: an RST, and the socket is never reused.</summary>
+    /// <summary>
+    /// An abort or an error: an RST (under Kestrel's FinOnError switch a FIN, as Kestrel's Sockets transport
+    /// then sends), and the socket is never reused.
+    /// </summary>
     private void CloseAbortively(ConnectionAbortedException reason)
     {
+        var fin = _factory.FinOnError;
         lock (_closeLock)
         {
             if (_closeState == CloseState.Closed)
@@ -164,10 +168,24 @@ internal sealed partial class WinsockConnection
                 return;
             }
 
-            SocketClose.Close(_socket, abortive: true);
+            if (fin)
+            {
+                // The shutdown first, so that .NET closes gracefully whatever is pending (see HalfClose).
+                HalfClose.SendFin(_socket);
+            }
+
+            SocketClose.Close(_socket, abortive: !fin);
         }
 
-        Logger.ConnectionWriteRst(ConnectionId, reason.Message);
+        if (fin)
+        {
+            LogFinSent();
+        }
+        else
+        {
+            Logger.ConnectionWriteRst(ConnectionId, reason.Message);
+        }
+
         _factory.Counters.AbortiveClose();
     }
 

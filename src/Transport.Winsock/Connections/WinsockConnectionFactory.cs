@@ -45,6 +45,7 @@ internal sealed class WinsockConnectionFactory
         DrainTimeout = options.DrainTimeout;
         HalfCloseTimeout = options.AllowHalfClose ? options.HalfCloseTimeout : null;
         DeferFinTimeout = options.DeferFinTimeout > TimeSpan.Zero ? options.DeferFinTimeout : null;
+        FinOnError = options.FinOnError;
 
         // Kestrel's pipe shape: writers pause at the buffer limit and resume at half of it; the
         // application's continuations run on the thread pool, the transport's own (the send loop woken
@@ -86,6 +87,9 @@ internal sealed class WinsockConnectionFactory
 
     /// <summary>Set when the FIN waits for the peer to close first: for how long at most.</summary>
     public TimeSpan? DeferFinTimeout { get; }
+
+    /// <summary>Kestrel's FinOnError switch: an abort ends with a FIN, not an RST.</summary>
+    public bool FinOnError { get; }
 
     public SocketRecycler Recycler { get; }
 

@@ -43,7 +43,10 @@ public sealed class WinsockTransportCounters
     /// <summary>Connections that ended with a graceful half-close (a FIN, after every byte written).</summary>
     public long GracefulCloses => Volatile.Read(ref _gracefulCloses);
 
-    /// <summary>Connections the transport ended with an abortive close (an RST), after an abort or an error.</summary>
+    /// <summary>
+    /// Connections the transport ended with an abortive close after an abort or an error: an RST, or a FIN
+    /// under Kestrel's <c>Microsoft.AspNetCore.Server.Kestrel.FinOnError</c> switch. Never reused.
+    /// </summary>
     public long AbortiveCloses => Volatile.Read(ref _abortiveCloses);
 
     /// <summary>Connections the peer reset.</summary>

@@ -115,4 +115,13 @@ public sealed class WinsockTransportOptions
     /// still ends with a graceful half-close, and is closed.
     /// </summary>
     public bool? ReuseSockets { get; set; }
+
+    /// <summary>
+    /// Kestrel's AppContext switch <c>Microsoft.AspNetCore.Server.Kestrel.FinOnError</c>: when set, an abort
+    /// ends with a FIN instead of an RST, as in Kestrel's Sockets transport (whose option is internal too).
+    /// Read when the options are made.
+    /// </summary>
+    internal bool FinOnError { get; set; } = AppContext.TryGetSwitch(FinOnErrorSwitch, out var finOnError) && finOnError;
+
+    internal const string FinOnErrorSwitch = "Microsoft.AspNetCore.Server.Kestrel.FinOnError";
 }
