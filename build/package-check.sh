@@ -55,5 +55,10 @@ dotnet restore "$work/host/host.csproj" --source "$packages" -v quiet -nologo
 for file in lib/net10.0/Transport.Winsock.dll lib/net10.0/Transport.Winsock.xml README.md; do
   [ -f "$NUGET_PACKAGES/transport.winsock/$version/$file" ] || { echo "package: $file is missing from the package" >&2; exit 1; }
 done
+# The license is MIT, as an SPDX expression; no public repository exists yet, so the package names no
+# URL (the SDK still records the commit it was built from, which is fine).
+nuspec="$NUGET_PACKAGES/transport.winsock/$version/transport.winsock.nuspec"
+grep -q '<license type="expression">MIT</license>' "$nuspec" || { echo "package: the .nuspec does not declare the MIT license" >&2; cat "$nuspec" >&2; exit 1; }
+if grep -qE '<projectUrl|<repository[^>]* url=' "$nuspec"; then echo "package: the .nuspec names a repository or project URL, and none exists yet" >&2; exit 1; fi
 out=$(timeout 120 dotnet run --project "$work/host/host.csproj" --no-restore -c Release 2>&1) || { echo "$out" >&2; echo "package: the installed package did not serve" >&2; exit 1; }
-echo "package: ok (Transport.Winsock $version installed from a local folder: $(echo "$out" | tail -1))"
+echo "package: ok (Transport.Winsock $version, license MIT, installed from a local folder: $(echo "$out" | tail -1))"
