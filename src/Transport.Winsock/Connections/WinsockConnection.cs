@@ -89,8 +89,11 @@ internal sealed partial class WinsockConnection : ConnectionContext
         // A deadline still armed for this object's previous connection ends here; one that fires anyway
         // carries the old id and is ignored.
         _deadline.TryDisarm();
-        LocalEndPoint = _factory.LocalEndPoint ?? socket.LocalEndPoint;
-        RemoteEndPoint = socket.RemoteEndPoint;
+        // As far as they can still be read: a peer that resets right after connecting can make them
+        // fail, and such a connection still goes to the server, as with Kestrel's Sockets transport (it
+        // counts in Kestrel's metrics and logs, and ends at its first read).
+        LocalEndPoint = _factory.LocalEndPoint ?? TryGetEndPoint(socket, local: true);
+        RemoteEndPoint = TryGetEndPoint(socket, local: false);
         Transport = _transport;
         _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
         _closeState = CloseState.Open;
@@ -105,6 +108,18 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _started = false;
         _disposed = false;
         ResetFeatures();
+    }
+
+    private static EndPoint? TryGetEndPoint(Socket socket, bool local)
+    {
+        try
+        {
+            return local ? socket.LocalEndPoint : socket.RemoteEndPoint;
+        }
+        catch (SocketException)
+        {
+            return null;
+        }
     }
 
     /// <summary>Ends a pooled object's loops when the pool has no room for it, and frees its event args and timer.</summary>

@@ -141,20 +141,11 @@ internal sealed class WinsockConnectionListener : IConnectionListener
 
     private void OnAccepted(Socket socket, ReusableSocket? reusable)
     {
-        WinsockConnection connection;
-        try
-        {
-            connection = _connections.Create(socket, reusable);
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-        {
-            // Reset before its endpoints could be read.
-            Close(socket, reusable);
-            return;
-        }
-
+        // Every accepted connection goes to the server, even one the peer has reset already.
+        var connection = _connections.Create(socket, reusable);
         if (!_accepted.Writer.TryWrite(connection))
         {
+            // Unbound meanwhile: nobody will take it.
             Close(socket, reusable);
         }
     }
