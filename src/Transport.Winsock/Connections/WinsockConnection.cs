@@ -35,8 +35,8 @@ internal sealed partial class WinsockConnection : ConnectionContext
     private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _finished;
     private readonly Lock _closeLock = new();
-    private readonly SocketReceiver _receiver = new();
-    private readonly SocketSender _sender = new();
+    private readonly SocketReceiver _receiver;
+    private readonly SocketSender _sender;
     // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close.
     private readonly SocketDeadline _deadline = new();
     private readonly byte[] _probe = new byte[1];
@@ -68,6 +68,8 @@ internal sealed partial class WinsockConnection : ConnectionContext
     public WinsockConnection(WinsockConnectionFactory factory)
     {
         _factory = factory;
+        _receiver = new SocketReceiver(factory.InlineSocketContinuations);
+        _sender = new SocketSender(factory.InlineSocketContinuations);
         var (inputOptions, outputOptions) = factory.NextPipeOptions();
         _input = new Pipe(inputOptions);
         _output = new Pipe(outputOptions);
@@ -240,8 +242,13 @@ internal sealed partial class WinsockConnection : ConnectionContext
                 var probeForFin = true;
                 while (true)
                 {
-                    // Wait for data before taking a buffer, so an idle connection holds no memory.
-                    await _receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
+                    // Wait for data before taking a buffer, so an idle connection holds no memory
+                    // (unless WaitForDataBeforeAllocatingBuffer is off).
+                    if (_factory.WaitForData)
+                    {
+                        await _receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
+                    }
+
                     int received;
                     if (_outputEnded && probeForFin)
                     {

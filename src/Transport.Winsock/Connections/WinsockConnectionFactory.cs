@@ -49,19 +49,27 @@ internal sealed class WinsockConnectionFactory
 
         // Kestrel's pipe shape: writers pause at the buffer limit and resume at half of it; the
         // application's continuations run on the thread pool, the transport's own (the send loop woken
-        // by a flush, the receive loop released from backpressure) on a few batching schedulers.
+        // by a flush, the receive loop released from backpressure) on IOQueueCount batching schedulers,
+        // Kestrel's I/O queues (0: the thread pool); with UnsafePreferInlineScheduling, all inline.
         var minimumSegmentSize = Math.Min(memoryPool.MaxBufferSize, 4096);
         var maxRead = options.MaxReadBufferSize ?? 0;
         var maxWrite = options.MaxWriteBufferSize ?? 0;
-        var schedulers = Math.Min(Environment.ProcessorCount, 16);
-        _inputOptions = new PipeOptions[schedulers];
-        _outputOptions = new PipeOptions[schedulers];
-        for (var i = 0; i < schedulers; i++)
+        var inline = options.UnsafePreferInlineScheduling;
+        var applicationScheduler = inline ? PipeScheduler.Inline : PipeScheduler.ThreadPool;
+        var queues = Math.Max(options.IOQueueCount, 1);
+        _inputOptions = new PipeOptions[queues];
+        _outputOptions = new PipeOptions[queues];
+        for (var i = 0; i < queues; i++)
         {
-            var transportScheduler = new BatchingScheduler();
-            _inputOptions[i] = new PipeOptions(memoryPool, PipeScheduler.ThreadPool, transportScheduler, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false);
-            _outputOptions[i] = new PipeOptions(memoryPool, transportScheduler, PipeScheduler.ThreadPool, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
+            var transportScheduler = inline ? PipeScheduler.Inline
+                : options.IOQueueCount == 0 ? PipeScheduler.ThreadPool
+                : new BatchingScheduler();
+            _inputOptions[i] = new PipeOptions(memoryPool, applicationScheduler, transportScheduler, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false);
+            _outputOptions[i] = new PipeOptions(memoryPool, transportScheduler, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
         }
+
+        InlineSocketContinuations = inline;
+        WaitForData = options.WaitForDataBeforeAllocatingBuffer;
 
         MinReceiveSize = Math.Max(minimumSegmentSize / 2, 1);
     }
@@ -87,6 +95,12 @@ internal sealed class WinsockConnectionFactory
 
     /// <summary>Set when the FIN waits for the peer to close first: for how long at most.</summary>
     public TimeSpan? DeferFinTimeout { get; }
+
+    /// <summary>Whether a receive waits for data before it takes a buffer (WaitForDataBeforeAllocatingBuffer).</summary>
+    public bool WaitForData { get; }
+
+    /// <summary>UnsafePreferInlineScheduling: socket completions continue inline on Windows too.</summary>
+    public bool InlineSocketContinuations { get; }
 
     /// <summary>Kestrel's FinOnError switch: an abort ends with a FIN, not an RST.</summary>
     public bool FinOnError { get; }

@@ -17,11 +17,13 @@ internal abstract class AwaitableSocketEventArgs : SocketAsyncEventArgs, IValueT
     // transport makes the same choice.
     private static readonly bool s_queueContinuations = OperatingSystem.IsWindows();
 
-    private ManualResetValueTaskSourceCore<int> _source = new() { RunContinuationsAsynchronously = s_queueContinuations };
+    private ManualResetValueTaskSourceCore<int> _source;
 
-    protected AwaitableSocketEventArgs()
+    /// <param name="inlineContinuations">Continue inline on Windows too (UnsafePreferInlineScheduling).</param>
+    protected AwaitableSocketEventArgs(bool inlineContinuations = false)
         : base(unsafeSuppressExecutionContextFlow: true)
     {
+        _source = new() { RunContinuationsAsynchronously = s_queueContinuations && !inlineContinuations };
     }
 
     /// <summary>Turns the return value of a <c>Socket.XxxAsync(SocketAsyncEventArgs)</c> call into an awaitable.</summary>

@@ -3,7 +3,7 @@ using System.Net.Sockets;
 namespace Transport.Winsock.Io;
 
 /// <summary>Receives into pipe memory; a zero-byte receive waits for data without holding a buffer.</summary>
-internal sealed class SocketReceiver : AwaitableSocketEventArgs
+internal sealed class SocketReceiver(bool inlineContinuations = false) : AwaitableSocketEventArgs(inlineContinuations)
 {
     public ValueTask<int> WaitForDataAsync(Socket socket)
     {

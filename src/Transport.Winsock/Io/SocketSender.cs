@@ -5,7 +5,7 @@ using System.Runtime.InteropServices;
 namespace Transport.Winsock.Io;
 
 /// <summary>Sends a whole <see cref="ReadOnlySequence{T}"/>: one buffer when it is one segment, a gather list otherwise.</summary>
-internal sealed class SocketSender : AwaitableSocketEventArgs
+internal sealed class SocketSender(bool inlineContinuations = false) : AwaitableSocketEventArgs(inlineContinuations)
 {
     private List<ArraySegment<byte>>? _segments;
 

@@ -6,24 +6,36 @@ namespace Transport.Winsock.Listener;
 
 internal static class ListenSocket
 {
-    /// <summary>Creates, binds and starts a listening socket; a busy address surfaces as Kestrel's <see cref="AddressInUseException"/>.</summary>
-    /// <param name="endPoint">Where to listen.</param>
-    /// <param name="backlog">The pending connection queue's length.</param>
-    /// <param name="noDelay">Sets TCP_NODELAY on the listening socket, for the accepted sockets to inherit.</param>
-    public static Socket Bind(IPEndPoint endPoint, int backlog, bool noDelay)
+    /// <summary>
+    /// Makes the listening socket with <see cref="WinsockTransportOptions.CreateBoundListenSocket"/>, sets
+    /// TCP_NODELAY on it for accepted sockets to inherit, and starts listening. A busy address surfaces as
+    /// Kestrel's <see cref="AddressInUseException"/>; a socket the function should not have returned, as
+    /// an error naming the option.
+    /// </summary>
+    public static Socket Create(IPEndPoint endPoint, WinsockTransportOptions options)
     {
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        Socket? socket;
         try
         {
-            // As in Kestrel: the IPv6 any-address also takes IPv4.
-            if (endPoint.Address.Equals(IPAddress.IPv6Any))
-            {
-                socket.DualMode = true;
-            }
+            socket = options.CreateBoundListenSocket(endPoint);
+        }
+        catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse)
+        {
+            throw new AddressInUseException(ex.Message, ex);
+        }
 
-            socket.NoDelay = noDelay;
-            socket.Bind(endPoint);
-            socket.Listen(backlog);
+        if (socket is null || socket.SocketType != SocketType.Stream || socket.ProtocolType != ProtocolType.Tcp || !socket.IsBound)
+        {
+            var what = socket is null ? "null" : $"a {(socket.IsBound ? "bound" : "unbound")} {socket.SocketType} {socket.ProtocolType} socket";
+            socket?.Dispose();
+            throw new InvalidOperationException(
+                $"{nameof(WinsockTransportOptions)}.{nameof(WinsockTransportOptions.CreateBoundListenSocket)} must return a bound TCP stream socket for {endPoint}; it returned {what}.");
+        }
+
+        try
+        {
+            socket.NoDelay = options.NoDelay;
+            socket.Listen(options.Backlog);
             return socket;
         }
         catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressAlreadyInUse)

@@ -45,7 +45,7 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
             throw new NotSupportedException($"The Winsock reuse transport binds TCP endpoints (IPEndPoint) only; {endpoint.GetType().Name} '{endpoint}' is not supported.");
         }
 
-        var listenSocket = ListenSocket.Bind(ipEndPoint, _options.Backlog, _options.NoDelay);
+        var listenSocket = ListenSocket.Create(ipEndPoint, _options);
         ReuseDecision reuse;
         try
         {

@@ -1,3 +1,6 @@
+using System.Net;
+using System.Net.Sockets;
+
 namespace Transport.Winsock;
 
 /// <summary>
@@ -115,6 +118,79 @@ public sealed class WinsockTransportOptions
     /// still ends with a graceful half-close, and is closed.
     /// </summary>
     public bool? ReuseSockets { get; set; }
+
+    /// <summary>
+    /// The number of I/O queues the transport's own pipe continuations run on (the send loop woken by the
+    /// application's flush, the receive loop released from backpressure), as Kestrel's Sockets transport
+    /// has them; each connection uses one. 0 schedules them on the thread pool directly. Defaults to the
+    /// processor count, at most 16 (on machines of more than 32 processors outside Windows, half the
+    /// count), as in Kestrel. Must not be negative.
+    /// </summary>
+    public int IOQueueCount { get; set; } = DefaultIOQueueCount();
+
+    /// <summary>
+    /// Whether a receive first waits for data and only then takes a buffer from the memory pool, so an
+    /// idle connection holds no buffer. <see langword="false"/> receives straight into a buffer (one
+    /// system call fewer per read, at the cost of a buffer per idle connection). Defaults to
+    /// <see langword="true"/>, as in Kestrel's Sockets transport.
+    /// </summary>
+    public bool WaitForDataBeforeAllocatingBuffer { get; set; } = true;
+
+    /// <summary>
+    /// Runs the application's and the transport's continuations inline, on the thread that completed the
+    /// I/O, instead of on the thread pool or the I/O queues: application code then runs on I/O threads,
+    /// which is why it is unsafe. Test that it helps before using it. Defaults to <see langword="false"/>,
+    /// as in Kestrel's Sockets transport.
+    /// </summary>
+    public bool UnsafePreferInlineScheduling { get; set; }
+
+    /// <summary>
+    /// Makes the listening socket for a TCP endpoint, bound (the transport sets NoDelay on it and calls
+    /// <see cref="Socket.Listen(int)"/> with <see cref="Backlog"/>). Implementations must return a bound TCP
+    /// stream socket for the endpoint, for example one from <see cref="CreateDefaultBoundListenSocket"/>
+    /// with socket options of their own. Defaults to <see cref="CreateDefaultBoundListenSocket"/>, as in
+    /// Kestrel's Sockets transport. Must not be null; not bound from configuration.
+    /// </summary>
+    public Func<EndPoint, Socket> CreateBoundListenSocket { get; set; } = CreateDefaultBoundListenSocket;
+
+    /// <summary>
+    /// Creates and binds a TCP socket for <paramref name="endpoint"/>, as Kestrel's Sockets transport does:
+    /// the IPv6 any-address also takes IPv4 (dual mode). This transport binds IP endpoints only.
+    /// </summary>
+    /// <param name="endpoint">An <see cref="IPEndPoint"/>.</param>
+    /// <returns>The bound socket, not yet listening.</returns>
+    public static Socket CreateDefaultBoundListenSocket(EndPoint endpoint)
+    {
+        if (endpoint is not IPEndPoint ip)
+        {
+            throw new NotSupportedException($"The Winsock reuse transport binds TCP endpoints (IPEndPoint) only; {endpoint?.GetType().Name} '{endpoint}' is not supported.");
+        }
+
+        var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            if (ip.Address.Equals(IPAddress.IPv6Any))
+            {
+                socket.DualMode = true;
+            }
+
+            socket.Bind(ip);
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static int DefaultIOQueueCount()
+    {
+        // Kestrel's own default: each queue runs as one work item at a time, so the count bounds their
+        // parallelism.
+        var processors = Environment.ProcessorCount;
+        return OperatingSystem.IsWindows() || processors <= 32 ? Math.Min(processors, 16) : processors / 2;
+    }
 
     /// <summary>
     /// Kestrel's AppContext switch <c>Microsoft.AspNetCore.Server.Kestrel.FinOnError</c>: when set, an abort

@@ -26,6 +26,12 @@ internal sealed class WinsockTransportOptionsValidator : IValidateOptions<Winsoc
             failures.Add($"{nameof(WinsockTransportOptions)}.{nameof(options.DeferFinTimeout)} must be between zero (off) and {MaxDeferFinTimeout}; it was {options.DeferFinTimeout}.");
         }
 
+        CheckRange(failures, nameof(options.IOQueueCount), options.IOQueueCount, 0, int.MaxValue);
+        if (options.CreateBoundListenSocket is null)
+        {
+            failures.Add($"{nameof(WinsockTransportOptions)}.{nameof(options.CreateBoundListenSocket)} must not be null; {nameof(WinsockTransportOptions)}.{nameof(WinsockTransportOptions.CreateDefaultBoundListenSocket)} is the default.");
+        }
+
         CheckBufferSize(failures, nameof(options.MaxReadBufferSize), options.MaxReadBufferSize);
         CheckBufferSize(failures, nameof(options.MaxWriteBufferSize), options.MaxWriteBufferSize);
 

@@ -21,12 +21,20 @@ public sealed class ConfigurationBindingTests
                 ["Kestrel:Transport:Winsock:DrainTimeout"] = "00:00:01.5",
                 ["Kestrel:Transport:Winsock:ReuseSockets"] = "false",
                 ["Kestrel:Transport:Winsock:MaxReadBufferSize"] = "",
+                ["Kestrel:Transport:Winsock:IOQueueCount"] = "0",
+                ["Kestrel:Transport:Winsock:WaitForDataBeforeAllocatingBuffer"] = "false",
+                ["Kestrel:Transport:Winsock:UnsafePreferInlineScheduling"] = "true",
             }));
 
         var options = server.App.Services.GetRequiredService<IOptions<WinsockTransportOptions>>().Value;
         Assert.Equal(3, options.PendingAccepts);
         Assert.Equal(TimeSpan.FromSeconds(1.5), options.DrainTimeout);
         Assert.False(options.ReuseSockets);
+        Assert.Equal(0, options.IOQueueCount);
+        Assert.False(options.WaitForDataBeforeAllocatingBuffer);
+        Assert.True(options.UnsafePreferInlineScheduling);
+        // Not bindable from configuration: left at its default.
+        Assert.Equal(WinsockTransportOptions.CreateDefaultBoundListenSocket, options.CreateBoundListenSocket);
         // The listener really runs with them.
         using var client = server.CreateClosingClient();
         Assert.Equal(SampleHost.PlaintextBody, await client.GetByteArrayAsync("/plaintext", TestContext.Current.CancellationToken));

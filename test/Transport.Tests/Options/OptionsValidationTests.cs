@@ -31,7 +31,9 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.MaxWriteBufferSize), "-1")]
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "-00:00:00.001")]
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:05.001")]
-    public async Task Invalid_option_fails_startup_naming_the_option(string option, string value)
+    [InlineData(nameof(WinsockTransportOptions.IOQueueCount), "-1")]
+    [InlineData(nameof(WinsockTransportOptions.CreateBoundListenSocket), null)]
+    public async Task Invalid_option_fails_startup_naming_the_option(string option, string? value)
     {
         var builder = SampleHost.CreateBuilder(["--urls", "http://127.0.0.1:0"], options => Set(options, option, value));
         builder.Logging.ClearProviders();
@@ -62,6 +64,8 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.Backlog), "1")]
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:00")]
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:05")]
+    [InlineData(nameof(WinsockTransportOptions.IOQueueCount), "0")]
+    [InlineData(nameof(WinsockTransportOptions.IOQueueCount), "1")]
     public async Task Valid_edge_value_starts_and_serves(string option, string? value)
     {
         await using var server = await SampleServer.StartAsync(configure: options => Set(options, option, value));
@@ -108,6 +112,8 @@ public sealed class OptionsValidationTests
             case nameof(WinsockTransportOptions.DeferFinTimeout): options.DeferFinTimeout = Time(value); break;
             case nameof(WinsockTransportOptions.MaxReadBufferSize): options.MaxReadBufferSize = Long(value); break;
             case nameof(WinsockTransportOptions.MaxWriteBufferSize): options.MaxWriteBufferSize = Long(value); break;
+            case nameof(WinsockTransportOptions.IOQueueCount): options.IOQueueCount = Int(value); break;
+            case nameof(WinsockTransportOptions.CreateBoundListenSocket): options.CreateBoundListenSocket = value is null ? null! : WinsockTransportOptions.CreateDefaultBoundListenSocket; break;
             default: throw new ArgumentOutOfRangeException(nameof(option), option, "not an option this test knows");
         }
 
