@@ -27,6 +27,8 @@ internal sealed class PostedAccepts
     private readonly bool _noDelay;
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
+    private readonly AcceptPause _pause;
+    private readonly DescriptorReserve? _reserve;
     private Task[] _slots = [];
     // Windows starts as "not inherited": every accept sets it (see EnsureNoDelay).
     private volatile int _noDelayInherited = OperatingSystem.IsWindows() ? NoDelayNo : NoDelayUnknown;
@@ -43,9 +45,13 @@ internal sealed class PostedAccepts
         Action<Socket, ReusableSocket?> onAccepted,
         bool noDelay,
         WinsockTransportCounters counters,
-        ILogger logger)
+        ILogger logger,
+        AcceptPause pause,
+        DescriptorReserve? reserve = null)
     {
         _listenSocket = listenSocket;
+        _pause = pause;
+        _reserve = reserve;
         _endPoint = listenSocket.LocalEndPoint;
         _pool = pool;
         _recycler = recycler;
@@ -69,6 +75,7 @@ internal sealed class PostedAccepts
     {
         _stopping = true;
         _listenSocket.Dispose();
+        _pause.Stop();
         return Task.WhenAll(_slots);
     }
 
@@ -80,6 +87,27 @@ internal sealed class PostedAccepts
         using var acceptor = new SocketAcceptor();
         while (!_stopping)
         {
+            if (_pause.IsPaused)
+            {
+                // One slot probes after a back-off, the others wait for the pause to end.
+                await _pause.WaitForTurnAsync();
+                if (_stopping)
+                {
+                    break;
+                }
+            }
+
+            if (_reserve is { } reserve)
+            {
+                if (reserve.IsReached(_pause.IsPaused))
+                {
+                    _pause.OnFault($"the process has {reserve.Reserve} or fewer of its {reserve.Limit} descriptors left (DescriptorReserve)", reserve: true);
+                    continue;
+                }
+
+                _pause.OnReserveHasRoom();
+            }
+
             var recycled = false;
             ReusableSocket? reusable = null;
             Socket? accepted = null;
@@ -119,6 +147,12 @@ internal sealed class PostedAccepts
 
             if (error == SocketError.Success)
             {
+                _pause.OnAccepted();
+                if (_reserve is not null)
+                {
+                    DescriptorReserve.OnAccepted();
+                }
+
                 if (reusable is null)
                 {
                     _counters.SocketCreated();
@@ -165,6 +199,13 @@ internal sealed class PostedAccepts
                 continue;
             }
 
+            if (IsOutOfResources(error))
+            {
+                // Every slot would fail alike: the listener pauses them all (AcceptPause).
+                _pause.OnFault($"accepts fail with {error}", reserve: false);
+                continue;
+            }
+
             if (unexpected is not null)
             {
                 _logger.AcceptFailed(_endPoint, unexpected);
@@ -176,7 +217,7 @@ internal sealed class PostedAccepts
 
             if (unexpected is not null || !IsPerConnectionFault(error))
             {
-                // Out of handles or buffers, or a fault of this slot's own: give the system a moment instead of spinning.
+                // A fault of this slot's own, or one not known to concern a single connection: give the system a moment instead of spinning.
                 await Task.Delay(FaultBackoff);
             }
         }
@@ -222,6 +263,9 @@ internal sealed class PostedAccepts
     /// recycled (Apache httpd's mpm_winnt reads WSAEINVAL and WSAENOTSOCK so); it counts toward the fallback.
     /// </summary>
     internal static bool IsNotRecycled(SocketError error) => error is SocketError.InvalidArgument or SocketError.NotSocket;
+
+    /// <summary>Out of descriptors or buffers: EMFILE and ENFILE (WSAEMFILE), ENOBUFS and ENOMEM (WSAENOBUFS).</summary>
+    internal static bool IsOutOfResources(SocketError error) => error is SocketError.TooManyOpenSockets or SocketError.NoBufferSpaceAvailable;
 
     // Faults that concern one connection or one socket, after which the next accept is expected to work.
     private static bool IsPerConnectionFault(SocketError error) => error is

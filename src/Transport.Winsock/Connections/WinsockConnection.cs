@@ -206,6 +206,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
         if (Interlocked.Decrement(ref _loopsRunning) == 0)
         {
             HandOffSocket();
+            _factory.OnConnectionEnded();
             _finished.Set();
         }
     }

@@ -19,6 +19,7 @@ internal sealed class WinsockConnectionFactory
     private readonly int _maxIdle;
     private readonly PipeOptions[] _inputOptions;
     private readonly PipeOptions[] _outputOptions;
+    private readonly AcceptPause? _pause;
     private int _nextScheduler;
 
     public WinsockConnectionFactory(
@@ -27,8 +28,10 @@ internal sealed class WinsockConnectionFactory
         WinsockTransportOptions options,
         SocketRecycler recycler,
         WinsockTransportCounters counters,
-        ILogger logger)
+        ILogger logger,
+        AcceptPause? pause = null)
     {
+        _pause = pause;
         MemoryPool = memoryPool;
         _maxIdle = options.MaxPooledSockets;
 
@@ -110,6 +113,9 @@ internal sealed class WinsockConnectionFactory
     public WinsockTransportCounters Counters { get; }
 
     public ILogger Logger { get; }
+
+    /// <summary>A connection's socket is closed or recycled: a paused listener may accept again.</summary>
+    public void OnConnectionEnded() => _pause?.Wake();
 
     /// <summary>A connection for a newly accepted socket: an idle one when there is one, else a new one.</summary>
     public WinsockConnection Create(System.Net.Sockets.Socket socket, ReusableSocket? reusable)

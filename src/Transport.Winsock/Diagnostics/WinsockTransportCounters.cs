@@ -22,6 +22,9 @@ public sealed class WinsockTransportCounters
     private long _disconnectTimeouts;
     private long _peerClosedFirst;
     private long _deferFinTimeouts;
+    private long _acceptPauses;
+    private long _acceptPausedTicks;
+    private long _listenersPaused;
     private int _reuseActive;
     private string _reuseStatus = "not listening yet";
 
@@ -84,6 +87,18 @@ public sealed class WinsockTransportCounters
     /// <summary>With a deferred FIN: connections whose peer did not close within the deferral, so the FIN went out first.</summary>
     public long DeferFinTimeouts => Volatile.Read(ref _deferFinTimeouts);
 
+    /// <summary>
+    /// Times a listener paused accepting because the system ran out of descriptors or buffers, or the
+    /// process reached its descriptor reserve (<see cref="WinsockTransportOptions.DescriptorReserve"/>).
+    /// </summary>
+    public long AcceptPauses => Volatile.Read(ref _acceptPauses);
+
+    /// <summary>Time listeners have spent paused in pauses that have ended, summed over listeners.</summary>
+    public TimeSpan AcceptPausedTime => TimeSpan.FromTicks(Volatile.Read(ref _acceptPausedTicks));
+
+    /// <summary>Listeners paused now.</summary>
+    public long ListenersPaused => Volatile.Read(ref _listenersPaused);
+
     /// <summary>Whether the most recently started listener recycles sockets.</summary>
     public bool ReuseActive => Volatile.Read(ref _reuseActive) != 0;
 
@@ -114,6 +129,18 @@ public sealed class WinsockTransportCounters
     internal void DisconnectTimeout() => Interlocked.Increment(ref _disconnectTimeouts);
     internal void PeerClosedFirstSeen() => Interlocked.Increment(ref _peerClosedFirst);
     internal void DeferFinTimedOut() => Interlocked.Increment(ref _deferFinTimeouts);
+    internal void AcceptPauseStarted()
+    {
+        Interlocked.Increment(ref _acceptPauses);
+        Interlocked.Increment(ref _listenersPaused);
+    }
+
+    internal void AcceptPauseEnded(TimeSpan paused)
+    {
+        Interlocked.Add(ref _acceptPausedTicks, paused.Ticks);
+        Interlocked.Decrement(ref _listenersPaused);
+    }
+
     internal void SetReuse(bool active, string status)
     {
         Volatile.Write(ref _reuseStatus, status);

@@ -64,6 +64,18 @@ internal static partial class WinsockTransportLog
     [LoggerMessage(18, LogLevel.Debug, "An accept on {EndPoint} into a recycled socket failed ({Failure}); the socket was closed, and the failure counts toward the reuse fallback.", EventName = "RecycledAcceptFailed")]
     public static partial void RecycledAcceptFailed(this ILogger logger, EndPoint? endPoint, string failure);
 
+    [LoggerMessage(20, LogLevel.Warning, "Accepting on {EndPoint} paused: {Reason}. Connections wait in the listen backlog; one accept probes with back-off (up to 1 s), at once when a connection closes. ({QuietPauses} shorter pauses since the last such warning.)", EventName = "AcceptPaused")]
+    public static partial void AcceptPaused(this ILogger logger, EndPoint? endPoint, string reason, long quietPauses);
+
+    [LoggerMessage(21, LogLevel.Information, "Accepting on {EndPoint} resumed after {Paused} paused ({Failures} accepts failed or held back meanwhile).", EventName = "AcceptResumed")]
+    public static partial void AcceptResumed(this ILogger logger, EndPoint? endPoint, TimeSpan paused, long failures);
+
+    [LoggerMessage(22, LogLevel.Debug, "Accepting on {EndPoint} paused again within a minute of the last warning: {Reason}.", EventName = "AcceptPausedAgain")]
+    public static partial void AcceptPausedAgain(this ILogger logger, EndPoint? endPoint, string reason);
+
+    [LoggerMessage(23, LogLevel.Debug, "Accepting on {EndPoint} resumed after {Paused} paused ({Failures} accepts failed or held back meanwhile).", EventName = "AcceptResumedAgain")]
+    public static partial void AcceptResumedAgain(this ILogger logger, EndPoint? endPoint, TimeSpan paused, long failures);
+
     [LoggerMessage(19, LogLevel.Warning, "An accept on {EndPoint} failed unexpectedly; the socket was discarded and the accept is reposted after a pause.", EventName = "AcceptFailed")]
     public static partial void AcceptFailed(this ILogger logger, EndPoint? endPoint, Exception exception);
 }

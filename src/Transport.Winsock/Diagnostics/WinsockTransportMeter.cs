@@ -52,6 +52,12 @@ internal sealed class WinsockTransportMeter : IDisposable
             new Measurement<long>(c.PeerClosedFirst, new KeyValuePair<string, object?>("winsock.fin.outcome", "peer_closed_first")),
             new Measurement<long>(c.DeferFinTimeouts, new KeyValuePair<string, object?>("winsock.fin.outcome", "timeout")),
         }, "{connection}", "With a deferred FIN: connections whose peer closed first, and ones whose FIN went out first after the deferral.");
+        _meter.CreateObservableCounter("winsock.accept.pauses", () => c.AcceptPauses, "{pause}",
+            "Times a listener paused accepting: out of descriptors or buffers, or at the descriptor reserve.");
+        _meter.CreateObservableCounter("winsock.accept.paused_time", () => c.AcceptPausedTime.TotalSeconds, "s",
+            "Time listeners spent paused, in pauses that have ended.");
+        _meter.CreateObservableUpDownCounter("winsock.listeners.paused", () => c.ListenersPaused, "{listener}",
+            "Listeners whose accepting is paused now.");
         _meter.CreateObservableGauge("winsock.reuse.active", () => c.ReuseActive ? 1 : 0, "{listener}",
             "1 while the most recently started listener recycles sockets, 0 when reuse is off or fell back.");
 

@@ -48,8 +48,9 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _pendingAccepts = options.PendingAccepts;
         _pool = new SocketPool(options.MaxPooledSockets, counters);
         _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
-        _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, _recycler, counters, logger);
-        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger);
+        var pause = new AcceptPause(EndPoint, counters, logger);
+        _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, _recycler, counters, logger, pause);
+        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts));
     }
 
     public EndPoint EndPoint { get; }

@@ -120,6 +120,15 @@ public sealed class WinsockTransportOptions
     public bool? ReuseSockets { get; set; }
 
     /// <summary>
+    /// On Linux, descriptors kept free for the runtime: no accept is posted while the process's open
+    /// descriptors are within this many of its soft RLIMIT_NOFILE, so connections wait in the listen
+    /// backlog rather than the runtime failing to start a thread or open a file (which aborts the process).
+    /// It must cover the accepts already posted (<see cref="PendingAccepts"/> per listener) too. Defaults to
+    /// 128 (see the README for the measurement). 0 turns it off. Valid range: 0 to 65536. Ignored elsewhere.
+    /// </summary>
+    public int DescriptorReserve { get; set; } = 128;
+
+    /// <summary>
     /// The number of I/O queues the transport's own pipe continuations run on (the send loop woken by the
     /// application's flush, the receive loop released from backpressure), as Kestrel's Sockets transport
     /// has them; each connection uses one. 0 schedules them on the thread pool directly. Defaults to the

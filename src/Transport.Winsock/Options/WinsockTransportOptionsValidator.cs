@@ -27,6 +27,7 @@ internal sealed class WinsockTransportOptionsValidator : IValidateOptions<Winsoc
         }
 
         CheckRange(failures, nameof(options.IOQueueCount), options.IOQueueCount, 0, int.MaxValue);
+        CheckRange(failures, nameof(options.DescriptorReserve), options.DescriptorReserve, 0, MaxSocketCap);
         if (options.CreateBoundListenSocket is null)
         {
             failures.Add($"{nameof(WinsockTransportOptions)}.{nameof(options.CreateBoundListenSocket)} must not be null; {nameof(WinsockTransportOptions)}.{nameof(WinsockTransportOptions.CreateDefaultBoundListenSocket)} is the default.");

@@ -50,7 +50,7 @@ public sealed class PostedAcceptsTests
         }
 
         var accepted = Channel.CreateUnbounded<(Socket Socket, ReusableSocket? Reusable)>();
-        var accepts = new PostedAccepts(listenSocket, pool, recycler, (s, r) => accepted.Writer.TryWrite((s, r)), noDelay: true, counters, NullLogger.Instance);
+        var accepts = new PostedAccepts(listenSocket, pool, recycler, (s, r) => accepted.Writer.TryWrite((s, r)), noDelay: true, counters, NullLogger.Instance, new AcceptPause(endPoint, counters, NullLogger.Instance));
         try
         {
             accepts.Start(1);

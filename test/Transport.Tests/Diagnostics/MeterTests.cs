@@ -40,7 +40,16 @@ public sealed class MeterTests
         listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) => measurements[Key(instrument, tags)] = value);
         listener.SetMeasurementEventCallback<int>((instrument, value, tags, _) => measurements[Key(instrument, tags)] = value);
         listener.SetMeasurementEventCallback<double>((instrument, value, tags, _) =>
-            disconnects.Add((value, tags.Length > 0 ? tags[0].Value as string : null)));
+        {
+            if (instrument.Name == "winsock.disconnect.duration")
+            {
+                disconnects.Add((value, tags.Length > 0 ? tags[0].Value as string : null));
+            }
+            else
+            {
+                measurements[Key(instrument, tags)] = value;
+            }
+        });
         listener.Start();
 
         await server.GetPlaintextOnNewConnectionsAsync(Recycled);
@@ -71,6 +80,9 @@ public sealed class MeterTests
         Assert.Equal(recycles, measurements["winsock.reuse.disconnects"]);
         Assert.Equal(0, measurements["winsock.reuse.accept_failures"]);
         Assert.Equal(counters.ReuseActive ? 1 : 0, measurements["winsock.reuse.active"]);
+        Assert.Equal(0, measurements["winsock.accept.pauses"]);
+        Assert.Equal(0, measurements["winsock.accept.paused_time"]);
+        Assert.Equal(0, measurements["winsock.listeners.paused"]);
 
         // Every passive close was recycled, and each recycle was timed and succeeded; no active close was.
         // (Recycled sockets may be pooled, reused, or waiting in a posted accept.)
