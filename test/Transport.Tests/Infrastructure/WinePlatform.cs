@@ -36,6 +36,9 @@ public static class WinePlatform
     public const string ResetMissedByBlockedSend =
         "Wine 8 does not fail a send blocked on a full send buffer when the peer resets while received bytes are still unread: the send stays pending, so no transport (Kestrel's Sockets one included) learns of the reset.";
 
+    public const string NoTlsCertificate =
+        "Wine 8's CNG cannot make or load a certificate with its RSA key (CryptographicException 0xc1000002), so no TLS server runs there.";
+
     public const string ResetReadsAsEnd =
         "Wine 8 reports a peer's RST to a receive posted after it arrived as end of stream (a read of 0), so a reset cannot always be told from a FIN there.";
 }
