@@ -52,9 +52,10 @@ internal sealed class AcceptPause
 
     /// <summary>
     /// While paused, waits for this slot's turn: one slot waits the back-off and then probes, the others
-    /// until the pause ends. Returns at once when not paused.
+    /// until the pause ends. Returns at once when not paused. True when this slot holds the probe: it must
+    /// give it back with <see cref="ReleaseProbe"/> once its attempt is over, whatever the outcome.
     /// </summary>
-    public async ValueTask WaitForTurnAsync()
+    public async ValueTask<bool> WaitForTurnAsync()
     {
         Task resumed;
         TimeSpan backoff;
@@ -63,7 +64,7 @@ internal sealed class AcceptPause
         {
             if (_resumed is null || _stopped)
             {
-                return;
+                return false;
             }
 
             if (_probeTaken)
@@ -85,22 +86,32 @@ internal sealed class AcceptPause
         if (backoff == TimeSpan.Zero)
         {
             await resumed.ConfigureAwait(false);
-            return;
+            return false;
         }
 
         // A connection that closes, or a stop, cuts the wait short.
         await Task.WhenAny(Task.Delay(backoff), wake).ConfigureAwait(false);
+        return true;
     }
 
-    /// <summary>
-    /// An accept failed for want of descriptors or buffers, or a slot found the reserve reached
-    /// (<paramref name="reserve"/>): starts a pause, or counts another failure in it, and gives the probe back.
-    /// </summary>
-    public void OnFault(string reason, bool reserve)
+    /// <summary>The probing slot's attempt is over: another may probe after the next back-off.</summary>
+    public void ReleaseProbe()
     {
         lock (_lock)
         {
             _probeTaken = false;
+        }
+    }
+
+    /// <summary>
+    /// An accept failed for want of descriptors or buffers, or a slot found the reserve reached
+    /// (<paramref name="reserve"/>): starts a pause, or counts another failure in it.
+    /// </summary>
+    public void OnFault(string reason, bool reserve)
+    {
+        bool warned;
+        lock (_lock)
+        {
             _failures++;
             if (_resumed is not null || _stopped)
             {
@@ -109,14 +120,16 @@ internal sealed class AcceptPause
                 return;
             }
 
-            _resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            // Before the pause is seen: OnAccepted reads it without the lock.
+            Volatile.Write(ref _reserveOnly, reserve);
             _wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            _reserveOnly = reserve;
+            Volatile.Write(ref _resumed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            _probeTaken = false;
             _backoff = FirstBackoff;
             _started = Stopwatch.GetTimestamp();
             _failures = 1;
-            _warned = !_everWarned || _started - _lastWarning >= WarnEvery;
-            if (_warned)
+            _warned = warned = !_everWarned || _started - _lastWarning >= WarnEvery;
+            if (warned)
             {
                 _everWarned = true;
                 _lastWarning = _started;
@@ -124,7 +137,7 @@ internal sealed class AcceptPause
         }
 
         _counters.AcceptPauseStarted();
-        if (_warned)
+        if (warned)
         {
             _logger.AcceptPaused(_endPoint, reason, Interlocked.Exchange(ref _quietPauses, 0));
         }
@@ -166,6 +179,8 @@ internal sealed class AcceptPause
 
         lock (_lock)
         {
+            // A descriptor is free: probe now, and soon again after the next close (at most one probe
+            // per close, then the back-off doubles from its start once more).
             _backoff = FirstBackoff;
             _wake?.TrySetResult();
             _wake = _resumed is null ? null : new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

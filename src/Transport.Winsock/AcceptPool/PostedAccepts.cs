@@ -87,139 +87,178 @@ internal sealed class PostedAccepts
         using var acceptor = new SocketAcceptor();
         while (!_stopping)
         {
+            var probing = false;
             if (_pause.IsPaused)
             {
                 // One slot probes after a back-off, the others wait for the pause to end.
-                await _pause.WaitForTurnAsync();
+                probing = await _pause.WaitForTurnAsync();
                 if (_stopping)
                 {
                     break;
                 }
             }
 
-            if (_reserve is { } reserve)
-            {
-                if (reserve.IsReached(_pause.IsPaused))
-                {
-                    _pause.OnFault($"the process has {reserve.Reserve} or fewer of its {reserve.Limit} descriptors left (DescriptorReserve)", reserve: true);
-                    continue;
-                }
-
-                _pause.OnReserveHasRoom();
-            }
-
-            var recycled = false;
-            ReusableSocket? reusable = null;
-            Socket? accepted = null;
-            var error = SocketError.Success;
-            Exception? unexpected = null;
-            // Until the accept itself completes: only its failure can say the socket was not recycled.
-            var accepting = true;
             try
             {
-                // Read once per accept: the recycler can turn reuse off at any time (a fallback). Making
-                // a socket can fail too (out of handles), which must not end the slot either.
-                reusable = _recycler.IsActive ? RentOrCreate(out recycled) : null;
-                await acceptor.AcceptAsync(_listenSocket, reusable?.Socket);
-                accepted = acceptor.AcceptSocket!;
-                acceptor.AcceptSocket = null;
-                accepting = false;
-                if (_noDelay)
+                await AcceptOnceAsync(acceptor);
+            }
+            finally
+            {
+                if (probing)
                 {
-                    EnsureNoDelay(accepted);
+                    // Whatever the attempt's outcome, the probe goes back.
+                    _pause.ReleaseProbe();
                 }
             }
-            catch (SocketException ex)
+        }
+    }
+
+    /// <summary>
+    /// One accept and its outcome: the connection handed off, or the fault dealt with. Its state machine
+    /// comes from a pool, so a slot allocates nothing per accept.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask AcceptOnceAsync(SocketAcceptor acceptor)
+    {
+        if (_reserve is { } reserve)
+        {
+            if (reserve.IsReached(_pause.IsPaused))
             {
-                error = ex.SocketErrorCode;
+                _pause.OnFault($"the process has {reserve.Reserve} or fewer of its {reserve.Limit} descriptors left (DescriptorReserve)", reserve: true);
+                return;
             }
-            catch (ObjectDisposedException)
+
+            _pause.OnReserveHasRoom();
+        }
+
+        var recycled = false;
+        ReusableSocket? reusable = null;
+        Socket? accepted = null;
+        var error = SocketError.Success;
+        Exception? unexpected = null;
+        // Until the accept itself completes: only its failure can say the socket was not recycled.
+        var accepting = true;
+        try
+        {
+            // Read once per accept: the recycler can turn reuse off at any time (a fallback). Making
+            // a socket can fail too (out of handles), which must not end the slot either.
+            reusable = _recycler.IsActive ? RentOrCreate(out recycled) : null;
+            await acceptor.AcceptAsync(_listenSocket, reusable?.Socket);
+            accepted = acceptor.AcceptSocket!;
+            acceptor.AcceptSocket = null;
+            accepting = false;
+            if (_noDelay)
             {
-                error = SocketError.OperationAborted;
+                EnsureNoDelay(accepted);
+            }
+        }
+        catch (SocketException ex)
+        {
+            error = ex.SocketErrorCode;
+        }
+        catch (ObjectDisposedException)
+        {
+            error = SocketError.OperationAborted;
+        }
+        catch (Exception ex)
+        {
+            // Thrown before any accept was posted, e.g. .NET refusing a socket to accept into that it
+            // does not see as disconnected (InvalidOperationException). The slot must go on.
+            unexpected = ex;
+            error = SocketError.SocketError;
+        }
+
+        if (error == SocketError.Success)
+        {
+            _pause.OnAccepted();
+            if (_reserve is not null)
+            {
+                DescriptorReserve.OnAccepted();
+            }
+
+            if (reusable is null)
+            {
+                _counters.SocketCreated();
+            }
+            else
+            {
+                if (recycled)
+                {
+                    _counters.SocketReused();
+                    _recycler.OnRecycledAccept();
+                }
+
+                reusable.OnAccepted();
+            }
+
+            _counters.ConnectionAccepted();
+            try
+            {
+                _onAccepted(accepted!, reusable);
             }
             catch (Exception ex)
             {
-                // Thrown before any accept was posted, e.g. .NET refusing a socket to accept into that it
-                // does not see as disconnected (InvalidOperationException). The slot must go on.
-                unexpected = ex;
-                error = SocketError.SocketError;
-            }
-
-            if (error == SocketError.Success)
-            {
-                _pause.OnAccepted();
-                if (_reserve is not null)
-                {
-                    DescriptorReserve.OnAccepted();
-                }
-
+                // Not a fault of the slot's: it goes on; the connection is lost, and said so.
+                _logger.AcceptFailed(_endPoint, ex);
                 if (reusable is null)
                 {
-                    _counters.SocketCreated();
+                    accepted?.Dispose();
                 }
                 else
                 {
-                    if (recycled)
-                    {
-                        _counters.SocketReused();
-                        _recycler.OnRecycledAccept();
-                    }
-
-                    reusable.OnAccepted();
+                    reusable.Dispose();
                 }
-
-                _counters.ConnectionAccepted();
-                _onAccepted(accepted!, reusable);
-                continue;
             }
 
-            // The socket may be half-way through an accept or not recycled properly: never reuse it. One
-            // the runtime made for a failed accept is closed too.
-            if (reusable is null)
-            {
-                (accepted ?? acceptor.AcceptSocket)?.Dispose();
-            }
-            else
-            {
-                reusable.Dispose();
-            }
+            return;
+        }
 
-            acceptor.AcceptSocket = null;
-            if (_stopping)
-            {
-                break;
-            }
+        // The socket may be half-way through an accept or not recycled properly: never reuse it. One
+        // the runtime made for a failed accept is closed too.
+        if (reusable is null)
+        {
+            (accepted ?? acceptor.AcceptSocket)?.Dispose();
+        }
+        else
+        {
+            reusable.Dispose();
+        }
 
-            if (recycled && accepting && (unexpected is InvalidOperationException || IsNotRecycled(error)))
-            {
-                // Only this socket is bad; the next accept goes into another one at once.
-                var failure = unexpected?.Message ?? error.ToString();
-                _logger.RecycledAcceptFailed(_endPoint, failure);
-                _recycler.OnRecycledAcceptFailed(failure);
-                continue;
-            }
+        acceptor.AcceptSocket = null;
+        if (_stopping)
+        {
+            return;
+        }
 
-            if (IsOutOfResources(error))
-            {
-                // Every slot would fail alike: the listener pauses them all (AcceptPause).
-                _pause.OnFault($"accepts fail with {error}", reserve: false);
-                continue;
-            }
+        if (recycled && accepting && (unexpected is InvalidOperationException || IsNotRecycled(error)))
+        {
+            // Only this socket is bad; the next accept goes into another one at once.
+            var failure = unexpected?.Message ?? error.ToString();
+            _logger.RecycledAcceptFailed(_endPoint, failure);
+            _recycler.OnRecycledAcceptFailed(failure);
+            return;
+        }
 
-            if (unexpected is not null)
-            {
-                _logger.AcceptFailed(_endPoint, unexpected);
-            }
-            else
-            {
-                _logger.AcceptFault(_endPoint, error);
-            }
+        if (IsOutOfResources(error))
+        {
+            // Every slot would fail alike: the listener pauses them all (AcceptPause).
+            _pause.OnFault($"accepts fail with {error}", reserve: false);
+            return;
+        }
 
-            if (unexpected is not null || !IsPerConnectionFault(error))
-            {
-                // A fault of this slot's own, or one not known to concern a single connection: give the system a moment instead of spinning.
-                await Task.Delay(FaultBackoff);
-            }
+        if (unexpected is not null)
+        {
+            _logger.AcceptFailed(_endPoint, unexpected);
+        }
+        else
+        {
+            _logger.AcceptFault(_endPoint, error);
+        }
+
+        if (unexpected is not null || !IsPerConnectionFault(error))
+        {
+            // A fault of this slot's own, or one not known to concern a single connection: give the system a moment instead of spinning.
+            await Task.Delay(FaultBackoff);
         }
     }
 
