@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.IO.Enumeration;
 
 namespace Transport.Winsock.AcceptPool;
 
@@ -8,10 +9,9 @@ namespace Transport.Winsock.AcceptPool;
 /// descriptors are within <see cref="Reserve"/> of its soft RLIMIT_NOFILE, so the runtime can still start
 /// threads, load assemblies and open files (with the table full, starting a thread pool thread fails and
 /// the runtime aborts the process), and connections wait in the listen backlog instead. Each accept
-/// already posted can still take one when it completes, so the listener's posted accepts come off the
-/// limit first. Where the limit is so low that the reserve would leave nothing to accept with, half of
-/// what is left at the start is kept instead. A pause ends only once a quarter of the reserve is free
-/// again, so accepting does not flap at the edge.
+/// already posted can still take one when it completes, so the posted accepts of every listener come off
+/// the limit too. A pause ends only once a quarter of the reserve is free again, so accepting does not
+/// flap at the edge.
 /// <para>
 /// Cheap on the hot path: the open descriptors are counted (a listing of /proc/self/fd) when the last
 /// count is over a second old, and, once the last count plus the accepts since comes within five times the
@@ -21,29 +21,34 @@ namespace Transport.Winsock.AcceptPool;
 /// its own in between.
 /// </para>
 /// </summary>
-internal sealed class DescriptorReserve
+internal sealed class DescriptorReserve : IDisposable
 {
     private static readonly long RecountInterval = Stopwatch.Frequency / 50;
     private static readonly long StaleAfter = Stopwatch.Frequency;
+    private static readonly EnumerationOptions ListingOptions = new() { AttributesToSkip = 0, IgnoreInaccessible = false, RecurseSubdirectories = false };
 
-    // Shared by every listener of the process: the limit and the descriptors are the process's.
+    // Shared by every listener of the process: the limit and the descriptors are the process's, and so
+    // are the posted accepts of every listener, each of which can take a descriptor when it completes.
     private static int s_acceptsSinceCount;
     private static int s_lastCount;
     private static long s_lastCountTimestamp;
     private static int s_counting;
+    private static int s_postedAccepts;
+    private static volatile bool s_uncountable;
 
-    // Open descriptors at or above which no accept is posted.
-    private readonly int _threshold;
-    private readonly int _resumeBelow;
+    private readonly int _postedShare;
     private readonly int _recountEvery;
+    private readonly int _hysteresis;
+    private int _disposed;
 
-    private DescriptorReserve(int limit, int reserve, int pendingAccepts)
+    private DescriptorReserve(int limit, int reserve, int postedShare)
     {
         Limit = limit;
         Reserve = reserve;
-        _threshold = limit - reserve - pendingAccepts;
-        _resumeBelow = _threshold - Math.Max(1, reserve / 4);
+        _postedShare = postedShare;
+        _hysteresis = Math.Max(1, reserve / 4);
         _recountEvery = Math.Max(1, reserve / 8);
+        Interlocked.Add(ref s_postedAccepts, postedShare);
     }
 
     /// <summary>The soft RLIMIT_NOFILE.</summary>
@@ -52,7 +57,11 @@ internal sealed class DescriptorReserve
     /// <summary>The reserve in effect: the option's, or less where the limit leaves too little.</summary>
     public int Reserve { get; }
 
-    /// <summary>Null where there is nothing to keep: not Linux, no readable limit, or a reserve of 0.</summary>
+    /// <summary>
+    /// Null where there is nothing to keep: not Linux, no readable limit, descriptors that cannot be
+    /// counted, or a reserve of 0. At most half of what is left when the listener starts is held back
+    /// (a quarter for the runtime, a quarter for the posted accepts), so a low limit still serves.
+    /// </summary>
     public static DescriptorReserve? Create(int reserve, int pendingAccepts)
     {
         if (reserve <= 0 || !OperatingSystem.IsLinux() || ReadSoftLimit() is not { } limit)
@@ -61,17 +70,27 @@ internal sealed class DescriptorReserve
         }
 
         Recount();
-        var left = limit - Volatile.Read(ref s_lastCount) - pendingAccepts;
-        return new DescriptorReserve(limit, Math.Clamp(left / 2, 1, reserve), pendingAccepts);
+        if (s_uncountable)
+        {
+            return null;
+        }
+
+        var quarter = Math.Max(1, (limit - Volatile.Read(ref s_lastCount)) / 4);
+        return new DescriptorReserve(limit, Math.Min(reserve, quarter), Math.Min(pendingAccepts, quarter));
     }
 
     /// <summary>
-    /// Whether no accept may be posted now: the process is within the reserve (and the posted accepts)
-    /// of its limit, or, while <paramref name="paused"/>, not yet clear of it by a quarter of the reserve.
+    /// Whether no accept may be posted now: the process is within the reserve and the posted accepts of
+    /// its limit, or, while <paramref name="paused"/>, not yet clear of that by a quarter of the reserve.
     /// </summary>
     public bool IsReached(bool paused)
     {
-        var bar = paused ? _resumeBelow : _threshold;
+        if (s_uncountable)
+        {
+            return false;
+        }
+
+        var bar = Limit - Reserve - Volatile.Read(ref s_postedAccepts) - (paused ? _hysteresis : 0);
         var since = Volatile.Read(ref s_acceptsSinceCount);
         var age = Stopwatch.GetTimestamp() - Volatile.Read(ref s_lastCountTimestamp);
         if (Volatile.Read(ref s_lastCount) + since < bar - (4 * Reserve) && age < StaleAfter)
@@ -84,10 +103,19 @@ internal sealed class DescriptorReserve
             Recount();
         }
 
-        return Volatile.Read(ref s_lastCount) + Volatile.Read(ref s_acceptsSinceCount) >= bar;
+        return !s_uncountable && Volatile.Read(ref s_lastCount) + Volatile.Read(ref s_acceptsSinceCount) >= bar;
     }
 
     public static void OnAccepted() => Interlocked.Increment(ref s_acceptsSinceCount);
+
+    /// <summary>The listener is gone: its posted accepts no longer count.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            Interlocked.Add(ref s_postedAccepts, -_postedShare);
+        }
+    }
 
     private static void Recount()
     {
@@ -100,7 +128,8 @@ internal sealed class DescriptorReserve
         {
             var accepts = Volatile.Read(ref s_acceptsSinceCount);
             var count = 0;
-            foreach (var _ in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+            // An entry per descriptor, without making a string of each.
+            foreach (var _ in new FileSystemEnumerable<bool>("/proc/self/fd", static (ref FileSystemEntry _) => true, ListingOptions))
             {
                 count++;
             }
@@ -109,17 +138,26 @@ internal sealed class DescriptorReserve
             Interlocked.Add(ref s_acceptsSinceCount, -accepts);
             Volatile.Write(ref s_lastCountTimestamp, Stopwatch.GetTimestamp());
         }
-        catch (IOException)
+        catch (IOException ex) when (ex.HResult is EMFILE or ENFILE)
         {
             // Out of descriptors to list them with: as near the limit as it gets.
             Volatile.Write(ref s_lastCount, int.MaxValue / 2);
             Volatile.Write(ref s_lastCountTimestamp, Stopwatch.GetTimestamp());
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Descriptors that cannot be counted (no /proc, a sandbox): no reserve rather than no accepts.
+            s_uncountable = true;
         }
         finally
         {
             Volatile.Write(ref s_counting, 0);
         }
     }
+
+    // errno values that .NET puts in an IOException's HResult on Unix.
+    private const int ENFILE = 23;
+    private const int EMFILE = 24;
 
     /// <summary>The soft limit on open files, from /proc/self/limits ("Max open files  soft  hard  files").</summary>
     private static int? ReadSoftLimit()

@@ -25,6 +25,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     private readonly SocketRecycler _recycler;
     private readonly WinsockConnectionFactory _connections;
     private readonly PostedAccepts _accepts;
+    private readonly DescriptorReserve? _reserve;
     private readonly int _pendingAccepts;
     private readonly ILogger _logger;
     private readonly ReuseDecision _reuse;
@@ -50,7 +51,8 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
         var pause = new AcceptPause(EndPoint, counters, logger);
         _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, _recycler, counters, logger, pause);
-        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts));
+        _reserve = DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts);
+        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, _reserve);
     }
 
     public EndPoint EndPoint { get; }
@@ -134,6 +136,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
 
         _recycler.Dispose();
         _pool.Dispose();
+        _reserve?.Dispose();
         if (!ReferenceEquals(_memoryPool, MemoryPool<byte>.Shared))
         {
             _memoryPool.Dispose();
@@ -142,7 +145,8 @@ internal sealed class WinsockConnectionListener : IConnectionListener
 
     private void OnAccepted(Socket socket, ReusableSocket? reusable)
     {
-        // Every accepted connection goes to the server, even one the peer has reset already.
+        // Every accepted connection goes to the server, even one the peer has reset already (Kestrel's
+        // Sockets transport drops one whose socket it can no longer set up).
         var connection = _connections.Create(socket, reusable);
         if (!_accepted.Writer.TryWrite(connection))
         {

@@ -123,8 +123,10 @@ public sealed class WinsockTransportOptions
     /// On Linux, descriptors kept free for the runtime: no accept is posted while the process's open
     /// descriptors are within this many of its soft RLIMIT_NOFILE, so connections wait in the listen
     /// backlog rather than the runtime failing to start a thread or open a file (which aborts the process).
-    /// It must cover the accepts already posted (<see cref="PendingAccepts"/> per listener) too. Defaults to
-    /// 128 (see the README for the measurement). 0 turns it off. Valid range: 0 to 65536. Ignored elsewhere.
+    /// The accepts already posted (<see cref="PendingAccepts"/> per listener) come off the limit on top of
+    /// it. At most half of what the limit leaves when a listener starts is held back, so a low limit still
+    /// serves. Defaults to 128 (see the README for the measurement). 0 turns it off. Valid range: 0 to
+    /// 65536. Ignored elsewhere.
     /// </summary>
     public int DescriptorReserve { get; set; } = 128;
 

@@ -32,6 +32,8 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "-00:00:00.001")]
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:05.001")]
     [InlineData(nameof(WinsockTransportOptions.IOQueueCount), "-1")]
+    [InlineData(nameof(WinsockTransportOptions.DescriptorReserve), "-1")]
+    [InlineData(nameof(WinsockTransportOptions.DescriptorReserve), "65537")]
     [InlineData(nameof(WinsockTransportOptions.CreateBoundListenSocket), null)]
     public async Task Invalid_option_fails_startup_naming_the_option(string option, string? value)
     {
@@ -66,6 +68,8 @@ public sealed class OptionsValidationTests
     [InlineData(nameof(WinsockTransportOptions.DeferFinTimeout), "00:00:05")]
     [InlineData(nameof(WinsockTransportOptions.IOQueueCount), "0")]
     [InlineData(nameof(WinsockTransportOptions.IOQueueCount), "1")]
+    [InlineData(nameof(WinsockTransportOptions.DescriptorReserve), "0")]
+    [InlineData(nameof(WinsockTransportOptions.DescriptorReserve), "65536")]
     public async Task Valid_edge_value_starts_and_serves(string option, string? value)
     {
         await using var server = await SampleServer.StartAsync(configure: options => Set(options, option, value));
@@ -113,6 +117,7 @@ public sealed class OptionsValidationTests
             case nameof(WinsockTransportOptions.MaxReadBufferSize): options.MaxReadBufferSize = Long(value); break;
             case nameof(WinsockTransportOptions.MaxWriteBufferSize): options.MaxWriteBufferSize = Long(value); break;
             case nameof(WinsockTransportOptions.IOQueueCount): options.IOQueueCount = Int(value); break;
+            case nameof(WinsockTransportOptions.DescriptorReserve): options.DescriptorReserve = Int(value); break;
             case nameof(WinsockTransportOptions.CreateBoundListenSocket): options.CreateBoundListenSocket = value is null ? null! : WinsockTransportOptions.CreateDefaultBoundListenSocket; break;
             default: throw new ArgumentOutOfRangeException(nameof(option), option, "not an option this test knows");
         }
