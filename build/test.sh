@@ -75,25 +75,24 @@ set -e
 record "Linux" "$report" "$status"
 if [ -f "$soak_report" ]; then sed 's/^/  /' "$soak_report"; fi
 
-echo "== the NuGet package, installed into a fresh host"
-if package_line=$(bash "$root/build/package-check.sh" 2>&1 | tail -20); then
-  echo "  $(tail -1 <<<"$package_line")"
-  summary+=("Package: installs and serves")
-else
-  sed 's/^/    /' <<<"$package_line"
-  summary+=("Package: FAILED")
-  total_failed=$((total_failed + 1))
-fi
+# check LABEL SCRIPT PASSED: runs build/SCRIPT; prints its last line when it passes, the tail of its
+# output when it fails, and adds "LABEL: PASSED" or "LABEL: FAILED" to the totals.
+check() {
+  local label=$1 script=$2 passed=$3 out
+  if out=$(bash "$root/build/$script" 2>&1 | tail -20); then
+    echo "  $(tail -1 <<<"$out")"
+    summary+=("$label: $passed")
+  else
+    sed 's/^/    /' <<<"$out"
+    summary+=("$label: FAILED")
+    total_failed=$((total_failed + 1))
+  fi
+}
 
+echo "== the NuGet package, installed into a fresh host"
+check Package package-check.sh "installs and serves"
 echo "== real clients against the sample: curl and h2load over HTTP/2, dotnet-counters on its meter"
-if clients_line=$(bash "$root/build/clients-check.sh" 2>&1 | tail -20); then
-  echo "  $(tail -1 <<<"$clients_line")"
-  summary+=("Clients: curl, h2load and dotnet-counters")
-else
-  sed 's/^/    /' <<<"$clients_line"
-  summary+=("Clients: FAILED")
-  total_failed=$((total_failed + 1))
-fi
+check Clients clients-check.sh "curl, h2load and dotnet-counters"
 
 if [ "${WINE:-1}" != "0" ]; then
   wine_dir="$artifacts/wine"
@@ -123,19 +122,24 @@ if [ "${WINE:-1}" != "0" ]; then
     local log=$1
     shift
     rm -f "$wine_dir/tests/wine.xml" "$log"
+    # timeout leads a process group of its own: the watcher ends the whole group, and nothing else.
     (cd "$wine_dir/tests" && exec timeout --kill-after=30s "${TEST_TIMEOUT:-1200}s" \
-      "$wine" Transport.Tests.exe -xml wine.xml -noLogo -noColor "$@") > >(tee "$log") 2>&1 &
+      "$wine" Transport.Tests.exe -xml wine.xml -noLogo -noColor "$@") >"$log" 2>&1 &
     local runner=$!
     while kill -0 "$runner" 2>/dev/null; do
       if grep -q '^Fatal error\.' "$log" 2>/dev/null; then
         sleep 5
-        kill "$runner" 2>/dev/null || true
-        pkill -9 -f Transport.Tests.exe 2>/dev/null || true
+        kill -TERM -- "-$runner" 2>/dev/null || true
+        sleep 2
+        kill -KILL -- "-$runner" 2>/dev/null || true
         break
       fi
       sleep 1
     done
-    wait "$runner"
+    local status=0
+    wait "$runner" || status=$?
+    cat "$log"
+    return "$status"
   }
   wine_log="$results/wine.log"
   set +e

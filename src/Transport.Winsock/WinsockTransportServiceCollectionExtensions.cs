@@ -40,7 +40,8 @@ public static class WinsockTransportServiceCollectionExtensions
         // transport before UseKestrel/UseKestrelCore would lose it, and with it Unix domain sockets and
         // file handles. Where no transport is registered yet, register it here, as Kestrel would have;
         // where one is (Kestrel's, or one the host chose), leave that alone.
-        if (!services.Any(static d => d.ServiceType == typeof(IConnectionListenerFactory)))
+        // (Keyed registrations do not count: Kestrel's TryAddSingleton ignores them too.)
+        if (!services.Any(static d => d.ServiceType == typeof(IConnectionListenerFactory) && !d.IsKeyedService))
         {
             services.AddSingleton<IConnectionListenerFactory, SocketTransportFactory>();
         }

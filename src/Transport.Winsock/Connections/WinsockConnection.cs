@@ -92,8 +92,9 @@ internal sealed partial class WinsockConnection : ConnectionContext
         // carries the old id and is ignored.
         _deadline.TryDisarm();
         // As far as they can still be read: a peer that resets right after connecting can make them
-        // fail, and such a connection still goes to the server, as with Kestrel's Sockets transport (it
-        // counts in Kestrel's metrics and logs, and ends at its first read).
+        // fail, and such a connection still goes to the server, where it counts in Kestrel's metrics and
+        // logs and ends at its first read. (Kestrel's Sockets transport drops one whose endpoint or
+        // NoDelay it cannot read or set; this one hands over every connection it accepted.)
         LocalEndPoint = _factory.LocalEndPoint ?? TryGetEndPoint(socket, local: true);
         RemoteEndPoint = TryGetEndPoint(socket, local: false);
         Transport = _transport;
