@@ -13,7 +13,7 @@ namespace Transport.Tests.Http;
 /// <summary>
 /// The clients a Kestrel user relies on, against a host on this transport (and, for comparison, on
 /// Kestrel's Sockets transport): HttpClient over HTTPS with HTTP/2 (ALPN), HttpClient with HTTP/2 prior
-/// knowledge (h2c), and ClientWebSocket over wss.
+/// knowledge (h2c), and ClientWebSocket over wss and ws.
 /// </summary>
 public sealed class RealClientTests
 {
@@ -65,11 +65,30 @@ public sealed class RealClientTests
     [InlineData(TransportKind.Sockets)]
     public async Task ClientWebSocket_over_wss_echoes_every_message(TransportKind transport)
     {
-        var ct = TestContext.Current.CancellationToken;
         await using var host = await Host.StartAsync(transport, tls: true);
         using var socket = new ClientWebSocket();
         socket.Options.RemoteCertificateValidationCallback = (_, certificate, _, _) => TestCertificate.IsServer(certificate);
-        await socket.ConnectAsync(new Uri($"wss://127.0.0.1:{host.Https.Port}/ws"), ct);
+        await socket.ConnectAsync(new Uri($"wss://127.0.0.1:{host.Https.Port}/ws"), TestContext.Current.CancellationToken);
+        await EchoAsync(socket);
+        host.AssertServedByTheTransport(transport);
+    }
+
+    [Theory]
+    [InlineData(TransportKind.Winsock)]
+    [InlineData(TransportKind.Sockets)]
+    public async Task ClientWebSocket_over_ws_echoes_every_message(TransportKind transport)
+    {
+        await using var host = await Host.StartAsync(transport, tls: false);
+        using var socket = new ClientWebSocket();
+        await socket.ConnectAsync(new Uri($"ws://127.0.0.1:{host.Http1.Port}/ws"), TestContext.Current.CancellationToken);
+        await EchoAsync(socket);
+        host.AssertServedByTheTransport(transport);
+    }
+
+    /// <summary>100 binary messages of up to 48 KiB, each echoed whole; then the close handshake.</summary>
+    private static async Task EchoAsync(ClientWebSocket socket)
+    {
+        var ct = TestContext.Current.CancellationToken;
 
         var buffer = new byte[64 * 1024];
         for (var i = 0; i < 100; i++)
@@ -90,7 +109,6 @@ public sealed class RealClientTests
 
         await socket.CloseAsync(WebSocketCloseStatus.NormalClosure, "done", ct);
         Assert.Equal(WebSocketCloseStatus.NormalClosure, socket.CloseStatus);
-        host.AssertServedByTheTransport(transport);
     }
 
     private static SocketsHttpHandler Trusting() => new()
@@ -104,16 +122,19 @@ public sealed class RealClientTests
         private readonly WebApplication _app;
         private readonly Uri? _https;
 
-        private Host(WebApplication app, Uri? https, Uri h2c)
+        private Host(WebApplication app, Uri? https, Uri h2c, Uri http1)
         {
             _app = app;
             _https = https;
             H2c = h2c;
+            Http1 = http1;
         }
 
         public Uri Https => _https ?? throw new InvalidOperationException("This host has no HTTPS endpoint.");
 
         public Uri H2c { get; }
+
+        public Uri Http1 { get; }
 
         public static async Task<Host> StartAsync(TransportKind transport, bool tls)
         {
@@ -136,6 +157,7 @@ public sealed class RealClientTests
                 }
 
                 kestrel.Listen(IPAddress.Loopback, 0, listen => listen.Protocols = HttpProtocols.Http2);
+                kestrel.Listen(IPAddress.Loopback, 0, listen => listen.Protocols = HttpProtocols.Http1);
             });
             var app = builder.Build();
             app.UseWebSockets();
@@ -165,8 +187,10 @@ public sealed class RealClientTests
                 }
             });
             await app.StartAsync(TestContext.Current.CancellationToken);
+            // In the order they were added: HTTPS (when there is TLS), h2c, HTTP/1.1.
             var addresses = app.Urls.Select(url => new Uri(url)).ToList();
-            return new Host(app, addresses.SingleOrDefault(u => u.Scheme == "https"), addresses.Single(u => u.Scheme == "http"));
+            var cleartext = addresses.Where(u => u.Scheme == "http").ToList();
+            return new Host(app, addresses.SingleOrDefault(u => u.Scheme == "https"), cleartext[0], cleartext[1]);
         }
 
         /// <summary>On the Winsock transport, the connections really went through it.</summary>
