@@ -1,7 +1,7 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.Diagnostics;
-using Transport.Winsock.Io;
+using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.AcceptPool;

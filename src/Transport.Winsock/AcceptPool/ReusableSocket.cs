@@ -1,5 +1,5 @@
 using System.Net.Sockets;
-using Transport.Winsock.Io;
+using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.AcceptPool;

@@ -97,11 +97,11 @@ internal sealed partial class WinsockConnection
             return;
         }
 
-        if (HalfClose.SendFin(Socket) != Interop.WinsockErrorAction.Done)
+        if (_io.SendFin() != Interop.WinsockErrorAction.Done)
         {
             // Not connected any more (or the FIN could not be sent): close plainly, never reuse.
             _closeState = CloseState.Closed;
-            SocketClose.Close(_socket, abortive: false);
+            _io.Close(abortive: false);
             return;
         }
 
@@ -116,7 +116,7 @@ internal sealed partial class WinsockConnection
     }
 
     /// <summary>Whether this connection's socket goes to the recycler after a passive close.</summary>
-    private bool WillRecycle => _reusable is not null && _factory.Recycler.IsActive;
+    private bool WillRecycle => _io.CanRecycle;
 
     private void LogFinSent()
     {
@@ -138,7 +138,7 @@ internal sealed partial class WinsockConnection
 
             // Our FIN is out and everything received was read: a plain close sends nothing more.
             _closeState = CloseState.Closed;
-            SocketClose.Close(_socket, abortive: false);
+            _io.Close(abortive: false);
         }
 
         _factory.Counters.DrainTimeout();
@@ -164,17 +164,17 @@ internal sealed partial class WinsockConnection
             if (_peerReset)
             {
                 // The peer already reset: there is nothing left to abort, only a handle to close.
-                SocketClose.Close(_socket, abortive: false);
+                _io.Close(abortive: false);
                 return;
             }
 
             if (fin)
             {
                 // The shutdown first, so that .NET closes gracefully whatever is pending (see HalfClose).
-                HalfClose.SendFin(_socket);
+                _io.SendFin();
             }
 
-            SocketClose.Close(_socket, abortive: !fin);
+            _io.Close(abortive: !fin);
         }
 
         if (fin)
@@ -238,19 +238,11 @@ internal sealed partial class WinsockConnection
             _closeState = CloseState.Closed;
         }
 
-        if (clean && _passiveClose && state == CloseState.FinSent && _reusable is not null)
+        var recycle = clean && _passiveClose && state == CloseState.FinSent && _io.CanRecycle;
+        _io.Release(recycle);
+        if (recycle)
         {
-            _factory.Recycler.Recycle(_reusable);
             return;
-        }
-
-        if (_reusable is null)
-        {
-            _socket.Dispose();
-        }
-        else
-        {
-            _reusable.Dispose();
         }
 
         if (state == CloseState.FinWithClose)

@@ -3,9 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
-using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Diagnostics;
-using Transport.Winsock.Io;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Connections;
@@ -35,14 +33,11 @@ internal sealed partial class WinsockConnection : ConnectionContext
     private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _finished;
     private readonly Lock _closeLock = new();
-    private readonly SocketReceiver _receiver;
-    private readonly SocketSender _sender;
+    // The engine's side: receives, sends, FIN, close and the socket's hand-off.
+    private readonly ConnectionIo _io;
     // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close.
     private readonly SocketDeadline _deadline = new();
     private readonly byte[] _probe = new byte[1];
-    private Socket _socket = null!;
-    // The socket's recycling state while sockets are reused; null when this socket will only be closed.
-    private ReusableSocket? _reusable;
     private long _id;
     private TaskCompletionSource? _sendingEnded;
     private CloseState _closeState;
@@ -65,11 +60,10 @@ internal sealed partial class WinsockConnection : ConnectionContext
         Closed,
     }
 
-    public WinsockConnection(WinsockConnectionFactory factory)
+    public WinsockConnection(WinsockConnectionFactory factory, ConnectionIo io)
     {
         _factory = factory;
-        _receiver = new SocketReceiver(factory.InlineSocketContinuations);
-        _sender = new SocketSender(factory.InlineSocketContinuations);
+        _io = io;
         var (inputOptions, outputOptions) = factory.NextPipeOptions();
         _input = new Pipe(inputOptions);
         _output = new Pipe(outputOptions);
@@ -82,11 +76,9 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _ = SendLoopAsync();
     }
 
-    /// <summary>Readies this object, new or from the pool, for a newly accepted socket.</summary>
-    public void Attach(Socket socket, ReusableSocket? reusable)
+    /// <summary>Readies this object, new or from the pool, for the socket its engine side has just been given.</summary>
+    public void Attach()
     {
-        _socket = socket;
-        _reusable = reusable;
         _id = Interlocked.Increment(ref s_lastId);
         // A deadline still armed for this object's previous connection ends here; one that fires anyway
         // carries the old id and is ignored.
@@ -95,8 +87,8 @@ internal sealed partial class WinsockConnection : ConnectionContext
         // fail, and such a connection still goes to the server, where it counts in Kestrel's metrics and
         // logs and ends at its first read. (Kestrel's Sockets transport drops one whose endpoint or
         // NoDelay it cannot read or set; this one hands over every connection it accepted.)
-        LocalEndPoint = _factory.LocalEndPoint ?? TryGetEndPoint(socket, local: true);
-        RemoteEndPoint = TryGetEndPoint(socket, local: false);
+        LocalEndPoint = _factory.LocalEndPoint ?? _io.LocalEndPoint;
+        RemoteEndPoint = _io.RemoteEndPoint;
         Transport = _transport;
         _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
         _closeState = CloseState.Open;
@@ -113,30 +105,17 @@ internal sealed partial class WinsockConnection : ConnectionContext
         ResetFeatures();
     }
 
-    private static EndPoint? TryGetEndPoint(Socket socket, bool local)
-    {
-        try
-        {
-            return local ? socket.LocalEndPoint : socket.RemoteEndPoint;
-        }
-        catch (SocketException)
-        {
-            return null;
-        }
-    }
-
     /// <summary>Ends a pooled object's loops when the pool has no room for it, and frees its event args and timer.</summary>
     public void Retire()
     {
         _receiveTurn.Set(false);
         _sendTurn.Set(false);
-        _receiver.Dispose();
-        _sender.Dispose();
+        _io.Dispose();
         _deadline.Dispose();
     }
 
-    /// <summary>The socket this connection runs on now; internal for tests (no application may hold it).</summary>
-    internal Socket Socket => _socket;
+    /// <summary>The engine's side of this connection; internal for tests (no application may hold it).</summary>
+    internal ConnectionIo Io => _io;
 
     private ILogger Logger => _factory.Logger;
 
@@ -221,8 +200,6 @@ internal sealed partial class WinsockConnection : ConnectionContext
         ResetConnectionClosed();
         _input.Reset();
         _output.Reset();
-        _socket = null!;
-        _reusable = null;
         _factory.Return(this);
     }
 
@@ -248,7 +225,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                     // (unless WaitForDataBeforeAllocatingBuffer is off).
                     if (_factory.WaitForData)
                     {
-                        await _receiver.WaitForDataAsync(Socket).ConfigureAwait(false);
+                        await _io.WaitForDataAsync().ConfigureAwait(false);
                     }
 
                     int received;
@@ -259,7 +236,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                         // holds an empty write segment drops that segment rather than pooling it (an
                         // allocation per connection). A byte that does arrive goes into the pipe as usual,
                         // and the rest of this connection's input is received the usual way.
-                        received = await _receiver.ReceiveAsync(Socket, _probe).ConfigureAwait(false);
+                        received = await _io.ReceiveAsync(_probe).ConfigureAwait(false);
                         if (received > 0)
                         {
                             _probe.AsSpan(0, received).CopyTo(writer.GetSpan(received));
@@ -268,7 +245,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                     }
                     else
                     {
-                        received = await _receiver.ReceiveAsync(Socket, writer.GetMemory(_factory.MinReceiveSize)).ConfigureAwait(false);
+                        received = await _io.ReceiveAsync(writer.GetMemory(_factory.MinReceiveSize)).ConfigureAwait(false);
                     }
 
                     if (received == 0)
@@ -300,7 +277,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                 if (applicationStoppedReading)
                 {
                     using var scratch = _factory.MemoryPool.Rent();
-                    while (await _receiver.ReceiveAsync(Socket, scratch.Memory).ConfigureAwait(false) > 0)
+                    while (await _io.ReceiveAsync(scratch.Memory).ConfigureAwait(false) > 0)
                     {
                     }
                 }
@@ -374,7 +351,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                     var buffer = result.Buffer;
                     if (!buffer.IsEmpty)
                     {
-                        await _sender.SendAsync(Socket, buffer).ConfigureAwait(false);
+                        await _io.SendAsync(buffer).ConfigureAwait(false);
                     }
 
                     reader.AdvanceTo(buffer.End);

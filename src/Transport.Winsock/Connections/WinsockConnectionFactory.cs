@@ -3,14 +3,14 @@ using System.IO.Pipelines;
 using System.Net;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
-using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Connections;
 
 /// <summary>
 /// What every connection of one listener shares: memory pool, pipe settings, teardown and diagnostics;
 /// and the listener's idle connection objects, reused for new sockets (at most as many as
-/// <see cref="WinsockTransportOptions.MaxPooledSockets"/>).
+/// <see cref="WinsockTransportOptions.MaxPooledSockets"/>). Each object is made with its engine's side
+/// (<see cref="ConnectionIo"/>), which stays with it for every connection it carries.
 /// </summary>
 internal sealed class WinsockConnectionFactory
 {
@@ -20,13 +20,14 @@ internal sealed class WinsockConnectionFactory
     private readonly PipeOptions[] _inputOptions;
     private readonly PipeOptions[] _outputOptions;
     private readonly AcceptPause? _pause;
+    private readonly Func<ConnectionIo> _newIo;
     private int _nextScheduler;
 
     public WinsockConnectionFactory(
         EndPoint listenEndPoint,
         MemoryPool<byte> memoryPool,
         WinsockTransportOptions options,
-        SocketRecycler recycler,
+        Func<ConnectionIo> newIo,
         WinsockTransportCounters counters,
         ILogger logger,
         AcceptPause? pause = null)
@@ -42,7 +43,7 @@ internal sealed class WinsockConnectionFactory
             LocalEndPoint = ip;
         }
 
-        Recycler = recycler;
+        _newIo = newIo;
         Counters = counters;
         Logger = logger;
         DrainTimeout = options.DrainTimeout;
@@ -71,7 +72,6 @@ internal sealed class WinsockConnectionFactory
             _outputOptions[i] = new PipeOptions(memoryPool, transportScheduler, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
         }
 
-        InlineSocketContinuations = inline;
         WaitForData = options.WaitForDataBeforeAllocatingBuffer;
 
         MinReceiveSize = Math.Max(minimumSegmentSize / 2, 1);
@@ -102,13 +102,8 @@ internal sealed class WinsockConnectionFactory
     /// <summary>Whether a receive waits for data before it takes a buffer (WaitForDataBeforeAllocatingBuffer).</summary>
     public bool WaitForData { get; }
 
-    /// <summary>UnsafePreferInlineScheduling: socket completions continue inline on Windows too.</summary>
-    public bool InlineSocketContinuations { get; }
-
     /// <summary>Kestrel's FinOnError switch: an abort ends with a FIN, not an RST.</summary>
     public bool FinOnError { get; }
-
-    public SocketRecycler Recycler { get; }
 
     public WinsockTransportCounters Counters { get; }
 
@@ -117,8 +112,11 @@ internal sealed class WinsockConnectionFactory
     /// <summary>A connection's socket is closed or recycled: a paused listener may accept again.</summary>
     public void OnConnectionEnded() => _pause?.Wake();
 
-    /// <summary>A connection for a newly accepted socket: an idle one when there is one, else a new one.</summary>
-    public WinsockConnection Create(System.Net.Sockets.Socket socket, ReusableSocket? reusable)
+    /// <summary>
+    /// A connection object for a newly accepted socket: an idle one when there is one, else a new one. The
+    /// engine gives its <see cref="WinsockConnection.Io"/> the socket, then calls <see cref="WinsockConnection.Attach"/>.
+    /// </summary>
+    public WinsockConnection Rent()
     {
         WinsockConnection? connection;
         lock (_idleLock)
@@ -126,9 +124,7 @@ internal sealed class WinsockConnectionFactory
             _idle.TryPop(out connection);
         }
 
-        connection ??= new WinsockConnection(this);
-        connection.Attach(socket, reusable);
-        return connection;
+        return connection ?? new WinsockConnection(this, _newIo());
     }
 
     /// <summary>Takes back a connection the server has disposed; retired when enough are idle already.</summary>

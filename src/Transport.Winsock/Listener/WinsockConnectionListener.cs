@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Listener;
@@ -50,7 +51,8 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _pool = new SocketPool(options.MaxPooledSockets, counters);
         _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
         var pause = new AcceptPause(EndPoint, counters, logger);
-        _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, _recycler, counters, logger, pause);
+        var inline = options.UnsafePreferInlineScheduling;
+        _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, () => new SocketConnectionIo(_recycler, inline), counters, logger, pause);
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts);
         _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, _reserve);
     }
@@ -147,7 +149,9 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     {
         // Every accepted connection goes to the server, even one the peer has reset already (Kestrel's
         // Sockets transport drops one whose socket it can no longer set up).
-        var connection = _connections.Create(socket, reusable);
+        var connection = _connections.Rent();
+        ((SocketConnectionIo)connection.Io).Attach(socket, reusable);
+        connection.Attach();
         if (!_accepted.Writer.TryWrite(connection))
         {
             // Unbound meanwhile: nobody will take it.

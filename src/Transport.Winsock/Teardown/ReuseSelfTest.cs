@@ -1,6 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using Transport.Winsock.Io;
+using Transport.Winsock.Engines.Sockets;
 
 namespace Transport.Winsock.Teardown;
 

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock.Connections;
+using Transport.Winsock.Engines.Sockets;
 
 namespace Transport.Tests.Connections;
 
@@ -20,7 +21,7 @@ public sealed class NoDelayTests
             TransportKind.Winsock,
             async connection =>
             {
-                seen.Enqueue(((WinsockConnection)connection).Socket.NoDelay);
+                seen.Enqueue(((SocketConnectionIo)((WinsockConnection)connection).Io).Socket.NoDelay);
                 // The client closes first (a passive close), so that the socket recycles.
                 await TeardownTests.ReadToEndAsync(connection.Transport.Input);
                 await connection.Transport.Output.CompleteAsync();

@@ -11,6 +11,7 @@ using Transport.Tests.Infrastructure;
 using Transport.Winsock;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
+using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Tests.Options;
@@ -184,7 +185,7 @@ public sealed class SocketsTransportOptionsTests
         var counters = new WinsockTransportCounters();
         var pool = new SocketPool(4, counters);
         var recycler = new SocketRecycler(pool, options, new ReuseDecision(false, false, "off: test"), new IPEndPoint(IPAddress.Loopback, 0), counters, NullLogger.Instance);
-        return new WinsockConnectionFactory(new IPEndPoint(IPAddress.Loopback, 0), MemoryPool<byte>.Shared, options, recycler, counters, NullLogger.Instance);
+        return new WinsockConnectionFactory(new IPEndPoint(IPAddress.Loopback, 0), MemoryPool<byte>.Shared, options, () => new SocketConnectionIo(recycler, inlineContinuations: false), counters, NullLogger.Instance);
     }
 
     /// <summary>A memory pool, handed to the transport the way Kestrel's is, that counts the blocks out.</summary>

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Transport.Tests.Infrastructure;
-using Transport.Winsock.Io;
+using Transport.Winsock.Engines.Sockets;
 
 namespace Transport.Tests.Teardown;
 

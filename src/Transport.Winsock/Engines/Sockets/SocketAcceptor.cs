@@ -1,6 +1,6 @@
 using System.Net.Sockets;
 
-namespace Transport.Winsock.Io;
+namespace Transport.Winsock.Engines.Sockets;
 
 /// <summary>One posted accept: AcceptEx on Windows, into the socket it is given or into one the runtime makes.</summary>
 internal sealed class SocketAcceptor : AwaitableSocketEventArgs

@@ -2,7 +2,7 @@ using System.Buffers;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
-namespace Transport.Winsock.Io;
+namespace Transport.Winsock.Engines.Sockets;
 
 /// <summary>Sends a whole <see cref="ReadOnlySequence{T}"/>: one buffer when it is one segment, a gather list otherwise.</summary>
 internal sealed class SocketSender(bool inlineContinuations = false) : AwaitableSocketEventArgs(inlineContinuations)

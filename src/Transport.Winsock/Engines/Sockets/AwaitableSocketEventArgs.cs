@@ -1,7 +1,7 @@
 using System.Net.Sockets;
 using System.Threading.Tasks.Sources;
 
-namespace Transport.Winsock.Io;
+namespace Transport.Winsock.Engines.Sockets;
 
 /// <summary>
 /// A <see cref="SocketAsyncEventArgs"/> that is its own awaitable, so an operation allocates nothing.

@@ -1,6 +1,6 @@
 using System.Net.Sockets;
 
-namespace Transport.Winsock.Io;
+namespace Transport.Winsock.Engines.Sockets;
 
 /// <summary>DisconnectEx(TF_REUSE_SOCKET) on Windows: readies a socket for another accept.</summary>
 internal sealed class SocketDisconnector : AwaitableSocketEventArgs

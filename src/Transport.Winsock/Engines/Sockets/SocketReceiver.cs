@@ -1,6 +1,6 @@
 using System.Net.Sockets;
 
-namespace Transport.Winsock.Io;
+namespace Transport.Winsock.Engines.Sockets;
 
 /// <summary>Receives into pipe memory; a zero-byte receive waits for data without holding a buffer.</summary>
 internal sealed class SocketReceiver(bool inlineContinuations = false) : AwaitableSocketEventArgs(inlineContinuations)

@@ -1,0 +1,56 @@
+using System.Buffers;
+using System.Net;
+using Transport.Winsock.Interop;
+
+namespace Transport.Winsock.Connections;
+
+/// <summary>
+/// What an I/O engine does for one pooled connection object: receive, send, the FIN, the close and the
+/// hand-off of the socket at the end. Everything the connection means (the pipes, backpressure,
+/// ConnectionClosed, who closed first, drain and deferred FIN, abort) is <see cref="WinsockConnection"/>'s
+/// and exists once; an engine only moves bytes and ends sockets, as Netty's epoll and io_uring transports
+/// sit under one channel. One object carries one connection after another, like its connection object.
+/// </summary>
+/// <remarks>
+/// Failures surface as the connection's loops sort them: a <see cref="System.Net.Sockets.SocketException"/>
+/// with the socket error (a reset, a local abort, anything else) or an <see cref="ObjectDisposedException"/>
+/// when the socket was closed under the operation. At most one receive and one send are pending at a time.
+/// </remarks>
+internal abstract class ConnectionIo : IDisposable
+{
+    /// <summary>The accepted socket's local endpoint, or null when it could not be read.</summary>
+    public abstract EndPoint? LocalEndPoint { get; }
+
+    /// <summary>The peer's endpoint, or null when it could not be read (a peer that reset at once).</summary>
+    public abstract EndPoint? RemoteEndPoint { get; }
+
+    /// <summary>Completes when data (or the peer's FIN) is there to be received, holding no buffer.</summary>
+    public abstract ValueTask<int> WaitForDataAsync();
+
+    /// <summary>Receives into <paramref name="buffer"/>; 0 is the peer's FIN.</summary>
+    public abstract ValueTask<int> ReceiveAsync(Memory<byte> buffer);
+
+    /// <summary>Sends every byte of <paramref name="buffers"/>, which stay untouched until it completes.</summary>
+    public abstract ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers);
+
+    /// <summary>Sends the FIN (shutdown of the send side); <see cref="WinsockErrorAction.NotConnected"/> when the peer is gone.</summary>
+    public abstract WinsockErrorAction SendFin();
+
+    /// <summary>
+    /// Closes the socket now; pending operations end as local aborts. Abortive: an RST (a zero linger);
+    /// otherwise whatever the socket's state sends (a FIN, or nothing after one).
+    /// </summary>
+    public abstract void Close(bool abortive);
+
+    /// <summary>Whether the socket of a clean passive close would be recycled rather than closed.</summary>
+    public abstract bool CanRecycle { get; }
+
+    /// <summary>
+    /// Both loops are done: the socket is recycled (<paramref name="recycle"/>: a clean passive close whose
+    /// socket <see cref="CanRecycle"/>) or closed, or only released when <see cref="Close"/> closed it already.
+    /// </summary>
+    public abstract void Release(bool recycle);
+
+    /// <summary>The connection object leaves its pool: frees what the engine keeps per object.</summary>
+    public abstract void Dispose();
+}

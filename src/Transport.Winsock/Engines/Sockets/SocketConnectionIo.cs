@@ -1,0 +1,85 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using Transport.Winsock.AcceptPool;
+using Transport.Winsock.Connections;
+using Transport.Winsock.Interop;
+using Transport.Winsock.Teardown;
+
+namespace Transport.Winsock.Engines.Sockets;
+
+/// <summary>
+/// The Sockets engine's side of a connection: .NET's <see cref="Socket"/> with reusable event args
+/// (AcceptEx, WSARecv, WSASend and DisconnectEx on Windows; .NET's epoll engine elsewhere), and the
+/// recycler for sockets that are reused.
+/// </summary>
+internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineContinuations) : ConnectionIo
+{
+    private readonly SocketReceiver _receiver = new(inlineContinuations);
+    private readonly SocketSender _sender = new(inlineContinuations);
+    private Socket _socket = null!;
+    // The socket's recycling state while sockets are reused; null when this socket will only be closed.
+    private ReusableSocket? _reusable;
+
+    /// <summary>The socket this connection runs on now; internal for tests (no application may hold it).</summary>
+    internal Socket Socket => _socket;
+
+    public override EndPoint? LocalEndPoint => TryGetEndPoint(local: true);
+
+    public override EndPoint? RemoteEndPoint => TryGetEndPoint(local: false);
+
+    public void Attach(Socket socket, ReusableSocket? reusable)
+    {
+        _socket = socket;
+        _reusable = reusable;
+    }
+
+    private EndPoint? TryGetEndPoint(bool local)
+    {
+        try
+        {
+            return local ? _socket.LocalEndPoint : _socket.RemoteEndPoint;
+        }
+        catch (SocketException)
+        {
+            return null;
+        }
+    }
+
+    public override ValueTask<int> WaitForDataAsync() => _receiver.WaitForDataAsync(_socket);
+
+    public override ValueTask<int> ReceiveAsync(Memory<byte> buffer) => _receiver.ReceiveAsync(_socket, buffer);
+
+    public override ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers) => _sender.SendAsync(_socket, buffers);
+
+    public override WinsockErrorAction SendFin() => HalfClose.SendFin(_socket);
+
+    public override void Close(bool abortive) => SocketClose.Close(_socket, abortive);
+
+    public override bool CanRecycle => _reusable is not null && recycler.IsActive;
+
+    public override void Release(bool recycle)
+    {
+        if (recycle && _reusable is not null)
+        {
+            recycler.Recycle(_reusable);
+        }
+        else if (_reusable is null)
+        {
+            _socket.Dispose();
+        }
+        else
+        {
+            _reusable.Dispose();
+        }
+
+        _socket = null!;
+        _reusable = null;
+    }
+
+    public override void Dispose()
+    {
+        _receiver.Dispose();
+        _sender.Dispose();
+    }
+}
