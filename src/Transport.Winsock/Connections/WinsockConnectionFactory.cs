@@ -30,7 +30,8 @@ internal sealed class WinsockConnectionFactory
         Func<ConnectionIo> newIo,
         WinsockTransportCounters counters,
         ILogger logger,
-        AcceptPause? pause = null)
+        AcceptPause? pause = null,
+        PipeScheduler? transportScheduler = null)
     {
         _pause = pause;
         MemoryPool = memoryPool;
@@ -65,11 +66,11 @@ internal sealed class WinsockConnectionFactory
         _outputOptions = new PipeOptions[queues];
         for (var i = 0; i < queues; i++)
         {
-            var transportScheduler = inline ? PipeScheduler.Inline
-                : options.IOQueueCount == 0 ? PipeScheduler.ThreadPool
-                : new BatchingScheduler();
-            _inputOptions[i] = new PipeOptions(memoryPool, applicationScheduler, transportScheduler, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false);
-            _outputOptions[i] = new PipeOptions(memoryPool, transportScheduler, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
+            // An engine with threads of its own (io_uring) runs the transport's side there.
+            var scheduler = inline ? PipeScheduler.Inline
+                : transportScheduler ?? (options.IOQueueCount == 0 ? PipeScheduler.ThreadPool : new BatchingScheduler());
+            _inputOptions[i] = new PipeOptions(memoryPool, applicationScheduler, scheduler, maxRead, maxRead / 2, minimumSegmentSize, useSynchronizationContext: false);
+            _outputOptions[i] = new PipeOptions(memoryPool, scheduler, applicationScheduler, maxWrite, maxWrite / 2, minimumSegmentSize, useSynchronizationContext: false);
         }
 
         WaitForData = options.WaitForDataBeforeAllocatingBuffer;

@@ -27,6 +27,8 @@ public sealed class WinsockTransportCounters
     private long _listenersPaused;
     private int _reuseActive;
     private string _reuseStatus = "not listening yet";
+    private int _engine = (int)WinsockEngine.Auto;
+    private string _engineStatus = "not listening yet";
 
     /// <summary>Connections accepted and handed to the server.</summary>
     public long ConnectionsAccepted => Volatile.Read(ref _connectionsAccepted);
@@ -105,6 +107,12 @@ public sealed class WinsockTransportCounters
     /// <summary>Why socket reuse is on or off (the option, the self-test's verdict, or a run-time fallback).</summary>
     public string ReuseStatus => Volatile.Read(ref _reuseStatus);
 
+    /// <summary>The I/O engine of the most recently started listener (<see cref="WinsockEngine.Auto"/> before any).</summary>
+    public WinsockEngine Engine => (WinsockEngine)Volatile.Read(ref _engine);
+
+    /// <summary>Why that engine: the option, or the io_uring probe's verdict.</summary>
+    public string EngineStatus => Volatile.Read(ref _engineStatus);
+
     /// <summary>Set by the meter: where disconnect durations are recorded.</summary>
     internal System.Diagnostics.Metrics.Histogram<double>? DisconnectDuration { get; set; }
 
@@ -139,6 +147,12 @@ public sealed class WinsockTransportCounters
     {
         Interlocked.Add(ref _acceptPausedTicks, paused.Ticks);
         Interlocked.Decrement(ref _listenersPaused);
+    }
+
+    internal void SetEngine(WinsockEngine engine, string status)
+    {
+        Volatile.Write(ref _engineStatus, status);
+        Volatile.Write(ref _engine, (int)engine);
     }
 
     internal void SetReuse(bool active, string status)

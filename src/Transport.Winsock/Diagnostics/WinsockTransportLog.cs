@@ -78,4 +78,16 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(19, LogLevel.Warning, "An accept on {EndPoint} failed unexpectedly; the socket was discarded and the accept is reposted after a pause.", EventName = "AcceptFailed")]
     public static partial void AcceptFailed(this ILogger logger, EndPoint? endPoint, Exception exception);
+
+    [LoggerMessage(24, LogLevel.Debug, "I/O engine for {EndPoint}: {Engine} ({Reason}).", EventName = "EngineChosen")]
+    public static partial void EngineChosen(this ILogger logger, EndPoint? endPoint, string engine, string reason);
+
+    [LoggerMessage(25, LogLevel.Warning, "I/O engine for {EndPoint}: {Engine}; io_uring was asked for and refused: {Reason}.", EventName = "EngineRefused")]
+    public static partial void EngineRefused(this ILogger logger, EndPoint? endPoint, string engine, string reason);
+
+    [LoggerMessage(26, LogLevel.Critical, "The io_uring thread {Thread} failed; its connections were aborted and its listener stops accepting.", EventName = "RingThreadFailed")]
+    public static partial void RingThreadFailed(this ILogger logger, string thread, Exception exception);
+
+    [LoggerMessage(27, LogLevel.Error, "Work run on an io_uring thread threw.", EventName = "RingWorkFailed")]
+    public static partial void RingWorkFailed(this ILogger logger, Exception exception);
 }

@@ -61,6 +61,9 @@ internal sealed class WinsockTransportMeter : IDisposable
         _meter.CreateObservableGauge("winsock.reuse.active", () => c.ReuseActive ? 1 : 0, "{listener}",
             "1 while the most recently started listener recycles sockets, 0 when reuse is off or fell back.");
 
+        _meter.CreateObservableGauge("winsock.engine", () => new Measurement<int>(1, new KeyValuePair<string, object?>("winsock.engine.name", c.Engine == WinsockEngine.IoUring ? "io_uring" : "sockets")), "{listener}",
+            "1, tagged with the I/O engine of the most recently started listener (winsock.engine.name: io_uring or sockets).");
+
         counters.DisconnectDuration = _meter.CreateHistogram<double>("winsock.disconnect.duration", "s",
             "How long reuse disconnects took, by outcome.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30] });

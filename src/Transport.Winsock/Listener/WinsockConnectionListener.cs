@@ -7,6 +7,8 @@ using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Engines;
+using Transport.Winsock.Engines.IoUring;
 using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
@@ -22,14 +24,11 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     private readonly Channel<WinsockConnection> _accepted = CreateAcceptQueue<WinsockConnection>();
 
     private readonly MemoryPool<byte> _memoryPool;
-    private readonly SocketPool _pool;
-    private readonly SocketRecycler _recycler;
-    private readonly WinsockConnectionFactory _connections;
-    private readonly PostedAccepts _accepts;
-    private readonly DescriptorReserve? _reserve;
+    private readonly ListenerEngine _engine;
     private readonly int _pendingAccepts;
     private readonly ILogger _logger;
     private readonly ReuseDecision _reuse;
+    private readonly EngineChoice _engineChoice;
     private readonly WinsockTransportCounters _counters;
     private Task? _unbindTask;
     private int _disposed;
@@ -39,6 +38,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         MemoryPool<byte> memoryPool,
         WinsockTransportOptions options,
         ReuseDecision reuse,
+        EngineChoice engine,
         WinsockTransportCounters counters,
         ILogger logger)
     {
@@ -46,15 +46,14 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _memoryPool = memoryPool;
         _logger = logger;
         _reuse = reuse;
+        _engineChoice = engine;
         _counters = counters;
         _pendingAccepts = options.PendingAccepts;
-        _pool = new SocketPool(options.MaxPooledSockets, counters);
-        _recycler = new SocketRecycler(_pool, options, reuse, EndPoint, counters, logger);
         var pause = new AcceptPause(EndPoint, counters, logger);
-        var inline = options.UnsafePreferInlineScheduling;
-        _connections = new WinsockConnectionFactory(EndPoint, memoryPool, options, () => new SocketConnectionIo(_recycler, inline), counters, logger, pause);
-        _reserve = DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts);
-        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, _reserve);
+        Func<WinsockConnection, bool> offer = _accepted.Writer.TryWrite;
+        _engine = engine.Engine == WinsockEngine.IoUring
+            ? new IoUringListenerEngine(listenSocket, memoryPool, options, engine.Rings!, counters, logger, pause, offer, _accepted.Writer.TryComplete)
+            : new SocketsListenerEngine(listenSocket, memoryPool, options, reuse, counters, logger, pause, offer);
     }
 
     public EndPoint EndPoint { get; }
@@ -79,7 +78,8 @@ internal sealed class WinsockConnectionListener : IConnectionListener
             _logger.ReuseOff(EndPoint, _reuse.Reason);
         }
 
-        _accepts.Start(_pendingAccepts);
+        _counters.SetEngine(_engineChoice.Engine, _engineChoice.Reason);
+        _engine.Start();
         _logger.ListenerStarted(EndPoint, _pendingAccepts, _reuse.Reason);
     }
 
@@ -115,7 +115,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
 
     private async Task UnbindCoreAsync()
     {
-        await _accepts.StopAsync().ConfigureAwait(false);
+        await _engine.StopAsync().ConfigureAwait(false);
         _accepted.Writer.TryComplete();
     }
 
@@ -136,38 +136,10 @@ internal sealed class WinsockConnectionListener : IConnectionListener
             await connection.DisposeAsync().ConfigureAwait(false);
         }
 
-        _recycler.Dispose();
-        _pool.Dispose();
-        _reserve?.Dispose();
+        await _engine.DisposeAsync().ConfigureAwait(false);
         if (!ReferenceEquals(_memoryPool, MemoryPool<byte>.Shared))
         {
             _memoryPool.Dispose();
-        }
-    }
-
-    private void OnAccepted(Socket socket, ReusableSocket? reusable)
-    {
-        // Every accepted connection goes to the server, even one the peer has reset already (Kestrel's
-        // Sockets transport drops one whose socket it can no longer set up).
-        var connection = _connections.Rent();
-        ((SocketConnectionIo)connection.Io).Attach(socket, reusable);
-        connection.Attach();
-        if (!_accepted.Writer.TryWrite(connection))
-        {
-            // Unbound meanwhile: nobody will take it.
-            Close(socket, reusable);
-        }
-    }
-
-    private static void Close(Socket socket, ReusableSocket? reusable)
-    {
-        if (reusable is null)
-        {
-            socket.Dispose();
-        }
-        else
-        {
-            reusable.Dispose();
         }
     }
 }

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using System.Net.Sockets;
+using Transport.Winsock.Engines;
 using Transport.Winsock.Interop;
 using Transport.Winsock.Teardown;
 
@@ -47,14 +48,10 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
 
         var listenSocket = ListenSocket.Create(ipEndPoint, _options);
         ReuseDecision reuse;
+        EngineChoice engine;
         try
         {
-            if (OperatingSystem.IsWindows() && WinsockExtensions.Probe(listenSocket, WinsockExtensions.AcceptEx) is var error and not SocketError.Success)
-            {
-                throw new NotSupportedException($"The Winsock provider for {endpoint} has no AcceptEx ({error}), so no transport can accept there with posted accepts; a layered provider (VPN, antivirus) may hide it.");
-            }
-
-            reuse = await ReuseDecision.DecideAsync(_options, listenSocket).WaitAsync(cancellationToken).ConfigureAwait(false);
+            engine = EngineChoice.Decide(_options, listenSocket.LocalEndPoint!, _logger);
         }
         catch
         {
@@ -62,9 +59,34 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
             throw;
         }
 
+        try
+        {
+            if (OperatingSystem.IsWindows() && WinsockExtensions.Probe(listenSocket, WinsockExtensions.AcceptEx) is var error and not SocketError.Success)
+            {
+                throw new NotSupportedException($"The Winsock provider for {endpoint} has no AcceptEx ({error}), so no transport can accept there with posted accepts; a layered provider (VPN, antivirus) may hide it.");
+            }
+
+            reuse = engine.Engine == WinsockEngine.IoUring
+                ? ReuseDecision.ForIoUring(_options)
+                : await ReuseDecision.DecideAsync(_options, listenSocket).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (engine.Rings is { } rings)
+            {
+                foreach (var ring in rings)
+                {
+                    ring.Dispose();
+                }
+            }
+
+            listenSocket.Dispose();
+            throw;
+        }
+
         // The same pinned-block pool Kestrel's own transports take, when Kestrel has registered it.
         var memoryPool = _memoryPoolFactory?.Create(new MemoryPoolOptions { Owner = "winsock" }) ?? MemoryPool<byte>.Shared;
-        var listener = new WinsockConnectionListener(listenSocket, memoryPool, _options, reuse, _counters, _logger);
+        var listener = new WinsockConnectionListener(listenSocket, memoryPool, _options, reuse, engine, _counters, _logger);
         listener.Start();
         return listener;
     }

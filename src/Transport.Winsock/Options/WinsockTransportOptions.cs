@@ -11,6 +11,23 @@ namespace Transport.Winsock;
 public sealed class WinsockTransportOptions
 {
     /// <summary>
+    /// The I/O engine under the connections. <see cref="WinsockEngine.Auto"/> (the default) takes io_uring
+    /// on Linux when a startup probe passes (a ring can be made, every operation the engine uses is there,
+    /// and a loopback connection goes through it), else .NET's sockets; Windows always uses the sockets
+    /// engine (AcceptEx and DisconnectEx). <see cref="WinsockEngine.IoUring"/> where io_uring cannot run
+    /// fails the start with the reason and the errno. The choice is in the counters
+    /// (<see cref="WinsockTransportCounters.Engine"/>, <see cref="WinsockTransportCounters.EngineStatus"/>).
+    /// </summary>
+    public WinsockEngine Engine { get; set; } = WinsockEngine.Auto;
+
+    /// <summary>
+    /// With the io_uring engine, how many ring threads each listener runs; its connections are spread over
+    /// them. 0 (the default) picks from the processor count (half of them, at least 1 and at most 16).
+    /// Valid range: 0 to 64.
+    /// </summary>
+    public int IoUringThreadCount { get; set; }
+
+    /// <summary>
     /// The number of accepts kept posted on each listening socket at once (AcceptEx on Windows).
     /// More pending accepts absorb bigger bursts of new connections without waiting for a repost.
     /// Defaults to 4 per processor, at least 8 and at most 64. Valid range: 1 to 1024.

@@ -14,6 +14,12 @@ internal sealed class WinsockTransportOptionsValidator : IValidateOptions<Winsoc
     {
         var failures = new List<string>();
 
+        if (!Enum.IsDefined(options.Engine))
+        {
+            failures.Add($"{nameof(WinsockTransportOptions)}.{nameof(options.Engine)} must be Auto, Sockets or IoUring; it was {options.Engine}.");
+        }
+
+        CheckRange(failures, nameof(options.IoUringThreadCount), options.IoUringThreadCount, 0, 64);
         CheckRange(failures, nameof(options.PendingAccepts), options.PendingAccepts, 1, MaxPendingAccepts);
         CheckRange(failures, nameof(options.MaxPooledSockets), options.MaxPooledSockets, 0, MaxSocketCap);
         CheckRange(failures, nameof(options.MaxPendingDisconnects), options.MaxPendingDisconnects, 1, MaxSocketCap);

@@ -13,6 +13,17 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
     /// <see cref="WinsockTransportOptions.ReuseSockets"/> forces the answer; left null, the provider
     /// check (Windows) and the self-test decide, and a burst of failed recycles can still turn it off.
     /// </summary>
+    /// <summary>
+    /// For the io_uring engine, which never recycles: the options' own reason when they turn reuse off,
+    /// else the engine's.
+    /// </summary>
+    public static ReuseDecision ForIoUring(WinsockTransportOptions options) => options switch
+    {
+        { MaxPooledSockets: 0 } => new(false, false, "off: MaxPooledSockets is 0"),
+        { ReuseSockets: false } => new(false, false, "off: ReuseSockets = false"),
+        _ => new(false, false, "off: the io_uring engine closes each connection's descriptor, and the kernel hands its number to a later accept"),
+    };
+
     public static async Task<ReuseDecision> DecideAsync(WinsockTransportOptions options, Socket listenSocket)
     {
         if (options.MaxPooledSockets == 0)

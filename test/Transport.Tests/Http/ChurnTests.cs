@@ -1,5 +1,6 @@
 using System.Net;
 using Transport.Tests.Infrastructure;
+using Transport.Winsock;
 
 namespace Transport.Tests.Http;
 
@@ -82,7 +83,13 @@ public sealed class ChurnTests
             Assert.Equal(0, counters.ReuseDisconnects);
         }
 
-        if (!OperatingSystem.IsWindows())
+        if (counters.Engine == WinsockEngine.IoUring)
+        {
+            // Linux with io_uring available: Auto's choice, which never recycles.
+            Assert.True(OperatingSystem.IsLinux());
+            Assert.Contains("io_uring engine", counters.ReuseStatus, StringComparison.Ordinal);
+        }
+        else if (!OperatingSystem.IsWindows())
         {
             Assert.Contains("emulates socket reuse", counters.ReuseStatus, StringComparison.Ordinal);
         }

@@ -92,7 +92,10 @@ public sealed class ReuseDecisionTests
     public async Task Reuse_left_off_is_logged_once_at_the_level_its_cause_deserves()
     {
         var log = new CapturedLog();
-        await using (var server = await SampleServer.StartAsync(configureBuilder: builder => builder.Logging.AddProvider(log).AddFilter<CapturedLog>("Transport.Winsock", LogLevel.Trace)))
+        // The sockets engine's reuse decision (the io_uring engine never recycles, and says so in ReuseStatus).
+        await using (var server = await SampleServer.StartAsync(
+            configure: options => options.Engine = WinsockEngine.Sockets,
+            configureBuilder: builder => builder.Logging.AddProvider(log).AddFilter<CapturedLog>("Transport.Winsock", LogLevel.Trace)))
         {
             await server.GetPlaintextOnNewConnectionsAsync(1);
         }

@@ -1,0 +1,219 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+
+namespace Transport.Winsock.Engines.IoUring;
+
+/// <summary>
+/// A connection's receive: IORING_OP_POLL_ADD for POLLIN when waiting for data without a buffer (a
+/// zero-length IORING_OP_RECV would return at once, like an end of stream), else IORING_OP_RECV
+/// straight into the pipe's memory, pinned while the kernel holds it.
+/// </summary>
+internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnectionIo io) : AwaitableRingOperation(thread)
+{
+    private Memory<byte> _buffer;
+    private MemoryHandle _pin;
+    private bool _poll;
+
+    public ValueTask<int> PollAsync()
+    {
+        _poll = true;
+        return Start();
+    }
+
+    public ValueTask<int> ReceiveAsync(Memory<byte> buffer)
+    {
+        _poll = false;
+        _buffer = buffer;
+        return Start();
+    }
+
+    protected override bool TryPrepare(out int errno)
+    {
+        errno = LinuxNative.ECANCELED;
+        if (io.FdClosed)
+        {
+            return false;
+        }
+
+        var sqe = Thread.TryGetSqe();
+        if (sqe is null)
+        {
+            return false;
+        }
+
+        sqe->Fd = io.Fd;
+        if (_poll)
+        {
+            sqe->Opcode = RingConstants.OpPollAdd;
+            sqe->OpFlags = RingConstants.PollIn;
+        }
+        else
+        {
+            _pin = _buffer.Pin();
+            sqe->Opcode = RingConstants.OpRecv;
+            sqe->Addr = (ulong)_pin.Pointer;
+            sqe->Len = (uint)_buffer.Length;
+        }
+
+        sqe->UserData = NextUserData();
+        return true;
+    }
+
+    protected override void Complete(int result, uint flags)
+    {
+        // A poll's result is the event mask, not a byte count; the receive that follows reads the data.
+        Finish(_poll && result > 0 ? 0 : result);
+    }
+
+    protected override void OnFinished()
+    {
+        if (!_poll)
+        {
+            _pin.Dispose();
+            _pin = default;
+            _buffer = default;
+        }
+    }
+}
+
+/// <summary>
+/// A connection's send of a whole <see cref="ReadOnlySequence{T}"/>: IORING_OP_SEND for one segment,
+/// IORING_OP_SENDMSG with a gather list for several. A short send (the socket buffer filled) is
+/// continued on the ring thread with the rest, so the awaiter resumes once every byte is with the kernel.
+/// </summary>
+internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
+{
+    // A gather list of at most this many segments per submission; a longer sequence goes in several.
+    private const int MaxSegments = 64;
+
+    private readonly IoUringConnectionIo _io;
+    private readonly MemoryHandle[] _pins = new MemoryHandle[MaxSegments];
+    // struct iovec[MaxSegments] and struct msghdr, in native memory for the object's lifetime.
+    private readonly nint* _iovecs;
+    private readonly byte* _msghdr;
+    private ReadOnlySequence<byte> _remaining;
+    private int _pinned;
+    private int _total;
+
+    public SendOperation(RingThread thread, IoUringConnectionIo io)
+        : base(thread)
+    {
+        _io = io;
+        _iovecs = (nint*)NativeMemory.AllocZeroed((nuint)(MaxSegments * 2 * sizeof(nint)));
+        _msghdr = (byte*)NativeMemory.AllocZeroed(56);
+    }
+
+    public ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers)
+    {
+        _remaining = buffers;
+        _total = 0;
+        return Start();
+    }
+
+    protected override bool TryPrepare(out int errno)
+    {
+        errno = LinuxNative.ECANCELED;
+        if (_io.FdClosed)
+        {
+            return false;
+        }
+
+        var sqe = Thread.TryGetSqe();
+        if (sqe is null)
+        {
+            return false;
+        }
+
+        sqe->Fd = _io.Fd;
+        sqe->OpFlags = LinuxNative.MSG_NOSIGNAL;
+        if (_remaining.IsSingleSegment)
+        {
+            var memory = _remaining.First;
+            _pins[0] = memory.Pin();
+            _pinned = 1;
+            sqe->Opcode = RingConstants.OpSend;
+            sqe->Addr = (ulong)_pins[0].Pointer;
+            sqe->Len = (uint)memory.Length;
+        }
+        else
+        {
+            var count = 0;
+            foreach (var memory in _remaining)
+            {
+                if (memory.IsEmpty)
+                {
+                    continue;
+                }
+
+                if (count == MaxSegments)
+                {
+                    break;
+                }
+
+                _pins[count] = memory.Pin();
+                _iovecs[count * 2] = (nint)_pins[count].Pointer;
+                _iovecs[(count * 2) + 1] = memory.Length;
+                count++;
+            }
+
+            _pinned = count;
+            // struct msghdr: name, namelen, iov (offset 16), iovlen (offset 24), control, controllen, flags.
+            new Span<byte>(_msghdr, 56).Clear();
+            *(nint*)(_msghdr + 16) = (nint)_iovecs;
+            *(nint*)(_msghdr + 24) = count;
+            sqe->Opcode = RingConstants.OpSendMsg;
+            sqe->Addr = (ulong)_msghdr;
+            sqe->Len = 1;
+        }
+
+        sqe->UserData = NextUserData();
+        return true;
+    }
+
+    protected override void Complete(int result, uint flags)
+    {
+        Unpin();
+        if (result > 0)
+        {
+            _total += result;
+            _remaining = _remaining.Slice(result);
+            if (!_remaining.IsEmpty)
+            {
+                if (!TryPrepare(out var errno))
+                {
+                    Finish(-errno);
+                }
+
+                return;
+            }
+
+            Finish(_total);
+            return;
+        }
+
+        Finish(result == 0 ? -LinuxNative.EPIPE : result);
+    }
+
+    protected override void OnFinished()
+    {
+        Unpin();
+        _remaining = default;
+    }
+
+    private void Unpin()
+    {
+        for (var i = 0; i < _pinned; i++)
+        {
+            _pins[i].Dispose();
+            _pins[i] = default;
+        }
+
+        _pinned = 0;
+    }
+
+    public void Dispose()
+    {
+        NativeMemory.Free(_iovecs);
+        NativeMemory.Free(_msghdr);
+    }
+}

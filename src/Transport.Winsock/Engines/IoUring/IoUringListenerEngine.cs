@@ -1,0 +1,226 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Transport.Winsock.AcceptPool;
+using Transport.Winsock.Connections;
+using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Listener;
+
+namespace Transport.Winsock.Engines.IoUring;
+
+/// <summary>
+/// The io_uring engine's listener side: <see cref="WinsockTransportOptions.PendingAccepts"/> accepts kept
+/// posted on the listening descriptor, spread over the listener's ring threads; each accepted descriptor
+/// becomes a connection on the ring that accepted it, whose pipes use that ring as their transport
+/// scheduler. Out of descriptors, the listener pauses as the sockets engine's does (<see cref="AcceptPause"/>).
+/// </summary>
+internal sealed class IoUringListenerEngine : ListenerEngine
+{
+    private static readonly TimeSpan FaultBackoff = TimeSpan.FromMilliseconds(50);
+
+    private readonly Socket _listenSocket;
+    private readonly int _listenFd;
+    private readonly EndPoint _endPoint;
+    private readonly RingThread[] _rings;
+    private readonly WinsockConnectionFactory[] _factories;
+    private readonly AcceptOperation[] _accepts;
+    private readonly AcceptPause _pause;
+    private readonly DescriptorReserve? _reserve;
+    private readonly WinsockTransportCounters _counters;
+    private readonly ILogger _logger;
+    private readonly Func<WinsockConnection, bool> _offer;
+    private readonly Func<Exception, bool> _fail;
+    private readonly IPEndPoint? _sharedLocal;
+    private Task[] _slots = [];
+    private volatile bool _stopping;
+
+    public IoUringListenerEngine(
+        Socket listenSocket,
+        MemoryPool<byte> memoryPool,
+        WinsockTransportOptions options,
+        RingThread[] rings,
+        WinsockTransportCounters counters,
+        ILogger logger,
+        AcceptPause pause,
+        Func<WinsockConnection, bool> offer,
+        Func<Exception, bool> fail)
+    {
+        _fail = fail;
+        _listenSocket = listenSocket;
+        _listenFd = (int)listenSocket.Handle;
+        _endPoint = listenSocket.LocalEndPoint!;
+        _rings = rings;
+        _pause = pause;
+        _counters = counters;
+        _logger = logger;
+        _offer = offer;
+        _factories = new WinsockConnectionFactory[rings.Length];
+        for (var i = 0; i < rings.Length; i++)
+        {
+            var ring = rings[i];
+            _factories[i] = new WinsockConnectionFactory(_endPoint, memoryPool, options, () => new IoUringConnectionIo(ring), counters, logger, pause, transportScheduler: ring);
+        }
+
+        _sharedLocal = _factories[0].LocalEndPoint as IPEndPoint;
+        _accepts = new AcceptOperation[Math.Max(options.PendingAccepts, rings.Length)];
+        for (var i = 0; i < _accepts.Length; i++)
+        {
+            _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd);
+        }
+
+        _reserve = DescriptorReserve.Create(options.DescriptorReserve, _accepts.Length);
+    }
+
+    public override void Start()
+    {
+        _slots = new Task[_accepts.Length];
+        for (var i = 0; i < _accepts.Length; i++)
+        {
+            _slots[i] = RunSlotAsync(_accepts[i], _factories[i % _rings.Length]);
+        }
+    }
+
+    private async Task RunSlotAsync(AcceptOperation accept, WinsockConnectionFactory factory)
+    {
+        while (!_stopping)
+        {
+            var probing = false;
+            if (_pause.IsPaused)
+            {
+                probing = await _pause.WaitForTurnAsync();
+                if (_stopping)
+                {
+                    break;
+                }
+            }
+
+            try
+            {
+                await AcceptOnceAsync(accept, factory);
+            }
+            finally
+            {
+                if (probing)
+                {
+                    _pause.ReleaseProbe();
+                }
+            }
+        }
+    }
+
+    /// <summary>One accept and its outcome; continues on the ring thread that completed it.</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask AcceptOnceAsync(AcceptOperation accept, WinsockConnectionFactory factory)
+    {
+        if (_reserve is { } reserve)
+        {
+            if (reserve.IsReached(_pause.IsPaused))
+            {
+                _pause.OnFault($"the process has {reserve.Reserve} or fewer of its {reserve.Limit} descriptors left (DescriptorReserve)", reserve: true);
+                return;
+            }
+
+            _pause.OnReserveHasRoom();
+        }
+
+        int fd;
+        try
+        {
+            fd = await accept.AcceptAsync();
+        }
+        catch (SocketException ex)
+        {
+            if (_stopping)
+            {
+                return;
+            }
+
+            if (accept.Thread.IsStopping)
+            {
+                // The ring thread is gone (it failed, and logged why): this listener cannot accept any more.
+                _stopping = true;
+                _fail(new IOException($"The io_uring thread of the listener on {_endPoint} failed, so it stopped accepting.", accept.Thread.Fault));
+                return;
+            }
+
+            var error = ex.SocketErrorCode;
+            if (PostedAccepts.IsOutOfResources(error))
+            {
+                _pause.OnFault($"accepts fail with {error}", reserve: false);
+                return;
+            }
+
+            _logger.AcceptFault(_endPoint, error);
+            if (error is not (SocketError.ConnectionAborted or SocketError.ConnectionReset or SocketError.Interrupted or SocketError.WouldBlock))
+            {
+                await Task.Delay(FaultBackoff);
+            }
+
+            return;
+        }
+
+        if (_stopping)
+        {
+            // Accepted as the listener stopped: nobody will serve it. Nothing on the ring refers to it yet.
+            LinuxNative.Close(fd);
+            return;
+        }
+
+        _pause.OnAccepted();
+        if (_reserve is not null)
+        {
+            DescriptorReserve.OnAccepted();
+        }
+
+        _counters.SocketCreated();
+        _counters.ConnectionAccepted();
+        var connection = factory.Rent();
+        var io = (IoUringConnectionIo)connection.Io;
+        io.Attach(fd, _sharedLocal ?? AcceptOperation.LocalEndPoint(fd), accept.RemoteEndPoint());
+        connection.Attach();
+        if (!_offer(connection))
+        {
+            io.Release(recycle: false);
+        }
+    }
+
+    public override async Task StopAsync()
+    {
+        _stopping = true;
+        _pause.Stop();
+        // Closing the listening descriptor does not end accepts the ring holds: cancel each on its ring.
+        foreach (var ring in _rings)
+        {
+            ring.Post(static state =>
+            {
+                var (engine, target) = ((IoUringListenerEngine, RingThread))state!;
+                foreach (var accept in engine._accepts)
+                {
+                    if (accept.Thread == target && accept.InFlight)
+                    {
+                        target.Cancel(accept.CurrentUserData);
+                    }
+                }
+            }, (this, ring));
+        }
+
+        await Task.WhenAll(_slots).ConfigureAwait(false);
+        _listenSocket.Dispose();
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        foreach (var ring in _rings)
+        {
+            await ring.StopAsync().ConfigureAwait(false);
+        }
+
+        foreach (var accept in _accepts)
+        {
+            accept.Dispose();
+        }
+
+        _reserve?.Dispose();
+    }
+}

@@ -1,0 +1,116 @@
+using System.Runtime.InteropServices;
+
+namespace Transport.Winsock.Engines.IoUring;
+
+/// <summary>
+/// The few libc calls the io_uring engine makes: the three io_uring system calls through
+/// <c>syscall(2)</c> (glibc has no wrappers for them), the ring's memory maps, and the socket calls the
+/// ring does not make. Every call reports errno; <see cref="Errno"/> reads it. No native library ships.
+/// </summary>
+internal static unsafe partial class LinuxNative
+{
+    private const string Libc = "libc";
+
+    // x86-64 and arm64 system call numbers: io_uring was added after the two tables were unified.
+    public const long SysIoUringSetup = 425;
+    public const long SysIoUringEnter = 426;
+    public const long SysIoUringRegister = 427;
+
+    public const int EINTR = 4;
+    public const int EBADF = 9;
+    public const int EAGAIN = 11;
+    public const int ENOMEM = 12;
+    public const int EBUSY = 16;
+    public const int EINVAL = 22;
+    public const int ENFILE = 23;
+    public const int EMFILE = 24;
+    public const int EPIPE = 32;
+    public const int ENOSYS = 38;
+    public const int ENOBUFS = 105;
+    public const int ENOTCONN = 107;
+    public const int ECONNABORTED = 103;
+    public const int ECONNRESET = 104;
+    public const int ECANCELED = 125;
+    public const int EPERM = 1;
+    public const int ETIME = 62;
+
+    public const int SOL_SOCKET = 1;
+    public const int SO_LINGER = 13;
+    public const int SHUT_WR = 1;
+    public const int SOCK_CLOEXEC = 0x80000;
+    public const int EFD_CLOEXEC = 0x80000;
+    public const int EFD_NONBLOCK = 0x800;
+    public const int MSG_NOSIGNAL = 0x4000;
+
+    public const int PROT_READ = 1;
+    public const int PROT_WRITE = 2;
+    public const int MAP_SHARED = 1;
+    public const int MAP_POPULATE = 0x8000;
+    public static readonly nint MapFailed = -1;
+
+    [LibraryImport(Libc, EntryPoint = "syscall", SetLastError = true)]
+    public static partial long Syscall3(long number, long a1, long a2, long a3);
+
+    [LibraryImport(Libc, EntryPoint = "syscall", SetLastError = true)]
+    public static partial long Syscall4(long number, long a1, long a2, long a3, long a4);
+
+    [LibraryImport(Libc, EntryPoint = "syscall", SetLastError = true)]
+    public static partial long Syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6);
+
+    [LibraryImport(Libc, EntryPoint = "mmap", SetLastError = true)]
+    public static partial nint Mmap(nint address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport(Libc, EntryPoint = "munmap", SetLastError = true)]
+    public static partial int Munmap(nint address, nuint length);
+
+    [LibraryImport(Libc, EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
+
+    [LibraryImport(Libc, EntryPoint = "shutdown", SetLastError = true)]
+    public static partial int Shutdown(int fd, int how);
+
+    [LibraryImport(Libc, EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int SetSockOpt(int fd, int level, int name, void* value, uint length);
+
+    [LibraryImport(Libc, EntryPoint = "getsockname", SetLastError = true)]
+    public static partial int GetSockName(int fd, void* address, uint* length);
+
+    [LibraryImport(Libc, EntryPoint = "eventfd", SetLastError = true)]
+    public static partial int EventFd(uint initial, int flags);
+
+    [LibraryImport(Libc, EntryPoint = "write", SetLastError = true)]
+    public static partial nint Write(int fd, void* buffer, nuint count);
+
+    /// <summary>errno of the last call above.</summary>
+    public static int Errno => Marshal.GetLastPInvokeError();
+
+    /// <summary>A zero linger, so that the close of <paramref name="fd"/> sends an RST.</summary>
+    public static int SetZeroLinger(int fd)
+    {
+        // struct linger { int l_onoff; int l_linger; }
+        var linger = stackalloc int[2] { 1, 0 };
+        return SetSockOpt(fd, SOL_SOCKET, SO_LINGER, linger, 8);
+    }
+
+    /// <summary>The symbolic name of an errno the engine meets, for messages.</summary>
+    public static string ErrnoName(int errno) => errno switch
+    {
+        EPERM => "EPERM",
+        EINTR => "EINTR",
+        EBADF => "EBADF",
+        EAGAIN => "EAGAIN",
+        ENOMEM => "ENOMEM",
+        EBUSY => "EBUSY",
+        EINVAL => "EINVAL",
+        ENFILE => "ENFILE",
+        EMFILE => "EMFILE",
+        EPIPE => "EPIPE",
+        ENOSYS => "ENOSYS",
+        ENOBUFS => "ENOBUFS",
+        ENOTCONN => "ENOTCONN",
+        ECONNABORTED => "ECONNABORTED",
+        ECONNRESET => "ECONNRESET",
+        ECANCELED => "ECANCELED",
+        _ => $"errno {errno}",
+    };
+}

@@ -1,0 +1,382 @@
+using System.Runtime.InteropServices;
+
+namespace Transport.Winsock.Engines.IoUring;
+
+/// <summary>io_uring's submission queue entry (struct io_uring_sqe, 64 bytes).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 64)]
+internal struct Sqe
+{
+    [FieldOffset(0)] public byte Opcode;
+    [FieldOffset(1)] public byte Flags;
+    [FieldOffset(2)] public ushort IoPrio;
+    [FieldOffset(4)] public int Fd;
+    [FieldOffset(8)] public ulong Off;
+    [FieldOffset(16)] public ulong Addr;
+    [FieldOffset(24)] public uint Len;
+    [FieldOffset(28)] public uint OpFlags;
+    [FieldOffset(32)] public ulong UserData;
+    [FieldOffset(40)] public ushort BufIndex;
+    [FieldOffset(42)] public ushort Personality;
+    [FieldOffset(44)] public uint FileIndex;
+    [FieldOffset(48)] public ulong Addr3;
+    [FieldOffset(56)] public ulong Pad;
+}
+
+/// <summary>io_uring's completion queue entry (struct io_uring_cqe, 16 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct Cqe
+{
+    public ulong UserData;
+    public int Res;
+    public uint Flags;
+}
+
+/// <summary>struct io_uring_params (120 bytes): what setup is asked for and what the kernel answers.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct RingParams
+{
+    public uint SqEntries;
+    public uint CqEntries;
+    public uint Flags;
+    public uint SqThreadCpu;
+    public uint SqThreadIdle;
+    public uint Features;
+    public uint WqFd;
+    public fixed uint Resv[3];
+    // struct io_sqring_offsets
+    public uint SqHead, SqTail, SqRingMask, SqRingEntries, SqFlags, SqDropped, SqArray, SqResv1;
+    public ulong SqResv2;
+    // struct io_cqring_offsets
+    public uint CqHead, CqTail, CqRingMask, CqRingEntries, CqOverflow, CqCqes, CqFlags, CqResv1;
+    public ulong CqResv2;
+}
+
+/// <summary>The constants of linux/io_uring.h the engine uses.</summary>
+internal static class RingConstants
+{
+    public const byte OpNop = 0;
+    public const byte OpPollAdd = 6;
+    public const byte OpSendMsg = 9;
+    public const byte OpAccept = 13;
+    public const byte OpAsyncCancel = 14;
+    public const byte OpClose = 19;
+    public const byte OpRead = 22;
+    public const byte OpSend = 26;
+    public const byte OpRecv = 27;
+
+    /// <summary>Every opcode the engine submits; the probe requires each.</summary>
+    public static ReadOnlySpan<byte> Required => [OpPollAdd, OpSendMsg, OpAccept, OpAsyncCancel, OpClose, OpRead, OpSend, OpRecv];
+
+    public static string OpName(byte op) => op switch
+    {
+        OpPollAdd => "IORING_OP_POLL_ADD",
+        OpSendMsg => "IORING_OP_SENDMSG",
+        OpAccept => "IORING_OP_ACCEPT",
+        OpAsyncCancel => "IORING_OP_ASYNC_CANCEL",
+        OpClose => "IORING_OP_CLOSE",
+        OpRead => "IORING_OP_READ",
+        OpSend => "IORING_OP_SEND",
+        OpRecv => "IORING_OP_RECV",
+        _ => $"opcode {op}",
+    };
+
+    public const byte SqeCqeSkipSuccess = 1 << 6;
+
+    public const uint SetupCqSize = 1u << 3;
+    public const uint SetupSubmitAll = 1u << 7;
+    public const uint SetupCoopTaskrun = 1u << 8;
+    public const uint SetupSingleIssuer = 1u << 12;
+    public const uint SetupDeferTaskrun = 1u << 13;
+
+    public const uint FeatSingleMmap = 1u << 0;
+    public const uint FeatNoDrop = 1u << 1;
+    public const uint FeatCqeSkip = 1u << 11;
+
+    public const uint EnterGetEvents = 1u << 0;
+
+    public const uint RegisterProbe = 8;
+    public const ushort ProbeOpSupported = 1;
+
+    public const uint CancelAll = 1u << 0;
+    public const uint CancelAny = 1u << 2;
+
+    public const ulong OffSqRing = 0;
+    public const ulong OffCqRing = 0x8000000;
+    public const ulong OffSqes = 0x10000000;
+
+    public const uint PollIn = 0x0001;
+}
+
+/// <summary>
+/// One io_uring instance: the mapped submission and completion rings. Not thread-safe: one thread (the
+/// ring's own, see <see cref="RingThread"/>) prepares entries, submits and reaps. The kernel's side of
+/// each ring index is read with acquire and ours published with release semantics (Volatile), as
+/// liburing's smp_load_acquire / smp_store_release do.
+/// </summary>
+internal sealed unsafe class Ring : IDisposable
+{
+    private readonly int _fd;
+    private readonly nint _sqRing;
+    private readonly nuint _sqRingSize;
+    private readonly nint _cqRing;
+    private readonly nuint _cqRingSize;
+    private readonly nint _sqesMap;
+    private readonly nuint _sqesSize;
+    private readonly uint* _sqHead;
+    private readonly uint* _sqTail;
+    private readonly uint _sqMask;
+    private readonly uint _sqEntries;
+    private readonly Sqe* _sqes;
+    private readonly uint* _cqHead;
+    private readonly uint* _cqTail;
+    private readonly uint _cqMask;
+    private readonly Cqe* _cqes;
+    private uint _sqLocalTail;
+    private uint _unsubmitted;
+    private bool _disposed;
+
+    private Ring(int fd, in RingParams p)
+    {
+        _fd = fd;
+        Features = p.Features;
+        Flags = p.Flags;
+        _sqRingSize = p.SqArray + p.SqEntries * sizeof(uint);
+        _cqRingSize = p.CqCqes + p.CqEntries * (uint)sizeof(Cqe);
+        var single = (p.Features & RingConstants.FeatSingleMmap) != 0;
+        if (single)
+        {
+            _sqRingSize = _cqRingSize = Math.Max(_sqRingSize, _cqRingSize);
+        }
+
+        try
+        {
+            _sqRing = Map(fd, _sqRingSize, RingConstants.OffSqRing);
+            _cqRing = single ? _sqRing : Map(fd, _cqRingSize, RingConstants.OffCqRing);
+            _sqesSize = p.SqEntries * (uint)sizeof(Sqe);
+            _sqesMap = Map(fd, _sqesSize, RingConstants.OffSqes);
+        }
+        catch
+        {
+            Unmap();
+            LinuxNative.Close(fd);
+            throw;
+        }
+
+        var sq = (byte*)_sqRing;
+        _sqHead = (uint*)(sq + p.SqHead);
+        _sqTail = (uint*)(sq + p.SqTail);
+        _sqMask = *(uint*)(sq + p.SqRingMask);
+        _sqEntries = *(uint*)(sq + p.SqRingEntries);
+        _sqes = (Sqe*)_sqesMap;
+        // The indirection array maps slot i to entry i once and for all: entries are used in ring order.
+        var array = (uint*)(sq + p.SqArray);
+        for (uint i = 0; i < _sqEntries; i++)
+        {
+            array[i] = i;
+        }
+
+        _sqLocalTail = *_sqTail;
+        var cq = (byte*)_cqRing;
+        _cqHead = (uint*)(cq + p.CqHead);
+        _cqTail = (uint*)(cq + p.CqTail);
+        _cqMask = *(uint*)(cq + p.CqRingMask);
+        _cqes = (Cqe*)(cq + p.CqCqes);
+        CqEntries = p.CqEntries;
+    }
+
+    /// <summary>What the kernel's ring offers (IORING_FEAT_*).</summary>
+    public uint Features { get; }
+
+    /// <summary>The setup flags the ring was made with.</summary>
+    public uint Flags { get; }
+
+    public uint CqEntries { get; }
+
+    public int Fd => _fd;
+
+    /// <summary>
+    /// Sets up a ring, trying the cheapest task-running mode first: DEFER_TASKRUN (6.1), then COOP_TASKRUN
+    /// (5.19), then neither. Returns the errno of the last refusal when none could be made.
+    /// </summary>
+    public static Ring? TryCreate(uint entries, uint cqEntries, out int errno)
+    {
+        ReadOnlySpan<uint> modes =
+        [
+            RingConstants.SetupSingleIssuer | RingConstants.SetupDeferTaskrun,
+            RingConstants.SetupSingleIssuer | RingConstants.SetupCoopTaskrun,
+            RingConstants.SetupCoopTaskrun,
+            0,
+        ];
+        errno = 0;
+        foreach (var mode in modes)
+        {
+            var p = new RingParams { Flags = mode | RingConstants.SetupCqSize | RingConstants.SetupSubmitAll, CqEntries = cqEntries };
+            var fd = (int)Setup(entries, &p, out errno);
+            if (fd >= 0)
+            {
+                return new Ring(fd, p);
+            }
+
+            // EINVAL: this kernel lacks the flag; anything else (EPERM, ENOSYS, ENOMEM) will not change.
+            if (errno != LinuxNative.EINVAL)
+            {
+                return null;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The seam where tests inject a refused setup (seccomp, io_uring_disabled, an old kernel).</summary>
+    internal static Func<int>? SetupFault { get; set; }
+
+    private static long Setup(uint entries, RingParams* p, out int errno)
+    {
+        if (SetupFault?.Invoke() is int fault and not 0)
+        {
+            errno = fault;
+            return -1;
+        }
+
+        var fd = LinuxNative.Syscall3(LinuxNative.SysIoUringSetup, entries, (long)p, 0);
+        errno = fd < 0 ? LinuxNative.Errno : 0;
+        return fd;
+    }
+
+    private static nint Map(int fd, nuint size, ulong offset)
+    {
+        var address = LinuxNative.Mmap(0, size, LinuxNative.PROT_READ | LinuxNative.PROT_WRITE, LinuxNative.MAP_SHARED | LinuxNative.MAP_POPULATE, fd, (long)offset);
+        if (address == LinuxNative.MapFailed)
+        {
+            throw new IOException($"mmap of the io_uring ring failed: {LinuxNative.ErrnoName(LinuxNative.Errno)}.");
+        }
+
+        return address;
+    }
+
+    /// <summary>
+    /// The next free submission entry, zeroed, or null when the queue is full (submit, then ask again).
+    /// </summary>
+    public Sqe* TryGetSqe()
+    {
+        var head = Volatile.Read(ref *_sqHead);
+        if (_sqLocalTail - head >= _sqEntries)
+        {
+            return null;
+        }
+
+        var sqe = &_sqes[_sqLocalTail & _sqMask];
+        *sqe = default;
+        _sqLocalTail++;
+        _unsubmitted++;
+        return sqe;
+    }
+
+    /// <summary>Entries prepared and not yet handed to the kernel.</summary>
+    public uint Unsubmitted => _unsubmitted;
+
+    /// <summary>
+    /// Publishes the prepared entries and enters the kernel: submits them, runs the ring's task work and,
+    /// with <paramref name="wait"/>, sleeps until a completion arrives. Returns 0 or a negative errno
+    /// (EINTR is retried; EBUSY and EAGAIN, a full completion queue, are the caller's to reap first).
+    /// </summary>
+    public int Enter(bool wait)
+    {
+        Volatile.Write(ref *_sqTail, _sqLocalTail);
+        while (true)
+        {
+            var toSubmit = _unsubmitted;
+            var result = LinuxNative.Syscall6(LinuxNative.SysIoUringEnter, _fd, toSubmit, wait ? 1 : 0, RingConstants.EnterGetEvents, 0, 0);
+            if (result >= 0)
+            {
+                // The kernel consumed what it took; with SUBMIT_ALL that is everything unless it failed early.
+                _unsubmitted -= Math.Min((uint)result, _unsubmitted);
+                return 0;
+            }
+
+            var errno = LinuxNative.Errno;
+            if (errno == LinuxNative.EINTR)
+            {
+                continue;
+            }
+
+            return -errno;
+        }
+    }
+
+    /// <summary>The completions the kernel has posted and we have not consumed: a span over the ring.</summary>
+    public bool TryPeek(out Cqe cqe)
+    {
+        var head = *_cqHead;
+        if (head == Volatile.Read(ref *_cqTail))
+        {
+            cqe = default;
+            return false;
+        }
+
+        cqe = _cqes[head & _cqMask];
+        return true;
+    }
+
+    /// <summary>Consumes the completion <see cref="TryPeek"/> returned, freeing its slot for the kernel.</summary>
+    public void Advance() => Volatile.Write(ref *_cqHead, *_cqHead + 1);
+
+    /// <summary>IORING_REGISTER_PROBE: which of <paramref name="ops"/> this kernel lacks, or null when the probe itself fails.</summary>
+    public string? MissingOps(ReadOnlySpan<byte> ops, out int errno)
+    {
+        // struct io_uring_probe (16 bytes) followed by 256 struct io_uring_probe_op (8 bytes each).
+        const int Count = 256;
+        var buffer = stackalloc byte[16 + Count * 8];
+        new Span<byte>(buffer, 16 + Count * 8).Clear();
+        var result = LinuxNative.Syscall4(LinuxNative.SysIoUringRegister, _fd, RingConstants.RegisterProbe, (long)buffer, Count);
+        errno = result < 0 ? LinuxNative.Errno : 0;
+        if (result < 0)
+        {
+            return null;
+        }
+
+        var lastOp = buffer[0];
+        var missing = new List<string>();
+        foreach (var op in ops)
+        {
+            var flags = *(ushort*)(buffer + 16 + op * 8 + 2);
+            if (op > lastOp || (flags & RingConstants.ProbeOpSupported) == 0)
+            {
+                missing.Add(RingConstants.OpName(op));
+            }
+        }
+
+        return string.Join(", ", missing);
+    }
+
+    private void Unmap()
+    {
+        if (_sqesMap != 0)
+        {
+            LinuxNative.Munmap(_sqesMap, _sqesSize);
+        }
+
+        if (_cqRing != 0 && _cqRing != _sqRing)
+        {
+            LinuxNative.Munmap(_cqRing, _cqRingSize);
+        }
+
+        if (_sqRing != 0)
+        {
+            LinuxNative.Munmap(_sqRing, _sqRingSize);
+        }
+    }
+
+    /// <summary>Unmaps the rings and closes the ring, which cancels whatever is still in flight.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        Unmap();
+        LinuxNative.Close(_fd);
+    }
+}

@@ -1,0 +1,157 @@
+using System.Net.Sockets;
+using System.Threading.Tasks.Sources;
+
+namespace Transport.Winsock.Engines.IoUring;
+
+/// <summary>
+/// One kind of operation that is in flight at most once at a time (a connection's receive, its send, a
+/// listener slot's accept), registered once with its ring thread. Its user_data carries its index in the
+/// thread's table and a generation bumped at every submission, so a completion meant for an earlier
+/// submission (one canceled and raced) is recognised and dropped: it can never touch what the object
+/// carries now.
+/// </summary>
+internal abstract class RingOperation
+{
+    private uint _generation;
+
+    protected RingOperation(RingThread thread)
+    {
+        Thread = thread;
+        Index = thread.Register(this);
+    }
+
+    public RingThread Thread { get; }
+
+    public int Index { get; }
+
+    /// <summary>Whether a submission is in flight: set when prepared, cleared by its completion.</summary>
+    public bool InFlight { get; private set; }
+
+    /// <summary>The user_data of the next submission, which becomes the one in flight.</summary>
+    protected ulong NextUserData()
+    {
+        _generation++;
+        InFlight = true;
+        Thread.OnSubmitted();
+        return ((ulong)_generation << 32) | (uint)Index;
+    }
+
+    /// <summary>The user_data of the submission in flight, for a cancel.</summary>
+    public ulong CurrentUserData => ((ulong)_generation << 32) | (uint)Index;
+
+    /// <summary>On the ring thread: a completion arrived for this operation's index; false when it was stale.</summary>
+    public bool OnCompletion(ulong userData, int result, uint flags)
+    {
+        if ((uint)(userData >> 32) != _generation || !InFlight)
+        {
+            return false;
+        }
+
+        InFlight = false;
+        Complete(result, flags);
+        return true;
+    }
+
+    protected abstract void Complete(int result, uint flags);
+}
+
+/// <summary>
+/// A <see cref="RingOperation"/> that is its own awaitable, as <see cref="Sockets.AwaitableSocketEventArgs"/> is
+/// for the Sockets engine: the result is the kernel's, a negative errno surfaces as a
+/// <see cref="SocketException"/> with the matching socket error. Continuations run inline on the ring
+/// thread, where the transport's own work belongs.
+/// </summary>
+internal abstract class AwaitableRingOperation(RingThread thread) : RingOperation(thread), IValueTaskSource<int>
+{
+    private static readonly Action<object?> s_submit = static state => ((AwaitableRingOperation)state!).SubmitOnRing();
+
+    private ManualResetValueTaskSourceCore<int> _source = new() { RunContinuationsAsynchronously = false };
+
+    /// <summary>Prepares the operation here when on the ring thread, else has the ring thread do it.</summary>
+    protected ValueTask<int> Start()
+    {
+        var task = new ValueTask<int>(this, _source.Version);
+        if (Thread.IsCurrent)
+        {
+            SubmitOnRing();
+        }
+        else
+        {
+            Thread.Post(s_submit, this);
+        }
+
+        return task;
+    }
+
+    private void SubmitOnRing()
+    {
+        if (!TryPrepare(out var errno))
+        {
+            Finish(-errno);
+        }
+    }
+
+    /// <summary>On the ring thread: fills a submission entry, or says why the operation cannot start.</summary>
+    protected abstract bool TryPrepare(out int errno);
+
+    protected override void Complete(int result, uint flags) => Finish(result);
+
+    /// <summary>Ends the awaited operation with the kernel's result.</summary>
+    protected void Finish(int result)
+    {
+        OnFinished();
+        if (result >= 0)
+        {
+            _source.SetResult(result);
+        }
+        else
+        {
+            _source.SetException(new SocketException((int)Errors.ToSocketError(-result)));
+        }
+    }
+
+    /// <summary>Releases what the submission held (pinned memory) before the waiter resumes.</summary>
+    protected virtual void OnFinished()
+    {
+    }
+
+    int IValueTaskSource<int>.GetResult(short token)
+    {
+        try
+        {
+            return _source.GetResult(token);
+        }
+        finally
+        {
+            _source.Reset();
+        }
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<int>.GetStatus(short token) => _source.GetStatus(token);
+
+    void IValueTaskSource<int>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        => _source.OnCompleted(continuation, state, token, flags);
+}
+
+/// <summary>errno as the connection's loops sort failures (<see cref="Connections.SocketErrors"/>).</summary>
+internal static class Errors
+{
+    public static SocketError ToSocketError(int errno) => errno switch
+    {
+        LinuxNative.ECONNRESET => SocketError.ConnectionReset,
+        LinuxNative.EPIPE => SocketError.Shutdown,
+        // Canceled by a close of ours, or the descriptor is gone: this side ended it.
+        LinuxNative.ECANCELED or LinuxNative.EBADF => SocketError.OperationAborted,
+        LinuxNative.EINTR => SocketError.Interrupted,
+        LinuxNative.ENOTCONN => SocketError.NotConnected,
+        LinuxNative.ECONNABORTED => SocketError.ConnectionAborted,
+        LinuxNative.EMFILE or LinuxNative.ENFILE => SocketError.TooManyOpenSockets,
+        LinuxNative.ENOBUFS or LinuxNative.ENOMEM => SocketError.NoBufferSpaceAvailable,
+        LinuxNative.EAGAIN => SocketError.WouldBlock,
+        LinuxNative.EINVAL => SocketError.InvalidArgument,
+        110 => SocketError.TimedOut,
+        113 => SocketError.HostUnreachable,
+        101 => SocketError.NetworkUnreachable,
+        _ => SocketError.SocketError,
+    };
+}

@@ -1,0 +1,135 @@
+using System.Net.Sockets;
+using Transport.Tests.Infrastructure;
+using Transport.Winsock;
+using Transport.Winsock.Engines.IoUring;
+
+namespace Transport.Tests.Engines;
+
+/// <summary>
+/// Which I/O engine a listener runs on: io_uring on Linux when the probe passes (Auto), the sockets engine
+/// when asked for, on Windows and Wine, or when the kernel refuses a ring; io_uring asked for and refused
+/// fails the start with the option and the errno. Refusals are injected at the ring's setup call, where
+/// a seccomp profile or kernel.io_uring_disabled would refuse it.
+/// </summary>
+[Collection(nameof(ProcessWideTests))]
+public sealed class EngineChoiceTests
+{
+    private const int EPERM = 1;
+
+    [Fact]
+    public async Task Auto_takes_io_uring_exactly_where_the_probe_passes_and_serves_on_it()
+    {
+        var probe = IoUringProbe.Run();
+        await using var server = await SampleServer.StartAsync(configure: options => options.Engine = WinsockEngine.Auto);
+        await server.GetPlaintextOnNewConnectionsAsync(200);
+
+        var counters = server.Counters;
+        Assert.Equal(probe.Passed ? WinsockEngine.IoUring : WinsockEngine.Sockets, counters.Engine);
+        Assert.Equal(200, counters.ConnectionsAccepted);
+        if (OperatingSystem.IsLinux())
+        {
+            Assert.Contains(probe.Reason, counters.EngineStatus, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.False(probe.Passed);
+            Assert.StartsWith("sockets: io_uring is Linux's", counters.EngineStatus, StringComparison.Ordinal);
+        }
+
+        TestContext.Current.SendDiagnosticMessage($"Auto: {counters.EngineStatus}");
+    }
+
+    [Fact]
+    public async Task Sockets_asked_for_is_the_sockets_engine()
+    {
+        await using var server = await SampleServer.StartAsync(configure: options => options.Engine = WinsockEngine.Sockets);
+        await server.GetPlaintextOnNewConnectionsAsync(50);
+        Assert.Equal(WinsockEngine.Sockets, server.Counters.Engine);
+        Assert.Equal("sockets: WinsockTransportOptions.Engine is Sockets", server.Counters.EngineStatus);
+    }
+
+    /// <summary>Whether this run is on Linux, the only platform with io_uring.</summary>
+    public static bool IsLinux => OperatingSystem.IsLinux();
+
+    /// <summary>Whether the io_uring engine can run in this process (the probe's verdict).</summary>
+    public static bool IoUringRuns => IoUringProbe.Result.Passed;
+
+    [Fact(Skip = "io_uring is Linux's: elsewhere the probe never sets up a ring (it answers \"not Linux\").", SkipUnless = nameof(IsLinux))]
+    public void A_refused_ring_setup_fails_the_probe_with_the_errno_and_its_likely_cause()
+    {
+        InjectRefusedSetup();
+        try
+        {
+            var probe = IoUringProbe.Run();
+            Assert.False(probe.Passed);
+            Assert.Equal("io_uring_setup failed with EPERM (blocked: a seccomp profile such as Docker's default, or kernel.io_uring_disabled)", probe.Reason);
+        }
+        finally
+        {
+            Ring.SetupFault = null;
+        }
+    }
+
+    [Fact(Skip = "io_uring is Linux's: elsewhere Auto is the sockets engine without making a ring.", SkipUnless = nameof(IsLinux))]
+    public async Task Auto_where_the_kernel_refuses_rings_falls_back_to_the_sockets_engine_and_says_why()
+    {
+        InjectRefusedSetup();
+        try
+        {
+            await using var server = await SampleServer.StartAsync(configure: options => options.Engine = WinsockEngine.Auto);
+            await server.GetPlaintextOnNewConnectionsAsync(50);
+            Assert.Equal(WinsockEngine.Sockets, server.Counters.Engine);
+            Assert.Contains("EPERM", server.Counters.EngineStatus, StringComparison.Ordinal);
+            Assert.StartsWith("sockets: ", server.Counters.EngineStatus, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Ring.SetupFault = null;
+        }
+    }
+
+    [Fact]
+    public async Task IoUring_asked_for_where_it_cannot_run_fails_the_start_naming_the_option_and_the_errno()
+    {
+        InjectRefusedSetup();
+        try
+        {
+            var error = await Assert.ThrowsAsync<NotSupportedException>(async () =>
+            {
+                await using var server = await SampleServer.StartAsync(configure: options => options.Engine = WinsockEngine.IoUring);
+            });
+            Assert.Contains("WinsockTransportOptions.Engine is IoUring", error.Message, StringComparison.Ordinal);
+            Assert.Contains(OperatingSystem.IsLinux() ? "EPERM" : "io_uring is Linux's", error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Ring.SetupFault = null;
+        }
+    }
+
+    /// <summary>
+    /// Every ring setup from now on fails with EPERM. The process's probe verdict is taken first, so that
+    /// the fault does not become the verdict cached for the tests that run after these.
+    /// </summary>
+    private static void InjectRefusedSetup()
+    {
+        _ = IoUringProbe.Result;
+        Ring.SetupFault = () => EPERM;
+    }
+
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed: see the Auto test's diagnostic message).", SkipUnless = nameof(IoUringRuns))]
+    public async Task Several_ring_threads_share_one_listener()
+    {
+        await using var server = await SampleServer.StartAsync(configure: options =>
+        {
+            options.Engine = WinsockEngine.IoUring;
+            options.IoUringThreadCount = 3;
+        });
+        using var client = server.CreateKeepAliveClient();
+        var responses = await Task.WhenAll(Enumerable.Range(0, 300).Select(_ => client.GetStringAsync(new Uri(server.BaseAddress, "/plaintext"))));
+        Assert.All(responses, body => Assert.Equal("Hello, World!", body));
+        await server.GetPlaintextOnNewConnectionsAsync(100);
+        Assert.Equal(WinsockEngine.IoUring, server.Counters.Engine);
+        Assert.EndsWith("3 ring threads", server.Counters.EngineStatus, StringComparison.Ordinal);
+    }
+}
