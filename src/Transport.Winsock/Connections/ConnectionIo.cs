@@ -18,6 +18,12 @@ namespace Transport.Winsock.Connections;
 /// </remarks>
 internal abstract class ConnectionIo : IDisposable
 {
+    /// <summary>
+    /// Whether completions continue on a thread of the engine's own (io_uring's ring threads), where no
+    /// application callback may run; false when they continue on the thread pool (the sockets engine).
+    /// </summary>
+    public virtual bool CompletesOnEngineThread => false;
+
     /// <summary>The accepted socket's local endpoint, or null when it could not be read.</summary>
     public abstract EndPoint? LocalEndPoint { get; }
 

@@ -288,6 +288,22 @@ internal sealed partial class WinsockConnection
         }
     }
 
+    private void CancelConnectionClosed(CancellationTokenSource source, string connectionId)
+    {
+        try
+        {
+            source.Cancel();
+        }
+        catch (Exception ex)
+        {
+            Logger.ConnectionClosedCallbackFailed(connectionId, ex);
+        }
+        finally
+        {
+            source.Dispose();
+        }
+    }
+
     private void ResetConnectionClosed()
     {
         _connectionClosedSource?.Dispose();
@@ -298,18 +314,36 @@ internal sealed partial class WinsockConnection
     }
 
     /// <summary>
-    /// Cancels ConnectionClosed, running its callbacks right here. The caller is the receive loop at its
-    /// end, always on a thread pool thread (never an I/O completion thread, never inside an application
-    /// call), with nothing left to do until the callbacks are done; a hop to another thread pool work item
-    /// would only cost.
+    /// Cancels ConnectionClosed. The caller is the receive loop at its end, with nothing left to do until
+    /// the callbacks are done. On the sockets engine that is a thread pool thread (never an I/O completion
+    /// thread, never inside an application call), so the callbacks run right here: a hop to another work
+    /// item would only cost. On an engine thread (an io_uring ring), where no application code may run,
+    /// they go to the thread pool, as Kestrel's Sockets transport always sends them; the source then
+    /// belongs to that work item, which disposes it.
     /// </summary>
     private void FireConnectionClosed()
     {
         CancellationTokenSource? source;
+        var hop = _io.CompletesOnEngineThread;
         lock (_closeLock)
         {
             _connectionClosedFiring = true;
             source = _connectionClosedSource;
+            if (hop && source is not null)
+            {
+                // Not disposed by this object's reset for its next connection: the work item owns it.
+                _connectionClosedSource = null;
+            }
+        }
+
+        if (hop)
+        {
+            if (source is not null)
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(static state => state.Connection.CancelConnectionClosed(state.Source, state.Id), (Connection: this, Source: source, Id: ConnectionId), preferLocal: false);
+            }
+
+            return;
         }
 
         try

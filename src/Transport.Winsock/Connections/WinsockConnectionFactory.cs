@@ -128,6 +128,18 @@ internal sealed class WinsockConnectionFactory
         return connection ?? new WinsockConnection(this, _newIo());
     }
 
+    /// <summary>The listener is gone: retires every idle connection object (its engine's state goes with it).</summary>
+    public void DisposeIdle()
+    {
+        lock (_idleLock)
+        {
+            while (_idle.TryPop(out var connection))
+            {
+                connection.Retire();
+            }
+        }
+    }
+
     /// <summary>Takes back a connection the server has disposed; retired when enough are idle already.</summary>
     public void Return(WinsockConnection connection)
     {

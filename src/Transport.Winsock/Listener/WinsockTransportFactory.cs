@@ -86,7 +86,23 @@ internal sealed class WinsockTransportFactory : IConnectionListenerFactory, ICon
 
         // The same pinned-block pool Kestrel's own transports take, when Kestrel has registered it.
         var memoryPool = _memoryPoolFactory?.Create(new MemoryPoolOptions { Owner = "winsock" }) ?? MemoryPool<byte>.Shared;
-        var listener = new WinsockConnectionListener(listenSocket, memoryPool, _options, reuse, engine, _counters, _logger);
+        WinsockConnectionListener listener;
+        try
+        {
+            listener = new WinsockConnectionListener(listenSocket, memoryPool, _options, reuse, engine, _counters, _logger);
+        }
+        catch
+        {
+            // Nothing owns the engine's rings or the socket yet.
+            foreach (var ring in engine.Rings ?? [])
+            {
+                ring.Dispose();
+            }
+
+            listenSocket.Dispose();
+            throw;
+        }
+
         listener.Start();
         return listener;
     }

@@ -13,13 +13,15 @@ internal sealed unsafe class AcceptOperation : AwaitableRingOperation, IDisposab
     private const int AddressSize = 128;
 
     private readonly int _listenFd;
+    private readonly IoUringListenerEngine _listener;
     private readonly byte* _address;
     private readonly uint* _addressLength;
 
-    public AcceptOperation(RingThread thread, int listenFd)
+    public AcceptOperation(RingThread thread, int listenFd, IoUringListenerEngine listener)
         : base(thread)
     {
         _listenFd = listenFd;
+        _listener = listener;
         _address = (byte*)NativeMemory.AllocZeroed(AddressSize + sizeof(uint));
         _addressLength = (uint*)(_address + AddressSize);
     }
@@ -29,6 +31,13 @@ internal sealed unsafe class AcceptOperation : AwaitableRingOperation, IDisposab
     protected override bool TryPrepare(out int errno)
     {
         errno = LinuxNative.ECANCELED;
+        // A slot that resumes after its listener began to stop must not post an accept the stop's cancel
+        // has already gone past: it would wait for a client that may never come.
+        if (_listener.IsStopping)
+        {
+            return false;
+        }
+
         var sqe = Thread.TryGetSqe();
         if (sqe is null)
         {

@@ -54,6 +54,8 @@ internal sealed class IoUringConnectionIo : ConnectionIo
         _closeRequested = false;
     }
 
+    public override bool CompletesOnEngineThread => true;
+
     public override EndPoint? LocalEndPoint => _local;
 
     public override EndPoint? RemoteEndPoint => _remote;

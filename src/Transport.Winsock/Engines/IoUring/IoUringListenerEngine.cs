@@ -66,11 +66,14 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _accepts = new AcceptOperation[Math.Max(options.PendingAccepts, rings.Length)];
         for (var i = 0; i < _accepts.Length; i++)
         {
-            _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd);
+            _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd, this);
         }
 
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, _accepts.Length);
     }
+
+    /// <summary>Set when the listener stops (or its ring failed): no accept may be posted any more.</summary>
+    public bool IsStopping => _stopping;
 
     public override void Start()
     {
@@ -138,8 +141,10 @@ internal sealed class IoUringListenerEngine : ListenerEngine
 
             if (accept.Thread.IsStopping)
             {
-                // The ring thread is gone (it failed, and logged why): this listener cannot accept any more.
+                // The ring thread is gone (it failed, and logged why): this listener cannot accept any more,
+                // on any of its rings.
                 _stopping = true;
+                CancelAccepts();
                 _fail(new IOException($"The io_uring thread of the listener on {_endPoint} failed, so it stopped accepting.", accept.Thread.Fault));
                 return;
             }
@@ -181,7 +186,10 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         connection.Attach();
         if (!_offer(connection))
         {
+            // Unbound meanwhile: nobody will take it. Its descriptor closes, and the object (never
+            // started) goes back to its pool.
             io.Release(recycle: false);
+            await connection.DisposeAsync();
         }
     }
 
@@ -189,7 +197,14 @@ internal sealed class IoUringListenerEngine : ListenerEngine
     {
         _stopping = true;
         _pause.Stop();
-        // Closing the listening descriptor does not end accepts the ring holds: cancel each on its ring.
+        CancelAccepts();
+        await Task.WhenAll(_slots).ConfigureAwait(false);
+        _listenSocket.Dispose();
+    }
+
+    /// <summary>Closing the listening descriptor does not end accepts a ring holds: cancels each on its ring.</summary>
+    private void CancelAccepts()
+    {
         foreach (var ring in _rings)
         {
             ring.Post(static state =>
@@ -204,16 +219,15 @@ internal sealed class IoUringListenerEngine : ListenerEngine
                 }
             }, (this, ring));
         }
-
-        await Task.WhenAll(_slots).ConfigureAwait(false);
-        _listenSocket.Dispose();
     }
 
     public override async ValueTask DisposeAsync()
     {
-        foreach (var ring in _rings)
+        // Every ring at once: each gives what it still has in flight a bounded grace.
+        await Task.WhenAll(_rings.Select(ring => ring.StopAsync())).ConfigureAwait(false);
+        foreach (var factory in _factories)
         {
-            await ring.StopAsync().ConfigureAwait(false);
+            factory.DisposeIdle();
         }
 
         foreach (var accept in _accepts)

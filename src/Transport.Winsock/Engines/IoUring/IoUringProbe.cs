@@ -31,6 +31,11 @@ internal static unsafe class IoUringProbe
         {
             return new(false, $"libc's syscall(2) could not be called ({ex.GetType().Name})");
         }
+        catch (IOException ex)
+        {
+            // The ring was made but its memory could not be mapped.
+            return new(false, ex.Message);
+        }
     }
 
     private static ProbeResult RunCore()

@@ -259,6 +259,11 @@ internal sealed unsafe class Ring : IDisposable
     /// </summary>
     public Sqe* TryGetSqe()
     {
+        if (_disposed)
+        {
+            return null;
+        }
+
         var head = Volatile.Read(ref *_sqHead);
         if (_sqLocalTail - head >= _sqEntries)
         {
@@ -282,6 +287,11 @@ internal sealed unsafe class Ring : IDisposable
     /// </summary>
     public int Enter(bool wait)
     {
+        if (_disposed)
+        {
+            return -LinuxNative.EBADF;
+        }
+
         Volatile.Write(ref *_sqTail, _sqLocalTail);
         while (true)
         {
@@ -307,6 +317,12 @@ internal sealed unsafe class Ring : IDisposable
     /// <summary>The completions the kernel has posted and we have not consumed: a span over the ring.</summary>
     public bool TryPeek(out Cqe cqe)
     {
+        if (_disposed)
+        {
+            cqe = default;
+            return false;
+        }
+
         var head = *_cqHead;
         if (head == Volatile.Read(ref *_cqTail))
         {

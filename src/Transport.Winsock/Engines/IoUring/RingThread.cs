@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.IO.Pipelines;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.Diagnostics;
 
@@ -13,6 +14,12 @@ namespace Transport.Winsock.Engines.IoUring;
 /// <see cref="PipeScheduler"/>: the pipes' transport-side continuations (the send loop woken by the
 /// application's flush, the receive loop released from backpressure) run here, as the I/O does.
 /// </summary>
+/// <remarks>
+/// Completions are dispatched from the loop only, never from inside <see cref="TryGetSqe"/>: a caller
+/// half-way through preparing an entry must not see continuations run under it (one could close the very
+/// descriptor the entry is for). A full submission queue is submitted; completions the kernel cannot post
+/// meanwhile are copied aside and dispatched by the loop.
+/// </remarks>
 internal sealed unsafe class RingThread : PipeScheduler, IDisposable
 {
     private const int FirstIndex = 2;
@@ -25,27 +32,30 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
 
     private readonly ManualResetEventSlim _ready = new();
     private readonly Thread _thread;
-    private Ring? _ring;
-    private int _setupErrno;
     private readonly ConcurrentQueue<(Action<object?> Action, object? State)> _work = new();
     private readonly Lock _registerLock = new();
     private readonly Stack<int> _freeIndexes = new();
+    private readonly Queue<Cqe> _deferred = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ILogger _logger;
-    private int _eventFd = -1;
     private readonly ulong* _wakeBuffer;
+    private Ring? _ring;
+    private int _setupErrno;
+    private int _eventFd = -1;
     private RingOperation?[] _operations = new RingOperation?[64];
     private int _registered = FirstIndex;
     private int _sleeping;
+    private int _posters;
     private int _inFlight;
+    private bool _wakeArmed;
     private volatile bool _stopRequested;
     private volatile bool _stopping;
-    private volatile bool _done;
+    private int _done;
 
     private RingThread(string name, ILogger logger)
     {
         _logger = logger;
-        _wakeBuffer = (ulong*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(8);
+        _wakeBuffer = (ulong*)NativeMemory.AllocZeroed(8);
         _thread = new Thread(Run) { IsBackground = true, Name = name };
     }
 
@@ -62,7 +72,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         errno = thread._setupErrno;
         if (thread._ring is null)
         {
-            System.Runtime.InteropServices.NativeMemory.Free(thread._wakeBuffer);
+            NativeMemory.Free(thread._wakeBuffer);
             return null;
         }
 
@@ -90,6 +100,13 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
 
             return true;
         }
+        catch (IOException)
+        {
+            // The ring's memory could not be mapped (Ring closed the ring already).
+            _ring = null;
+            _setupErrno = LinuxNative.ENOMEM;
+            return false;
+        }
         finally
         {
             _ready.Set();
@@ -100,7 +117,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     public bool IsCurrent => t_current == this;
 
     /// <summary>Set once the ring is stopping: nothing new starts, what is in flight is canceled.</summary>
-    public bool IsStopping => _stopping || _done;
+    public bool IsStopping => _stopping || Volatile.Read(ref _done) != 0;
 
     /// <summary>Completes once the thread has ended and the ring is closed.</summary>
     public Task Exited => _exited.Task;
@@ -153,41 +170,69 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     /// <summary>Runs <paramref name="action"/> on the ring thread, soon; wakes the thread if it sleeps.</summary>
     public void Post(Action<object?> action, object? state)
     {
+        // Enqueue is a full fence (an interlocked operation), so the reads below see a stop that came first.
         _work.Enqueue((action, state));
-        if (_done)
+        if (Volatile.Read(ref _done) != 0)
         {
             // The thread has ended: nothing will run the queue but us (every entry point fails fast now).
-            RunWork();
+            RunWork(all: true);
             return;
         }
 
         if (Volatile.Read(ref _sleeping) == 1 && Interlocked.CompareExchange(ref _sleeping, 0, 1) == 1)
         {
-            ulong one = 1;
-            LinuxNative.Write(_eventFd, &one, 8);
+            // Counted, so that the thread's end cannot close the eventfd under this write (its number
+            // could be another socket's by then).
+            Interlocked.Increment(ref _posters);
+            if (Volatile.Read(ref _done) == 0)
+            {
+                ulong one = 1;
+                LinuxNative.Write(_eventFd, &one, 8);
+            }
+
+            Interlocked.Decrement(ref _posters);
         }
     }
 
     /// <summary>
     /// On the ring thread: a zeroed submission entry, after submitting what is queued if the queue is full;
-    /// null when the ring is stopping.
+    /// null when the ring is stopping. Never runs completions.
     /// </summary>
-    public Sqe* TryGetSqe()
-    {
-        if (_stopping || _done)
-        {
-            return null;
-        }
+    public Sqe* TryGetSqe() => _stopping || Volatile.Read(ref _done) != 0 ? null : NextSqe();
 
+    private Sqe* NextSqe()
+    {
         var sqe = _ring!.TryGetSqe();
         while (sqe is null)
         {
-            _ring!.Enter(wait: false);
-            Reap();
-            sqe = _ring!.TryGetSqe();
+            var result = _ring.Enter(wait: false);
+            if (result == -LinuxNative.EBUSY || result == -LinuxNative.EAGAIN)
+            {
+                // The completion queue is full: copy completions aside (dispatched by the loop) to make room.
+                Defer();
+            }
+            else if (result < 0)
+            {
+                throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
+            }
+
+            sqe = _ring.TryGetSqe();
+            if (sqe is null)
+            {
+                Defer();
+            }
         }
 
         return sqe;
+    }
+
+    private void Defer()
+    {
+        while (_ring!.TryPeek(out var cqe))
+        {
+            _ring.Advance();
+            _deferred.Enqueue(cqe);
+        }
     }
 
     /// <summary>Counts a submission in flight (see <see cref="RingOperation"/>).</summary>
@@ -218,6 +263,12 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         var sqe = TryGetSqe();
         if (sqe is null)
         {
+            // Stopping: what is prepared goes to the kernel first, then the descriptor closes.
+            if (Volatile.Read(ref _done) == 0)
+            {
+                _ring!.Enter(wait: false);
+            }
+
             LinuxNative.Close(fd);
             return;
         }
@@ -244,35 +295,37 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
 
         t_current = this;
+        var clean = false;
         try
         {
-            PostWakeRead();
             var stopDeadline = long.MaxValue;
             while (true)
             {
-                RunWork();
+                RunWork(all: false);
                 if (_stopRequested && !_stopping)
                 {
                     // Everything still in flight ends now, as a local abort.
-                    var sqe = _ring!.TryGetSqe();
-                    if (sqe is not null)
-                    {
-                        sqe->Opcode = RingConstants.OpAsyncCancel;
-                        sqe->Fd = -1;
-                        sqe->OpFlags = RingConstants.CancelAny | RingConstants.CancelAll;
-                        sqe->UserData = IgnoredUserData;
-                    }
-
+                    var sqe = NextSqe();
+                    sqe->Opcode = RingConstants.OpAsyncCancel;
+                    sqe->Fd = -1;
+                    sqe->OpFlags = RingConstants.CancelAny | RingConstants.CancelAll;
+                    sqe->UserData = IgnoredUserData;
                     _stopping = true;
                     stopDeadline = Environment.TickCount64 + (long)StopGrace.TotalMilliseconds;
                 }
 
                 if (_stopping && (_inFlight == 0 || Environment.TickCount64 > stopDeadline))
                 {
+                    clean = _inFlight == 0;
                     break;
                 }
 
-                var wait = _work.IsEmpty && !_ring!.TryPeek(out _) && !_stopping;
+                if (!_wakeArmed && !_stopping)
+                {
+                    ArmWake();
+                }
+
+                var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _);
                 if (wait)
                 {
                     Interlocked.Exchange(ref _sleeping, 1);
@@ -283,7 +336,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
                     }
                 }
 
-                var result = _ring!.Enter(wait);
+                var result = _ring!.Enter(wait && !_stopping);
                 Volatile.Write(ref _sleeping, 0);
                 if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
                 {
@@ -291,7 +344,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
                 }
 
                 Reap();
-                if (_stopping && !wait)
+                if (_stopping && _inFlight > 0)
                 {
                     // Let cancellations land without spinning a core.
                     Thread.Sleep(1);
@@ -305,15 +358,23 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
         finally
         {
-            Exit();
+            Exit(clean);
         }
     }
 
-    private void Exit()
+    private void Exit(bool clean)
     {
         _stopping = true;
-        // Whatever is still in flight (past the grace, or after a fault) ends as a local abort, so no
-        // connection's loop is left waiting on a ring that is gone; their descriptors close directly.
+        if (!clean)
+        {
+            // Past the grace, or after a fault: closing the ring makes the kernel cancel and let go of
+            // whatever it still holds before anything is told it ended (its memory may be reused then).
+            _ring!.Dispose();
+            Thread.Sleep(50);
+        }
+
+        // Whatever is still in flight ends as a local abort, so no connection's loop is left waiting on a
+        // ring that is gone; their descriptors then close directly.
         var operations = Volatile.Read(ref _operations);
         for (var i = FirstIndex; i < operations.Length; i++)
         {
@@ -324,19 +385,26 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
             }
         }
 
-        _done = true;
-        RunWork();
+        Interlocked.Exchange(ref _done, 1);
+        RunWork(all: true);
         t_current = null;
         _ring!.Dispose();
+        // No Post may be writing to the eventfd when it closes (see Post).
+        var spin = new SpinWait();
+        while (Volatile.Read(ref _posters) != 0)
+        {
+            spin.SpinOnce();
+        }
+
         LinuxNative.Close(_eventFd);
-        System.Runtime.InteropServices.NativeMemory.Free(_wakeBuffer);
+        NativeMemory.Free(_wakeBuffer);
         _exited.TrySetResult();
     }
 
-    private void RunWork()
+    private void RunWork(bool all)
     {
-        // Bounded, so that completions are reaped between bursts of posted work.
-        for (var i = 0; i < 1024 && _work.TryDequeue(out var item); i++)
+        // Bounded while running, so that completions are reaped between bursts of posted work.
+        for (var i = 0; (all || i < 1024) && _work.TryDequeue(out var item); i++)
         {
             try
             {
@@ -349,52 +417,50 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
     }
 
-    private void PostWakeRead()
+    private void ArmWake()
     {
-        var sqe = _ring!.TryGetSqe();
-        if (sqe is null)
-        {
-            return;
-        }
-
+        var sqe = NextSqe();
         sqe->Opcode = RingConstants.OpRead;
         sqe->Fd = _eventFd;
         sqe->Addr = (ulong)_wakeBuffer;
         sqe->Len = 8;
         sqe->UserData = WakeUserData;
+        _wakeArmed = true;
     }
 
     private void Reap()
     {
-        var operations = Volatile.Read(ref _operations);
+        while (_deferred.TryDequeue(out var deferred))
+        {
+            Dispatch(deferred);
+        }
+
         while (_ring!.TryPeek(out var cqe))
         {
-            _ring!.Advance();
-            var index = (int)(uint)cqe.UserData;
-            if (cqe.UserData == WakeUserData)
-            {
-                if (!_stopping)
-                {
-                    PostWakeRead();
-                }
+            _ring.Advance();
+            Dispatch(cqe);
+        }
+    }
 
-                continue;
-            }
+    private void Dispatch(in Cqe cqe)
+    {
+        if (cqe.UserData == WakeUserData)
+        {
+            _wakeArmed = false;
+            return;
+        }
 
-            if (index < FirstIndex)
-            {
-                continue;
-            }
+        var index = (int)(uint)cqe.UserData;
+        if (index < FirstIndex)
+        {
+            return;
+        }
 
-            if (index >= operations.Length)
-            {
-                operations = Volatile.Read(ref _operations);
-            }
-
-            if (operations[index]?.OnCompletion(cqe.UserData, cqe.Res, cqe.Flags) == true)
-            {
-                _inFlight--;
-            }
+        // Read for every completion: the table may have grown under an earlier one's continuation.
+        var operations = Volatile.Read(ref _operations);
+        if (index < operations.Length && operations[index]?.OnCompletion(cqe.UserData, cqe.Res, cqe.Flags) == true)
+        {
+            _inFlight--;
         }
     }
 

@@ -54,6 +54,7 @@ internal sealed class SocketsListenerEngine : ListenerEngine
         _recycler.Dispose();
         _pool.Dispose();
         _reserve?.Dispose();
+        _connections.DisposeIdle();
         return ValueTask.CompletedTask;
     }
 
