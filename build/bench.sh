@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of this transport (--transport winsock) against Kestrel's own Sockets transport
-# (--transport sockets), on 127.0.0.1 only, in one bounded run:
+# (--transport sockets) and against a floor (benchmarks/floor/floor.c, a single-threaded C epoll server
+# built here with gcc), on 127.0.0.1 only, in one bounded run:
 #   1. HTTP: builds samples/KestrelApp (Release) and, round after round, starts a fresh server per
-#      configuration on a port of its own (winsock, sockets, winsock with deferred FIN; even rounds in the
-#      reverse order, so A B B A ...), and measures with wrk:
+#      configuration on a port of its own, even rounds in the reverse order (A B ... B A):
+#        winsock           ours with its defaults (on Linux: the io_uring engine where it can run)
+#        winsock-sockets   ours on the sockets engine (Engine=Sockets: the fallback)
+#        sockets           Kestrel's Sockets transport
+#        winsock-inline    ours with UnsafePreferInlineScheduling (churn only)
+#        winsock+deferFIN  ours with a deferred FIN (churn only)
+#        floor             the C server (churn only)
+#      and measures with wrk:
 #        churn      /plaintext with "Connection: close" (one TCP connection per request): req/s, p50, p99,
 #                   errors (socket errors + non-2xx), and from the server: bytes allocated per connection
 #                   (GC delta / connections, from /stats; Kestrel's HTTP layer included, the same on both),
@@ -16,22 +23,27 @@
 #      Deferred FIN (--Kestrel:Transport:Winsock:DeferFinTimeout) makes the server wait for the client's
 #      FIN first, so TIME_WAIT lands on the client.
 #   2. Transport only: builds benchmarks/TransportBench (Release) and alternates its "run" mode between
-#      the transports: connections/s, bytes allocated and CPU µs per connection, without HTTP.
+#      winsock, winsock-sockets and sockets, and its "client" mode against the floor's transport protocol:
+#      connections/s, bytes allocated and CPU µs per connection, without HTTP.
 # Prints a table per round, a summary of medians, writes artifacts/bench/results.tsv (every measurement)
 # and artifacts/bench/summary.tsv (medians), and ends with eight lines: six of median(winsock)/median(sockets),
 #   churn_ratio= keepalive_ratio= cpu_per_conn_ratio= transport_conn_ratio= alloc_per_conn_ratio=
 #   time_wait_ratio= (this one: winsock with deferred FIN on against sockets)
 # then two of winsock with deferred FIN on against winsock without it (what the deferred FIN costs):
 #   deferfin_churn_ratio= deferfin_cpu_ratio= (server CPU per connection)
+# then four more: transport_cpu_ratio= (transport-only CPU per connection, winsock/sockets),
+#   inline_cpu_ratio= (HTTP churn CPU per connection, winsock-inline/sockets), floor_cpu_ratio=
+#   (transport-only CPU per connection, winsock/floor), sockets_engine_cpu_ratio= (HTTP churn CPU per
+#   connection, winsock-sockets/sockets). Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
 # Any failed phase stops the run with a non-zero exit and no ratios; without benchmarks/TransportBench
-# its two ratios read n/a and the run exits 3. Installs wrk (and curl, ss) with
+# its ratios read n/a and the run exits 3. Installs wrk, gcc and gnuplot (and curl, ss) with
 # apt-get when missing (root, or sudo).
 #
-#   build/bench.sh                 full run: 4 rounds of 10 s phases, under 10 minutes
-#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 2 minutes
+#   build/bench.sh                 full run: 4 rounds of 10 s phases, under 15 minutes
+#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 4 minutes
 # Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
 #   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
-#   (first port tried, 18100), TIME_LIMIT (seconds the whole run may take: 600, quick 120),
+#   (first port tried, 18100), TIME_LIMIT (seconds the whole run may take: 900, quick 240),
 #   SKIP_TRANSPORT_BENCH=1 (no transport-only phase: its two ratios print n/a).
 set -euo pipefail
 
@@ -49,10 +61,10 @@ for arg in "$@"; do
 done
 if [ "$quick" = 1 ]; then
   rounds="${ROUNDS:-2}" churn_s="${CHURN_SECONDS:-4}" keepalive_s="${KEEPALIVE_SECONDS:-3}" warmup_s="${WARMUP_SECONDS:-1}"
-  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-120}"
+  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-240}"
 else
   rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-2}"
-  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-2}" time_limit="${TIME_LIMIT:-600}"
+  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-2}" time_limit="${TIME_LIMIT:-900}"
 fi
 wrk_threads="${WRK_THREADS:-2}" wrk_conns="${WRK_CONNECTIONS:-32}"
 defer_fin="${DEFER_FIN_TIMEOUT:-00:00:00.500}"
@@ -68,6 +80,8 @@ summary="$out/summary.tsv"
 app_dll="$build_dir/bin/KestrelApp/release/KestrelApp.dll"
 tb_project="$root/benchmarks/TransportBench"
 tb_dll="$build_dir/bin/TransportBench/release/TransportBench.dll"
+floor_src="$root/benchmarks/floor/floor.c"
+floor_bin="$build_dir/floor"
 clk_tck="$(getconf CLK_TCK)"
 server_pid="" server_port="" server_log=""
 
@@ -143,6 +157,22 @@ start_server() {
   done
   head -20 "$server_log" >&2
   die "$label: the server did not answer http://127.0.0.1:$server_port/stats within 30 s"
+}
+
+# start_floor LABEL MODE: the C floor server (http or transport) on a port of its own.
+start_floor() {
+  local label=$1 mode=$2
+  pick_port
+  server_log="$logs/${label}-r${round}-${server_port}.log"
+  "$floor_bin" "$mode" "$server_port" >"$server_log" 2>&1 &
+  server_pid=$!
+  local i
+  for i in $(seq 1 50); do
+    if grep -q '^listening' "$server_log" 2>/dev/null; then return 0; fi
+    kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; die "$label: the floor server exited while starting"; }
+    sleep 0.1
+  done
+  die "$label: the floor server did not start within 5 s"
 }
 
 # Stops the server; sets server_hwm to its peak working set in MiB (VmHWM).
@@ -230,6 +260,45 @@ churn() {
   fi
 }
 
+# floor_churn: the Connection: close phase against the C server (no /stats: connections are wrk's
+# requests, one per connection; nothing is allocated by a GC); sets churn_row and client_cpu.
+floor_churn() {
+  local label=floor wfile="$logs/floor-r${round}-churn.txt"
+  budget $((warmup_s + churn_s + 5))
+  start_floor floor http
+  run_wrk "$warmup_s" "$logs/floor-r${round}-warmup.txt" -H 'Connection: close'
+  local t0 t1 tw parsed rps p50 p99 err req cpu
+  t0=$(cpu_ticks)
+  run_wrk "$churn_s" "$wfile" -H 'Connection: close'
+  t1=$(cpu_ticks); tw=$(time_wait)
+  parsed=$(parse_wrk "$wfile")
+  read -r rps p50 p99 err req <<<"$parsed"
+  [ "$req" -gt 0 ] || die "floor: wrk completed no request (output: $wfile)"
+  cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$req" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  client_cpu=$(awk -v n="$req" 'NF == 2 {printf "%.1f", ($1 + $2) * 1e6 / n; found = 1} END {if (!found) print "-"}' "$wfile.cpu")
+  stop_server
+  printf '%s\t%s\t%s\n' "$round	floor	churn	$rps	$p50	$p99	$err	$req	$req	-	$cpu	$tw" "$server_hwm" "$client_cpu" >>"$results"
+}
+
+# floor_transport: TransportBench's client against the C server's transport protocol; the server's CPU
+# over the whole client run (the C server has no warm-up to leave out) divided by the client's connections.
+floor_transport() {
+  start_floor floor transport
+  local t0 t1 out ok errors cpu rate
+  t0=$(cpu_ticks)
+  out=$(timeout --kill-after=5 $((tb_s + tb_warmup + 60)) dotnet "$tb_dll" client --port "$server_port" \
+    --seconds $((tb_s + tb_warmup)) --concurrency "$tb_conc" 2>"$tfile" | grep '^ok=' | tail -1) \
+    || { tail -20 "$tfile" >&2; die "TransportBench client against the floor failed (stderr: $tfile)"; }
+  t1=$(cpu_ticks)
+  stop_server
+  ok=$(sed -n 's/^ok=\([0-9]*\) .*/\1/p' <<<"$out"); errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$out")
+  [ -n "$ok" ] && [ "$ok" -gt 0 ] || die "floor: the transport client completed no connection ('$out')"
+  cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$ok" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  rate=$(awk -v n="$ok" -v s="$((tb_s + tb_warmup))" 'BEGIN {printf "%.1f", n / s}')
+  echo "floor: ok=$ok errors=$errors conns_per_s=$rate cpu_us_per_conn=$cpu"
+  printf '%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t-\t%s\t-\t-\t-\n' "$round" floor "$rate" "$errors" "$ok" "$cpu" >>"$results"
+}
+
 # keepalive LABEL: one measured keep-alive phase; sets keepalive_row.
 keepalive() {
   local label=$1 wfile="$logs/${label}-r${round}-keepalive.txt" parsed rps p50 p99 err req
@@ -282,7 +351,9 @@ command -v dotnet >/dev/null 2>&1 || die "the .NET SDK (dotnet) is not on PATH"
 ensure_tool wrk wrk
 ensure_tool curl curl
 ensure_tool ss iproute2
-mkdir -p "$out" "$logs"
+ensure_tool gcc gcc
+ensure_tool gnuplot gnuplot-nox
+mkdir -p "$out" "$logs" "$build_dir"
 rm -f "$logs"/*.log "$logs"/*.txt
 machine
 tb_present=0
@@ -295,7 +366,7 @@ else
 fi
 
 # Deadline check before anything starts: rounds x phases + the transport-only runs + builds and startups.
-phases_estimate=$(( rounds * (3 * (warmup_s + churn_s) + 2 * keepalive_s + 6) + tb_present * rounds * 2 * (tb_s + tb_warmup + 2) ))
+phases_estimate=$(( rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12) + tb_present * rounds * 4 * (tb_s + tb_warmup + 2) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
 [ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
@@ -313,6 +384,10 @@ if [ "$tb_present" = 1 ]; then
   [ -f "$tb_dll" ] || die "no $tb_dll after the build"
   echo "benchmarks/TransportBench -> ${tb_dll#"$root"/}"
 fi
+budget 20
+gcc -O2 -Wall -Wextra -Werror -o "$floor_bin" "$floor_src" 2>"$logs/build-floor.txt" \
+  || { cat "$logs/build-floor.txt" >&2; die "building benchmarks/floor/floor.c failed"; }
+echo "benchmarks/floor/floor.c -> ${floor_bin#"$root"/}"
 # The builds took what they took (a cold restore, a loaded machine): fail now rather than at the end.
 budget "$phases_estimate"
 
@@ -322,15 +397,18 @@ for round in $(seq 1 "$rounds"); do
   echo "== HTTP round $round/$rounds (${SECONDS}s)"
   # Counterbalanced: odd rounds run winsock first, even rounds the reverse, so neither transport always
   # follows the other's leftovers (TIME_WAIT, cycled client ports, a warmer or cooler machine).
-  if [ $((round % 2)) = 1 ]; then
-    http_config winsock winsock 1
-    http_config sockets sockets 1
-    http_config winsock+deferFIN winsock 0 "--Kestrel:Transport:Winsock:DeferFinTimeout=$defer_fin"
-  else
-    http_config winsock+deferFIN winsock 0 "--Kestrel:Transport:Winsock:DeferFinTimeout=$defer_fin"
-    http_config sockets sockets 1
-    http_config winsock winsock 1
-  fi
+  configs=(winsock winsock-sockets sockets winsock-inline winsock+deferFIN floor)
+  if [ $((round % 2)) = 0 ]; then configs=(floor winsock+deferFIN winsock-inline sockets winsock-sockets winsock); fi
+  for config in "${configs[@]}"; do
+    case "$config" in
+      winsock) http_config winsock winsock 1 ;;
+      winsock-sockets) http_config winsock-sockets winsock 0 --Kestrel:Transport:Winsock:Engine=Sockets ;;
+      sockets) http_config sockets sockets 1 ;;
+      winsock-inline) http_config winsock-inline winsock 0 --Kestrel:Transport:Winsock:UnsafePreferInlineScheduling=true ;;
+      winsock+deferFIN) http_config winsock+deferFIN winsock 0 "--Kestrel:Transport:Winsock:DeferFinTimeout=$defer_fin" ;;
+      floor) floor_churn ;;
+    esac
+  done
   print_header
   print_rows "^$round\$"
 done
@@ -339,20 +417,29 @@ if [ "$tb_present" = 1 ]; then
   for round in $(seq 1 "$rounds"); do
     echo
     echo "== transport-only round $round/$rounds (${SECONDS}s)"
-    order="winsock sockets"
-    if [ $((round % 2)) = 0 ]; then order="sockets winsock"; fi
-    for transport in $order; do
+    order="winsock winsock-sockets sockets floor"
+    if [ $((round % 2)) = 0 ]; then order="floor sockets winsock-sockets winsock"; fi
+    for config in $order; do
       budget $((tb_s + tb_warmup + 5))
-      tfile="$logs/transport-${transport}-r${round}.txt"
-      line=$(timeout --kill-after=5 $((tb_s + tb_warmup + 60)) dotnet "$tb_dll" run --transport "$transport" \
+      tfile="$logs/transport-${config}-r${round}.txt"
+      if [ "$config" = floor ]; then
+        floor_transport
+        continue
+      fi
+      args=(--transport winsock)
+      case "$config" in
+        winsock-sockets) args=(--transport winsock --engine sockets) ;;
+        sockets) args=(--transport sockets) ;;
+      esac
+      line=$(timeout --kill-after=5 $((tb_s + tb_warmup + 60)) dotnet "$tb_dll" run "${args[@]}" \
         --seconds "$tb_s" --warmup "$tb_warmup" --concurrency "$tb_conc" 2>"$tfile" | grep '^transport=' | tail -1) \
-        || { tail -20 "$tfile" >&2; die "TransportBench run --transport $transport failed (stderr: $tfile)"; }
-      echo "$line"
+        || { tail -20 "$tfile" >&2; die "TransportBench run ${args[*]} failed (stderr: $tfile)"; }
+      echo "$config: $line"
       # transport=T conns=N conns_per_s=R alloc_per_conn=B cpu_us_per_conn=U errors=E
-      awk -v r="$round" '{
+      awk -v r="$round" -v c="$config" '{
           for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
           if (f["conns"] == "" || f["conns_per_s"] == "" || f["alloc_per_conn"] == "" || f["cpu_us_per_conn"] == "" || f["errors"] == "") exit 1
-          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\t-\n", r, f["transport"], f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
+          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\t-\n", r, c, f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
         }' <<<"$line" >>"$results" || die "TransportBench printed no valid result line: '$line'"
     done
   done
@@ -362,7 +449,7 @@ echo
 echo "== summary: medians over $rounds rounds (every measurement: ${results#"$root"/})"
 echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn" >"$summary"
 print_header
-for key in "winsock churn" "sockets churn" "winsock+deferFIN churn" "winsock keepalive" "sockets keepalive" "winsock transport" "sockets transport"; do
+for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport"; do
   read -r config phase <<<"$key"
   [ -n "$(median "$config" "$phase" 4)" ] || continue
   vals=()
@@ -390,10 +477,46 @@ lines=(
   "time_wait_ratio=$(ratio "$(median winsock+deferFIN churn 12)" "$(median sockets churn 12)")"
   "deferfin_churn_ratio=$(ratio "$(median winsock+deferFIN churn 4)" "$(median winsock churn 4)")"
   "deferfin_cpu_ratio=$(ratio "$(median winsock+deferFIN churn 11)" "$(median winsock churn 11)")"
+  "transport_cpu_ratio=$(ratio "$(median winsock transport 11)" "$(median sockets transport 11)")"
+  "inline_cpu_ratio=$(ratio "$(median winsock-inline churn 11)" "$(median sockets churn 11)")"
+  "floor_cpu_ratio=$(ratio "$(median winsock transport 11)" "$(median floor transport 11)")"
+  "sockets_engine_cpu_ratio=$(ratio "$(median winsock-sockets churn 11)" "$(median sockets churn 11)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
+
+# The chart: median server CPU per connection of every configuration, HTTP churn and transport only.
+chart_data="$out/cpu_per_conn.dat"
+{
+  echo "# config churn transport"
+  for config in floor winsock winsock-inline winsock-sockets sockets winsock+deferFIN; do
+    c=$(median "$config" churn 11); t=$(median "$config" transport 11)
+    case "$config" in
+      floor) name="floor (C epoll)" ;;
+      winsock) name="ours (default)" ;;
+      winsock-inline) name="ours, inline" ;;
+      winsock-sockets) name="ours, sockets eng." ;;
+      sockets) name="Kestrel Sockets" ;;
+      winsock+deferFIN) name="ours, deferred FIN" ;;
+    esac
+    echo "\"$name\" ${c:-NaN} ${t:-NaN}"
+  done
+} >"$chart_data"
+gnuplot <<GNUPLOT 2>"$logs/gnuplot.txt" || note "gnuplot failed: $logs/gnuplot.txt"
+set terminal svg size 1000,480 dynamic background rgb 'white' font 'sans,12'
+set output '$out/cpu_per_conn.svg'
+set title "Server CPU per connection, medians of $rounds rounds (lower is better)"
+set ylabel 'µs per connection'
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set key top left
+set grid ytics
+set yrange [0:*]
+plot '$chart_data' using 2:xtic(1) title 'HTTP churn (Connection: close)', '' using 3 title 'transport only'
+GNUPLOT
 missing=""
 if [ "$tb_present" = 0 ] && [ "$skip_tb" != 1 ]; then missing="; benchmarks/TransportBench missing: exit 3"; fi
-echo "took ${SECONDS}s; results in ${out#"$root"/}/ (results.tsv, summary.tsv, ratios.txt, logs/)$missing"
+echo "took ${SECONDS}s; results in ${out#"$root"/}/ (results.tsv, summary.tsv, ratios.txt, cpu_per_conn.svg, logs/)$missing"
 printf '%s\n' "${lines[@]}"
 if [ -n "$missing" ]; then exit 3; fi

@@ -16,7 +16,7 @@ namespace Transport.Benchmarks.Shared;
 internal static class KestrelTransportHost
 {
     /// <summary>The host's services and the factory Kestrel would bind <paramref name="endPoint"/> with; the caller disposes the host.</summary>
-    public static (IHost Host, IConnectionListenerFactory Factory) Create(bool winsock, EndPoint endPoint)
+    public static (IHost Host, IConnectionListenerFactory Factory) Create(bool winsock, EndPoint endPoint, Action<Transport.Winsock.WinsockTransportOptions>? configure = null)
     {
         var host = new HostBuilder()
             // No logging providers for either transport: nothing is formatted or written in the measured path.
@@ -26,7 +26,7 @@ internal static class KestrelTransportHost
                 web.UseKestrel();
                 if (winsock)
                 {
-                    web.ConfigureServices(static services => services.AddWinsockReuseTransport());
+                    web.ConfigureServices(services => services.AddWinsockReuseTransport(configure));
                 }
 
                 // A web host only needs an application to build.

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using Microsoft.AspNetCore.Connections;
+using Transport.Winsock;
 
 namespace TransportBench;
 
@@ -15,12 +16,14 @@ internal static class Program
         TransportBench: per-connection cost of a Kestrel transport, without HTTP.
 
         usage:
-          TransportBench run --transport winsock|sockets [--seconds 10] [--warmup 2] [--concurrency 16]
+          TransportBench run --transport winsock|sockets [--engine auto|sockets|iouring] [--inline true|false]
+                             [--seconds 10] [--warmup 2] [--concurrency 16]
           TransportBench client --port P --seconds S [--concurrency 16]
           TransportBench --help
 
         run     serves on 127.0.0.1:0 through the transport Kestrel would pick (winsock: services.AddWinsockReuseTransport();
-                sockets: Kestrel's SocketTransportFactory), spawns the client as a separate process, waits for the first
+                sockets: Kestrel's SocketTransportFactory; --engine and --inline set ours' Engine and
+                UnsafePreferInlineScheduling), spawns the client as a separate process, waits for the first
                 connection, warms up, then measures the server process only and prints one line on stdout:
                   transport=T conns=N conns_per_s=R alloc_per_conn=B cpu_us_per_conn=U work_items_per_conn=W errors=E
                 conns, alloc (GC.GetTotalAllocatedBytes), cpu (user+sys) and thread pool work items (hops: fewer is
@@ -42,7 +45,7 @@ internal static class Program
 
             return args.FirstOrDefault() switch
             {
-                "run" => await RunAsync(ParseOptions(args.AsSpan(1), "transport", "seconds", "warmup", "concurrency")).ConfigureAwait(false),
+                "run" => await RunAsync(ParseOptions(args.AsSpan(1), "transport", "engine", "inline", "seconds", "warmup", "concurrency")).ConfigureAwait(false),
                 "client" => await ClientAsync(ParseOptions(args.AsSpan(1), "port", "seconds", "concurrency")).ConfigureAwait(false),
                 var mode => throw new ArgumentException(mode is null ? "no mode given" : $"unknown mode '{mode}' (run, client, --help)"),
             };
@@ -67,7 +70,20 @@ internal static class Program
         var warmup = GetNumber(options, "warmup", 2, min: 0);
         var concurrency = GetNumber(options, "concurrency", 16, min: 1);
 
-        await using var transports = Transports.Create(transport, new IPEndPoint(IPAddress.Loopback, 0));
+        var engine = Get(options, "engine", "auto") switch
+        {
+            "auto" => WinsockEngine.Auto,
+            "sockets" => WinsockEngine.Sockets,
+            "iouring" => WinsockEngine.IoUring,
+            var other => throw new ArgumentException($"--engine must be auto, sockets or iouring; it was '{other}'"),
+        };
+        var inline = Get(options, "inline", "false") switch
+        {
+            "true" => true,
+            "false" => false,
+            var other => throw new ArgumentException($"--inline must be true or false; it was '{other}'"),
+        };
+        await using var transports = Transports.Create(transport, new IPEndPoint(IPAddress.Loopback, 0), engine, inline);
         var listener = await transports.Factory.BindAsync(new IPEndPoint(IPAddress.Loopback, 0)).ConfigureAwait(false);
         var port = ((IPEndPoint)listener.EndPoint).Port;
         Console.Error.WriteLine($"listening on 127.0.0.1:{port}");
@@ -193,6 +209,7 @@ internal static class Program
     {
         if (transports.WinsockCounters is { } c)
         {
+            Console.Error.WriteLine($"winsock: engine={c.Engine} ({c.EngineStatus})");
             Console.Error.WriteLine($"winsock: reuse={c.ReuseActive} ({c.ReuseStatus}); accepted={c.ConnectionsAccepted} created={c.SocketsCreated} reused={c.SocketsReused} " +
                 $"graceful={c.GracefulCloses} abortive={c.AbortiveCloses} resets={c.ConnectionResets} drainTimeouts={c.DrainTimeouts} " +
                 $"disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts}");

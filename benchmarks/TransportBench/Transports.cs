@@ -26,9 +26,17 @@ internal sealed class Transports : IAsyncDisposable
     /// <summary>Winsock counters when the winsock transport is registered; otherwise null.</summary>
     public WinsockTransportCounters? WinsockCounters => _host.Services.GetService<WinsockTransportCounters>();
 
-    public static Transports Create(string transport, EndPoint endpoint)
+    /// <param name="transport">winsock (ours) or sockets (Kestrel's).</param>
+    /// <param name="endpoint">Where Kestrel would bind.</param>
+    /// <param name="engine">Ours only: the I/O engine (WinsockTransportOptions.Engine).</param>
+    /// <param name="inline">Ours only: UnsafePreferInlineScheduling.</param>
+    public static Transports Create(string transport, EndPoint endpoint, WinsockEngine engine = WinsockEngine.Auto, bool inline = false)
     {
-        var (host, factory) = KestrelTransportHost.Create(transport == "winsock", endpoint);
+        var (host, factory) = KestrelTransportHost.Create(transport == "winsock", endpoint, options =>
+        {
+            options.Engine = engine;
+            options.UnsafePreferInlineScheduling = inline;
+        });
         var pools = host.Services.GetService<IMemoryPoolFactory<byte>>();
         Console.Error.WriteLine($"factory: {factory.GetType().FullName}");
         Console.Error.WriteLine($"memory pool factory: {pools?.GetType().FullName ?? "(none registered)"}");
