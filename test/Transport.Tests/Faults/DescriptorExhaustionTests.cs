@@ -62,6 +62,125 @@ public sealed partial class DescriptorExhaustionTests
         }
     }
 
+    /// <summary>Whether the io_uring engine can run in this process (the child's verdict is the same).</summary>
+    public static bool IoUringRuns => Transport.Winsock.Engines.IoUring.IoUringProbe.Result.Passed;
+
+    /// <summary>
+    /// The io_uring engine under <c>ulimit -n 256</c> with 600 connections at once: its accepts fail with
+    /// EMFILE (or the reserve holds them back), the listener pauses instead of spinning, warns once, and
+    /// serves again once the clients leave.
+    /// </summary>
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed), so neither can the child's io_uring engine.", SkipUnless = nameof(IoUringRuns), SkipType = typeof(DescriptorExhaustionTests))]
+    public async Task On_io_uring_600_connections_under_ulimit_256_pause_accepting_without_spinning_and_it_serves_again()
+    {
+        using var child = await ChildServer.StartAsync(TransportKind.Winsock, 256, engine: "IoUring");
+        Assert.Contains("\"engine\":\"IoUring\"", await child.StatsAsync(), StringComparison.Ordinal);
+        var clients = await ConnectManyAsync(child.Port, 600);
+        string report;
+        try
+        {
+            var cpu = await child.CpuWhileAsync(Hold);
+            report = $"io_uring: {clients.Count} of 600 connected under ulimit -n 256; while held: {(child.IsAlive ? "alive" : "dead")}, {cpu:P0} of a core";
+            Assert.True(child.IsAlive, report + "\n" + child.Output);
+            Assert.True(cpu < 0.5, report);
+        }
+        finally
+        {
+            foreach (var client in clients)
+            {
+                client.Dispose();
+            }
+        }
+
+        var again = Stopwatch.StartNew();
+        var served = await child.ServesAsync(TimeSpan.FromSeconds(15));
+        report += $"; after they left: {(served ? $"served again after {again.Elapsed.TotalSeconds:F2} s" : child.IsAlive ? "alive, not serving" : "dead")}";
+        TestContext.Current.SendDiagnosticMessage(report);
+        Assert.True(served, report + "\n" + child.Output);
+        var stats = await child.StatsAsync();
+        Assert.Matches(NonZeroPauses(), stats);
+        // The pause was said, at Warning (event 20: AcceptPaused).
+        Assert.Contains("warn: Transport.Winsock[20]", child.Output, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Ten thousand keep-alive connections open at once on the io_uring engine (the server in a child
+    /// process, so that the two ends' descriptors do not share one limit): each is served a request, and
+    /// then another on the same connection, and the server accepted every one of them.
+    /// </summary>
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed), so neither can the child's io_uring engine.", SkipUnless = nameof(IoUringRuns), SkipType = typeof(DescriptorExhaustionTests))]
+    public async Task On_io_uring_ten_thousand_keep_alive_connections_at_once_are_each_served_twice()
+    {
+        const int Count = 10_000;
+        var limit = Soak.SoakTests.OpenFileLimit();
+        Assert.True(limit >= Count + 1_000, $"the open-file limit is {limit}: {Count} client sockets in this process need more");
+        using var child = await ChildServer.StartAsync(TransportKind.Winsock, (int)Math.Min(limit, 65_536), engine: "IoUring");
+        Assert.Contains("\"engine\":\"IoUring\"", await child.StatsAsync(), StringComparison.Ordinal);
+
+        var clients = new List<Socket>(Count);
+        var ct = TestContext.Current.CancellationToken;
+        try
+        {
+            // In waves, so that the listen backlog (512) never overflows into SYN retries.
+            for (var opened = 0; opened < Count; opened += 250)
+            {
+                clients.AddRange(await Task.WhenAll(Enumerable.Range(0, 250).Select(async _ =>
+                {
+                    var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                    await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, child.Port), ct);
+                    return socket;
+                })));
+            }
+
+            for (var round = 0; round < 2; round++)
+            {
+                var bodies = await Task.WhenAll(clients.Select(client => RequestAsync(client, ct)));
+                Assert.All(bodies, body => Assert.EndsWith("Hello, World!", body, StringComparison.Ordinal));
+            }
+
+            var stats = await child.StatsAsync();
+            var accepted = long.Parse(AcceptedCount().Match(stats).Groups[1].Value, CultureInfo.InvariantCulture);
+            Assert.True(accepted >= Count, stats);
+            Assert.True(child.IsAlive, child.Output);
+            TestContext.Current.SendDiagnosticMessage($"io_uring: {Count} keep-alive connections at once, 2 requests each; server accepted {accepted}");
+        }
+        finally
+        {
+            foreach (var client in clients)
+            {
+                client.Dispose();
+            }
+        }
+    }
+
+    /// <summary>One keep-alive request and its whole 13-byte response (headers, then the body).</summary>
+    private static async Task<string> RequestAsync(Socket client, CancellationToken ct)
+    {
+        await client.SendAsync("GET /plaintext HTTP/1.1\r\nHost: localhost\r\n\r\n"u8.ToArray(), SocketFlags.None, ct);
+        var buffer = new byte[1024];
+        var received = 0;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(30));
+        while (true)
+        {
+            var n = await client.ReceiveAsync(buffer.AsMemory(received), SocketFlags.None, timeout.Token);
+            if (n == 0)
+            {
+                return System.Text.Encoding.ASCII.GetString(buffer, 0, received) + " (closed)";
+            }
+
+            received += n;
+            var text = System.Text.Encoding.ASCII.GetString(buffer, 0, received);
+            if (text.EndsWith("Hello, World!", StringComparison.Ordinal))
+            {
+                return text;
+            }
+        }
+    }
+
+    [GeneratedRegex("\"connectionsAccepted\":([0-9]+)")]
+    private static partial Regex AcceptedCount();
+
     [GeneratedRegex("\"acceptPauses\":[1-9]")]
     private static partial Regex NonZeroPauses();
 
@@ -111,7 +230,7 @@ public sealed partial class DescriptorExhaustionTests
             }
         }
 
-        public static async Task<ChildServer> StartAsync(TransportKind transport, int limit)
+        public static async Task<ChildServer> StartAsync(TransportKind transport, int limit, string engine = "")
         {
             var dotnet = Environment.ProcessPath is { } path && Path.GetFileNameWithoutExtension(path) == "dotnet" ? path : "dotnet";
             var app = Path.Combine(AppContext.BaseDirectory, "KestrelApp.dll");
@@ -123,8 +242,8 @@ public sealed partial class DescriptorExhaustionTests
             };
             foreach (var arg in new[]
             {
-                "-c", "ulimit -n \"$0\" && exec \"$1\" \"$2\" --transport \"$3\" --urls http://127.0.0.1:0 --Logging:LogLevel:Default=Warning --Logging:LogLevel:Microsoft.Hosting.Lifetime=Information",
-                limit.ToString(CultureInfo.InvariantCulture), dotnet, app, transport.ToString().ToLowerInvariant(),
+                "-c", "ulimit -n \"$0\" && exec \"$1\" \"$2\" --transport \"$3\" --urls http://127.0.0.1:0 --Logging:LogLevel:Default=Warning --Logging:LogLevel:Microsoft.Hosting.Lifetime=Information ${4:+--Kestrel:Transport:Winsock:Engine=$4}",
+                limit.ToString(CultureInfo.InvariantCulture), dotnet, app, transport.ToString().ToLowerInvariant(), engine,
             })
             {
                 start.ArgumentList.Add(arg);

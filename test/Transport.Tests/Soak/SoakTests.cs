@@ -300,7 +300,7 @@ public sealed class SoakTests
         return live;
     }
 
-    private static long OpenFileLimit()
+    internal static long OpenFileLimit()
     {
         var line = File.ReadLines("/proc/self/limits").Single(l => l.StartsWith("Max open files", StringComparison.Ordinal));
         var soft = line["Max open files".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries)[0];

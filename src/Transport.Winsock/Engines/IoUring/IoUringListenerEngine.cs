@@ -145,6 +145,8 @@ internal sealed class IoUringListenerEngine : ListenerEngine
                 // on any of its rings.
                 _stopping = true;
                 CancelAccepts();
+                // Clients are refused from now on, rather than left waiting in a backlog nobody accepts from.
+                _listenSocket.Dispose();
                 _fail(new IOException($"The io_uring thread of the listener on {_endPoint} failed, so it stopped accepting.", accept.Thread.Fault));
                 return;
             }

@@ -113,6 +113,9 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
     }
 
+    /// <summary>The seam where tests make io_uring_enter fail (a ring thread's death), as no kernel does on demand.</summary>
+    internal static Func<int>? EnterFault { get; set; }
+
     /// <summary>Whether the caller runs on this ring's thread (and may prepare entries directly).</summary>
     public bool IsCurrent => t_current == this;
 
@@ -337,6 +340,11 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
                 }
 
                 var result = _ring!.Enter(wait && !_stopping);
+                if (EnterFault?.Invoke() is int fault and not 0)
+                {
+                    result = -fault;
+                }
+
                 Volatile.Write(ref _sleeping, 0);
                 if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
                 {
