@@ -241,6 +241,9 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     /// <summary>Counts a submission in flight (see <see cref="RingOperation"/>).</summary>
     public void OnSubmitted() => _inFlight++;
 
+    /// <summary>On the ring thread: a counted submission that never reached the kernel (tests make such).</summary>
+    internal void OnAbandoned() => _inFlight--;
+
     /// <summary>On the ring thread: cancels the submission with <paramref name="userData"/>, if still in flight.</summary>
     public void Cancel(ulong userData)
     {
