@@ -51,6 +51,39 @@ internal sealed class AcceptPause
     public bool IsPaused => Volatile.Read(ref _resumed) is not null;
 
     /// <summary>
+    /// One accept slot's loop, the same for every engine: while paused, wait for this slot's turn (one
+    /// slot probes after a back-off, the others wait for the pause to end), then one attempt; a slot that
+    /// held the probe gives it back whatever the attempt's outcome. Ends once <paramref name="stopping"/> is true.
+    /// </summary>
+    public async Task RunSlotAsync<TState>(Func<TState, ValueTask> acceptOnce, TState state, Func<bool> stopping)
+    {
+        while (!stopping())
+        {
+            var probing = false;
+            if (IsPaused)
+            {
+                probing = await WaitForTurnAsync().ConfigureAwait(false);
+                if (stopping())
+                {
+                    break;
+                }
+            }
+
+            try
+            {
+                await acceptOnce(state).ConfigureAwait(false);
+            }
+            finally
+            {
+                if (probing)
+                {
+                    ReleaseProbe();
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// While paused, waits for this slot's turn: one slot waits the back-off and then probes, the others
     /// until the pause ends. Returns at once when not paused. True when this slot holds the probe: it must
     /// give it back with <see cref="ReleaseProbe"/> once its attempt is over, whatever the outcome.

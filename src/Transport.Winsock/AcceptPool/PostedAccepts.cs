@@ -85,32 +85,7 @@ internal sealed class PostedAccepts
         await Task.Yield();
 
         using var acceptor = new SocketAcceptor();
-        while (!_stopping)
-        {
-            var probing = false;
-            if (_pause.IsPaused)
-            {
-                // One slot probes after a back-off, the others wait for the pause to end.
-                probing = await _pause.WaitForTurnAsync();
-                if (_stopping)
-                {
-                    break;
-                }
-            }
-
-            try
-            {
-                await AcceptOnceAsync(acceptor);
-            }
-            finally
-            {
-                if (probing)
-                {
-                    // Whatever the attempt's outcome, the probe goes back.
-                    _pause.ReleaseProbe();
-                }
-            }
-        }
+        await _pause.RunSlotAsync(AcceptOnceAsync, acceptor, () => _stopping);
     }
 
     /// <summary>

@@ -25,18 +25,33 @@ public sealed partial class DescriptorExhaustionTests
     [Theory(Skip = NotLinux, SkipUnless = nameof(IsLinux), SkipType = typeof(DescriptorExhaustionTests))]
     [InlineData(TransportKind.Winsock)]
     [InlineData(TransportKind.Sockets)]
-    public async Task Three_times_the_descriptor_limit_in_connections_leaves_the_server_alive_idle_and_serving_after(TransportKind transport)
+    public Task Three_times_the_descriptor_limit_in_connections_leaves_the_server_alive_idle_and_serving_after(TransportKind transport)
+        // Kestrel's Sockets transport goes through it too: reported, not asserted.
+        => ExhaustAndRecoverAsync(transport, engine: "", Limit, 3 * Limit, asserted: transport == TransportKind.Winsock);
+
+    /// <summary>
+    /// Opens <paramref name="connections"/> at once against the sample under <c>ulimit -n</c>
+    /// <paramref name="limit"/>, holds them, lets them go, and reports what the server did; when
+    /// <paramref name="asserted"/>: it stayed alive, under half a core while held, paused (in its counters
+    /// and with the Warning, event 20) and served again once they left.
+    /// </summary>
+    private static async Task ExhaustAndRecoverAsync(TransportKind transport, string engine, int limit, int connections, bool asserted)
     {
-        using var child = await ChildServer.StartAsync(transport, Limit);
-        var clients = await ConnectManyAsync(child.Port, 3 * Limit);
+        using var child = await ChildServer.StartAsync(transport, limit, engine);
+        if (engine.Length > 0)
+        {
+            Assert.Contains($"\"engine\":\"{engine}\"", await child.StatsAsync(), StringComparison.Ordinal);
+        }
+
+        var clients = await ConnectManyAsync(child.Port, connections);
         string report;
         try
         {
             // Held: all connected that could be, each with a request sent.
             var cpu = await child.CpuWhileAsync(Hold);
             var aliveHeld = child.IsAlive;
-            report = $"{transport}: {clients.Count} of {3 * Limit} connected under ulimit -n {Limit}; while held: {(aliveHeld ? "alive" : "dead")}, {cpu:P0} of a core";
-            if (transport == TransportKind.Winsock)
+            report = $"{transport}{(engine.Length > 0 ? $" ({engine})" : "")}: {clients.Count} of {connections} connected under ulimit -n {limit}; while held: {(aliveHeld ? "alive" : "dead")}, {cpu:P0} of a core";
+            if (asserted)
             {
                 Assert.True(aliveHeld, report + "\n" + child.Output);
                 Assert.True(cpu < 0.5, report);
@@ -54,11 +69,12 @@ public sealed partial class DescriptorExhaustionTests
         var served = await child.ServesAsync(TimeSpan.FromSeconds(15));
         report += $"; after they left: {(served ? $"served again after {again.Elapsed.TotalSeconds:F2} s" : child.IsAlive ? "alive, not serving" : "dead")}";
         TestContext.Current.SendDiagnosticMessage(report);
-        if (transport == TransportKind.Winsock)
+        if (asserted)
         {
             Assert.True(served, report + "\n" + child.Output);
-            // It paused, and said so in its counters.
+            // It paused, and said so: in its counters, and once at Warning (event 20, AcceptPaused).
             Assert.Matches(NonZeroPauses(), await child.StatsAsync());
+            Assert.Contains("warn: Transport.Winsock[20]", child.Output, StringComparison.Ordinal);
         }
     }
 
@@ -71,37 +87,8 @@ public sealed partial class DescriptorExhaustionTests
     /// serves again once the clients leave.
     /// </summary>
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed), so neither can the child's io_uring engine.", SkipUnless = nameof(IoUringRuns), SkipType = typeof(DescriptorExhaustionTests))]
-    public async Task On_io_uring_600_connections_under_ulimit_256_pause_accepting_without_spinning_and_it_serves_again()
-    {
-        using var child = await ChildServer.StartAsync(TransportKind.Winsock, 256, engine: "IoUring");
-        Assert.Contains("\"engine\":\"IoUring\"", await child.StatsAsync(), StringComparison.Ordinal);
-        var clients = await ConnectManyAsync(child.Port, 600);
-        string report;
-        try
-        {
-            var cpu = await child.CpuWhileAsync(Hold);
-            report = $"io_uring: {clients.Count} of 600 connected under ulimit -n 256; while held: {(child.IsAlive ? "alive" : "dead")}, {cpu:P0} of a core";
-            Assert.True(child.IsAlive, report + "\n" + child.Output);
-            Assert.True(cpu < 0.5, report);
-        }
-        finally
-        {
-            foreach (var client in clients)
-            {
-                client.Dispose();
-            }
-        }
-
-        var again = Stopwatch.StartNew();
-        var served = await child.ServesAsync(TimeSpan.FromSeconds(15));
-        report += $"; after they left: {(served ? $"served again after {again.Elapsed.TotalSeconds:F2} s" : child.IsAlive ? "alive, not serving" : "dead")}";
-        TestContext.Current.SendDiagnosticMessage(report);
-        Assert.True(served, report + "\n" + child.Output);
-        var stats = await child.StatsAsync();
-        Assert.Matches(NonZeroPauses(), stats);
-        // The pause was said, at Warning (event 20: AcceptPaused).
-        Assert.Contains("warn: Transport.Winsock[20]", child.Output, StringComparison.Ordinal);
-    }
+    public Task On_io_uring_600_connections_under_ulimit_256_pause_accepting_without_spinning_and_it_serves_again()
+        => ExhaustAndRecoverAsync(TransportKind.Winsock, engine: "IoUring", limit: 256, connections: 600, asserted: true);
 
     /// <summary>
     /// Ten thousand keep-alive connections open at once on the io_uring engine (the server in a child

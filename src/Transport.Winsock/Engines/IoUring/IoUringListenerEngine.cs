@@ -84,33 +84,8 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         }
     }
 
-    private async Task RunSlotAsync(AcceptOperation accept, WinsockConnectionFactory factory)
-    {
-        while (!_stopping)
-        {
-            var probing = false;
-            if (_pause.IsPaused)
-            {
-                probing = await _pause.WaitForTurnAsync();
-                if (_stopping)
-                {
-                    break;
-                }
-            }
-
-            try
-            {
-                await AcceptOnceAsync(accept, factory);
-            }
-            finally
-            {
-                if (probing)
-                {
-                    _pause.ReleaseProbe();
-                }
-            }
-        }
-    }
+    private Task RunSlotAsync(AcceptOperation accept, WinsockConnectionFactory factory)
+        => _pause.RunSlotAsync(static slot => slot.Engine.AcceptOnceAsync(slot.Accept, slot.Factory), (Engine: this, Accept: accept, Factory: factory), () => _stopping);
 
     /// <summary>One accept and its outcome; continues on the ring thread that completed it.</summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
