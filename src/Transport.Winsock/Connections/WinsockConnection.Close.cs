@@ -301,10 +301,19 @@ internal sealed partial class WinsockConnection
         finally
         {
             source.Dispose();
+            OnLoopDone();
         }
     }
 
     private void ResetConnectionClosed()
+    {
+        lock (_closeLock)
+        {
+            ResetConnectionClosedLocked();
+        }
+    }
+
+    private void ResetConnectionClosedLocked()
     {
         _connectionClosedSource?.Dispose();
         _connectionClosedSource = null;
@@ -321,7 +330,8 @@ internal sealed partial class WinsockConnection
     /// they go to the thread pool, as Kestrel's Sockets transport always sends them; the source then
     /// belongs to that work item, which disposes it.
     /// </summary>
-    private void FireConnectionClosed()
+    /// <returns>True when the callbacks went to a work item, which then ends the receive loop's turn (<see cref="OnLoopDone"/>).</returns>
+    private bool FireConnectionClosed()
     {
         CancellationTokenSource? source;
         var hop = _io.CompletesOnEngineThread;
@@ -338,12 +348,13 @@ internal sealed partial class WinsockConnection
 
         if (hop)
         {
-            if (source is not null)
+            if (source is null)
             {
-                ThreadPool.UnsafeQueueUserWorkItem(static state => state.Connection.CancelConnectionClosed(state.Source, state.Id), (Connection: this, Source: source, Id: ConnectionId), preferLocal: false);
+                return false;
             }
 
-            return;
+            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Connection.CancelConnectionClosed(state.Source, state.Id), (Connection: this, Source: source, Id: ConnectionId), preferLocal: false);
+            return true;
         }
 
         try
@@ -355,5 +366,7 @@ internal sealed partial class WinsockConnection
         {
             Logger.ConnectionClosedCallbackFailed(ConnectionId, ex);
         }
+
+        return false;
     }
 }

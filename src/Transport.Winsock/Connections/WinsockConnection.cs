@@ -173,6 +173,10 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _output.Writer.Complete();
         if (!_started)
         {
+            // The loops never ran (an accepted connection nobody took): their pipe ends are completed
+            // here, so that the pipes can be reset for the next connection.
+            _input.Writer.Complete();
+            _output.Reader.Complete();
             Recycle();
             return ValueTask.CompletedTask;
         }
@@ -214,6 +218,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
         while (await _receiveTurn.WaitAsync().ConfigureAwait(false))
         {
             Exception? error = null;
+            var closedHandedOff = false;
             try
             {
                 var writer = _input.Writer;
@@ -322,10 +327,16 @@ internal sealed partial class WinsockConnection : ConnectionContext
                 // A drain that is over in time disarms its deadline; one that expired has closed the socket.
                 _deadline.TryDisarm();
                 _input.Writer.Complete(_shutdownReason ?? error);
-                FireConnectionClosed();
+                closedHandedOff = FireConnectionClosed();
             }
 
-            OnLoopDone();
+            // Handed off: the work item that runs the callbacks ends this loop's turn after them, so that
+            // the server's DisposeAsync never completes (and this object never carries another connection)
+            // before every ConnectionClosed callback has run, as with Kestrel's Sockets transport.
+            if (!closedHandedOff)
+            {
+                OnLoopDone();
+            }
         }
     }
 

@@ -21,6 +21,7 @@ internal sealed class WinsockConnectionFactory
     private readonly PipeOptions[] _outputOptions;
     private readonly AcceptPause? _pause;
     private readonly Func<ConnectionIo> _newIo;
+    private bool _disposed;
     private int _nextScheduler;
 
     public WinsockConnectionFactory(
@@ -133,6 +134,7 @@ internal sealed class WinsockConnectionFactory
     {
         lock (_idleLock)
         {
+            _disposed = true;
             while (_idle.TryPop(out var connection))
             {
                 connection.Retire();
@@ -145,7 +147,8 @@ internal sealed class WinsockConnectionFactory
     {
         lock (_idleLock)
         {
-            if (_idle.Count < _maxIdle)
+            // After the listener's dispose, a connection Kestrel was still ending retires on its return.
+            if (!_disposed && _idle.Count < _maxIdle)
             {
                 _idle.Push(connection);
                 return;

@@ -179,7 +179,19 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
             _remaining = _remaining.Slice(result);
             if (!_remaining.IsEmpty)
             {
-                if (!TryPrepare(out var errno))
+                bool prepared;
+                int errno;
+                try
+                {
+                    prepared = TryPrepare(out errno);
+                }
+                catch
+                {
+                    Finish(-LinuxNative.EIO);
+                    throw;
+                }
+
+                if (!prepared)
                 {
                     Finish(-errno);
                 }

@@ -121,7 +121,9 @@ internal sealed class IoUringListenerEngine : ListenerEngine
                 _stopping = true;
                 CancelAccepts();
                 // Clients are refused from now on, rather than left waiting in a backlog nobody accepts from.
-                _listenSocket.Dispose();
+                // shutdown(2), not a close: other rings may still hold entries for the descriptor's number,
+                // which must not meet another socket; StopAsync closes it once every slot has ended.
+                LinuxNative.Shutdown(_listenFd, 2);
                 _fail(new IOException($"The io_uring thread of the listener on {_endPoint} failed, so it stopped accepting.", accept.Thread.Fault));
                 return;
             }

@@ -31,10 +31,11 @@ internal static unsafe class IoUringProbe
         {
             return new(false, $"libc's syscall(2) could not be called ({ex.GetType().Name})");
         }
-        catch (IOException ex)
+        catch (Exception ex)
         {
-            // The ring was made but its memory could not be mapped.
-            return new(false, ex.Message);
+            // The ring's memory could not be mapped, or the loopback round trip could not even start (no
+            // IPv4 loopback): a verdict, never an exception cached for every later listener.
+            return new(false, $"{ex.GetType().Name}: {ex.Message}");
         }
     }
 

@@ -17,6 +17,7 @@ internal static unsafe partial class LinuxNative
     public const long SysIoUringRegister = 427;
 
     public const int EINTR = 4;
+    public const int EIO = 5;
     public const int EBADF = 9;
     public const int EAGAIN = 11;
     public const int ENOMEM = 12;

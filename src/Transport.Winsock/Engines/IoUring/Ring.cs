@@ -277,6 +277,29 @@ internal sealed unsafe class Ring : IDisposable
         return sqe;
     }
 
+    /// <summary>
+    /// For a ring about to be abandoned: close(2) of the descriptor of every IORING_OP_CLOSE entry that was
+    /// prepared and never submitted, so no descriptor leaks with them.
+    /// </summary>
+    public void CloseUnsubmittedCloses()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        for (var index = _sqLocalTail - _unsubmitted; index != _sqLocalTail; index++)
+        {
+            ref var sqe = ref _sqes[index & _sqMask];
+            if (sqe.Opcode == RingConstants.OpClose)
+            {
+                LinuxNative.Close(sqe.Fd);
+            }
+        }
+
+        _unsubmitted = 0;
+    }
+
     /// <summary>Entries prepared and not yet handed to the kernel.</summary>
     public uint Unsubmitted => _unsubmitted;
 

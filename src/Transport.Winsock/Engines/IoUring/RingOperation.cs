@@ -85,7 +85,20 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
 
     private void SubmitOnRing()
     {
-        if (!TryPrepare(out var errno))
+        bool prepared;
+        int errno;
+        try
+        {
+            prepared = TryPrepare(out errno);
+        }
+        catch
+        {
+            // The ring failed under the submission: its waiter must still hear of it.
+            Finish(-LinuxNative.EIO);
+            throw;
+        }
+
+        if (!prepared)
         {
             Finish(-errno);
         }

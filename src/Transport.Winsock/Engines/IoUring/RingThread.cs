@@ -46,6 +46,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private int _registered = FirstIndex;
     private int _sleeping;
     private int _posters;
+    private int _draining;
     private int _inFlight;
     private bool _wakeArmed;
     private volatile bool _stopRequested;
@@ -177,8 +178,13 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         _work.Enqueue((action, state));
         if (Volatile.Read(ref _done) != 0)
         {
-            // The thread has ended: nothing will run the queue but us (every entry point fails fast now).
-            RunWork(all: true);
+            // The thread has ended: the thread pool runs what comes now (every entry point fails fast),
+            // one drainer at a time, never the caller, which may hold a connection's lock.
+            if (Interlocked.Exchange(ref _draining, 1) == 0)
+            {
+                System.Threading.ThreadPool.UnsafeQueueUserWorkItem(static thread => thread.DrainAfterExit(), this, preferLocal: false);
+            }
+
             return;
         }
 
@@ -378,9 +384,11 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         _stopping = true;
         if (!clean)
         {
-            // Past the grace, or after a fault: closing the ring makes the kernel cancel and let go of
-            // whatever it still holds before anything is told it ended (its memory may be reused then).
-            _ring!.Dispose();
+            // Past the grace, or after a fault. Closes prepared and never submitted would be lost with
+            // the ring: their descriptors close here. Then closing the ring makes the kernel cancel and
+            // let go of whatever it still holds, before anything is told it ended.
+            _ring!.CloseUnsubmittedCloses();
+            _ring.Dispose();
             Thread.Sleep(50);
         }
 
@@ -410,6 +418,19 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         LinuxNative.Close(_eventFd);
         NativeMemory.Free(_wakeBuffer);
         _exited.TrySetResult();
+    }
+
+    private void DrainAfterExit()
+    {
+        while (true)
+        {
+            RunWork(all: true);
+            Volatile.Write(ref _draining, 0);
+            if (_work.IsEmpty || Interlocked.Exchange(ref _draining, 1) != 0)
+            {
+                return;
+            }
+        }
     }
 
     private void RunWork(bool all)
