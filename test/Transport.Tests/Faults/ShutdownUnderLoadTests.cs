@@ -24,6 +24,7 @@ public sealed class ShutdownUnderLoadTests
     {
         var baseline = ProcessSockets.Count();
         var server = await SampleServer.StartAsync();
+        var serverCounters = server.Counters;
         var clients = new List<HttpClient>();
         var wrong = new ConcurrentQueue<string>();
         var completed = new long[Clients];
@@ -73,7 +74,7 @@ public sealed class ShutdownUnderLoadTests
         }
 
         var remaining = await ProcessSockets.WaitForAtMostAsync(baseline, TimeSpan.FromSeconds(10));
-        Assert.True(remaining <= baseline, $"{remaining} sockets open after shutdown, {baseline} before the server started");
+        Assert.True(remaining <= baseline, $"{remaining} sockets open after shutdown, {baseline} before the server started: {ProcessSockets.Describe()}; {Eventually.Describe(serverCounters)}");
     }
 
     private static async Task LoopAsync(HttpClient client, int id, long[] completed, long[] failed, ConcurrentQueue<string> wrong, Task stopped)

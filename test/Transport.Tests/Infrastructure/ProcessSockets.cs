@@ -40,4 +40,60 @@ public static class ProcessSockets
 
         return count;
     }
+
+    /// <summary>
+    /// The open sockets, for a failure message: each TCP one with its local and remote port and state (from
+    /// /proc/net/tcp and tcp6, matched by inode), the others by their inode alone.
+    /// </summary>
+    public static string Describe()
+    {
+        var tcp = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var table in new[] { "/proc/net/tcp", "/proc/net/tcp6" })
+        {
+            foreach (var line in File.ReadLines(table).Skip(1))
+            {
+                var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (f.Length > 9)
+                {
+                    tcp[f[9]] = $"{Port(f[1])}->{Port(f[2])} {State(f[3])}";
+                }
+            }
+        }
+
+        var seen = new List<string>();
+        foreach (var fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        {
+            try
+            {
+                if (new FileInfo(fd).LinkTarget is { } target && target.StartsWith("socket:[", StringComparison.Ordinal))
+                {
+                    var inode = target["socket:[".Length..^1];
+                    seen.Add(tcp.TryGetValue(inode, out var what) ? what : $"fd {Path.GetFileName(fd)} (not in /proc/net/tcp: closed or never connected)");
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return string.Join(", ", seen.GroupBy(s => s).Select(g => g.Count() == 1 ? g.Key : $"{g.Key} x{g.Count()}"));
+    }
+
+    private static string Port(string address) => int.Parse(address[(address.IndexOf(':', StringComparison.Ordinal) + 1)..], System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture).ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    private static string State(string hex) => hex switch
+    {
+        "01" => "ESTABLISHED",
+        "02" => "SYN_SENT",
+        "03" => "SYN_RECV",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "09" => "LAST_ACK",
+        "0A" => "LISTEN",
+        "0B" => "CLOSING",
+        _ => hex,
+    };
 }

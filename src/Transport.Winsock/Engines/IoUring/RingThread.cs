@@ -382,12 +382,13 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private void Exit(bool clean)
     {
         _stopping = true;
+        // Entries prepared and never submitted die with the ring: the loop can end (nothing in flight)
+        // right after a connection's close was prepared. Those descriptors close here, on every exit.
+        _ring!.CloseUnsubmittedCloses();
         if (!clean)
         {
-            // Past the grace, or after a fault. Closes prepared and never submitted would be lost with
-            // the ring: their descriptors close here. Then closing the ring makes the kernel cancel and
-            // let go of whatever it still holds, before anything is told it ended.
-            _ring!.CloseUnsubmittedCloses();
+            // Past the grace, or after a fault: closing the ring makes the kernel cancel and let go of
+            // whatever it still holds, before anything is told it ended.
             _ring.Dispose();
             Thread.Sleep(50);
         }
