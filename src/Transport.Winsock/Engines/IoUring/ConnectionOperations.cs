@@ -179,23 +179,8 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
             _remaining = _remaining.Slice(result);
             if (!_remaining.IsEmpty)
             {
-                bool prepared;
-                int errno;
-                try
-                {
-                    prepared = TryPrepare(out errno);
-                }
-                catch
-                {
-                    Finish(-LinuxNative.EIO);
-                    throw;
-                }
-
-                if (!prepared)
-                {
-                    Finish(-errno);
-                }
-
+                // The rest, at once.
+                SubmitOnRing();
                 return;
             }
 

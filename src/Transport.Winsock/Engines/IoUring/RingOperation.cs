@@ -83,7 +83,11 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
         return task;
     }
 
-    private void SubmitOnRing()
+    /// <summary>
+    /// On the ring thread: prepares the (next) submission, or finishes the waiter with why it cannot
+    /// start; when the ring fails under it, the waiter still hears of it (EIO) before the failure goes on.
+    /// </summary>
+    protected void SubmitOnRing()
     {
         bool prepared;
         int errno;
