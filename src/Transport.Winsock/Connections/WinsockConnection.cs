@@ -37,7 +37,9 @@ internal sealed partial class WinsockConnection : ConnectionContext
     private readonly ConnectionIo _io;
     // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close.
     private readonly SocketDeadline _deadline = new();
-    private readonly byte[] _probe = new byte[1];
+    // On the pinned heap and marked so: an engine that pins a receive buffer (io_uring) pins this one, once
+    // per connection, without a GC handle.
+    private readonly Memory<byte> _probe = System.Runtime.InteropServices.MemoryMarshal.CreateFromPinnedArray(GC.AllocateArray<byte>(1, pinned: true), 0, 1);
     private long _id;
     private TaskCompletionSource? _sendingEnded;
     private CloseState _closeState;
@@ -244,7 +246,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
                         received = await _io.ReceiveAsync(_probe).ConfigureAwait(false);
                         if (received > 0)
                         {
-                            _probe.AsSpan(0, received).CopyTo(writer.GetSpan(received));
+                            _probe.Span[..received].CopyTo(writer.GetSpan(received));
                             probeForFin = false;
                         }
                     }
