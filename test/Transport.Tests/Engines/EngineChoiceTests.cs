@@ -137,6 +137,35 @@ public sealed class EngineChoiceTests
     }
 
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed: see the Auto test's diagnostic message).", SkipUnless = nameof(IoUringRuns))]
+    public async Task Connections_of_one_listener_are_accepted_on_more_than_one_of_its_rings()
+    {
+        var rings = new System.Collections.Concurrent.ConcurrentDictionary<RingThread, int>();
+        await using var server = await ConnectionServer.StartAsync(
+            TransportKind.Winsock,
+            async context =>
+            {
+                // The connection object is the transport's own: the ring that accepted it is its engine's.
+                var ring = ((IoUringConnectionIo)((Transport.Winsock.Connections.WinsockConnection)context).Io).Ring;
+                rings.AddOrUpdate(ring, 1, static (_, n) => n + 1);
+                await context.Transport.Output.WriteAsync("ok"u8.ToArray());
+            },
+            options =>
+            {
+                options.Engine = WinsockEngine.IoUring;
+                options.IoUringThreadCount = 3;
+            });
+        for (var i = 0; i < 60; i++)
+        {
+            using var socket = await RawClient.ConnectAsync(server.EndPoint);
+            Assert.Equal("ok"u8.ToArray(), await RawClient.ReadToFinAsync(socket, TimeSpan.FromSeconds(10)));
+        }
+
+        TestContext.Current.SendDiagnosticMessage($"connections per ring: {string.Join(", ", rings.Values)}");
+        Assert.Equal(60, rings.Values.Sum());
+        Assert.True(rings.Count >= 2, $"all 60 connections were accepted on one of the 3 rings");
+    }
+
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed: see the Auto test's diagnostic message).", SkipUnless = nameof(IoUringRuns))]
     public async Task A_ring_thread_that_dies_is_logged_aborts_its_connections_and_its_listener_refuses_new_ones()
     {
         var log = new CapturedLog();
