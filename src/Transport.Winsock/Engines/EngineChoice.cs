@@ -61,7 +61,7 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
         }
 
         var why = asked == WinsockEngine.IoUring ? "WinsockTransportOptions.Engine is IoUring" : "Auto, and the probe passed";
-        return Chosen(new(WinsockEngine.IoUring, $"io_uring: {why} ({probe.Reason}); {count} ring thread{(count == 1 ? "" : "s")}", rings), endPoint, logger);
+        return Chosen(new(WinsockEngine.IoUring, $"io_uring: {why} ({probe.Reason}); {count} ring thread{(count == 1 ? "" : "s")}{IoUringVariants.Describe(rings[0])}", rings), endPoint, logger);
     }
 
     private static EngineChoice Chosen(EngineChoice choice, System.Net.EndPoint endPoint, ILogger logger)

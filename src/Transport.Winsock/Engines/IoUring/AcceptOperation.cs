@@ -26,7 +26,16 @@ internal sealed unsafe class AcceptOperation : AwaitableRingOperation, IDisposab
         _addressLength = (uint*)(_address + AddressSize);
     }
 
-    public ValueTask<int> AcceptAsync() => Start();
+    public ValueTask<int> AcceptAsync(bool direct)
+    {
+        _direct = direct;
+        return Start();
+    }
+
+    private bool _direct;
+
+    /// <summary>Whether the last accept was into a direct descriptor slot.</summary>
+    public bool Direct => _direct;
 
     protected override bool TryPrepare(out int errno)
     {
@@ -49,7 +58,16 @@ internal sealed unsafe class AcceptOperation : AwaitableRingOperation, IDisposab
         sqe->Fd = _listenFd;
         sqe->Addr = (ulong)_address;
         sqe->Off = (ulong)_addressLength;
-        sqe->OpFlags = LinuxNative.SOCK_CLOEXEC;
+        if (_direct)
+        {
+            // A direct descriptor has no close-on-exec (the kernel refuses the flag with it).
+            sqe->FileIndex = RingConstants.FileIndexAlloc;
+        }
+        else
+        {
+            sqe->OpFlags = LinuxNative.SOCK_CLOEXEC;
+        }
+
         sqe->UserData = NextUserData();
         return true;
     }

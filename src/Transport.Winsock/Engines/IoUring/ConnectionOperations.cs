@@ -42,6 +42,11 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
         }
 
         sqe->Fd = io.Fd;
+        if (io.IsFixed)
+        {
+            sqe->Flags = RingConstants.SqeFixedFile;
+        }
+
         if (_poll)
         {
             sqe->Opcode = RingConstants.OpPollAdd;
@@ -125,6 +130,11 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
         }
 
         sqe->Fd = _io.Fd;
+        if (_io.IsFixed)
+        {
+            sqe->Flags = RingConstants.SqeFixedFile;
+        }
+
         sqe->OpFlags = LinuxNative.MSG_NOSIGNAL;
         if (_remaining.IsSingleSegment)
         {
@@ -212,5 +222,63 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
     {
         NativeMemory.Free(_iovecs);
         NativeMemory.Free(_msghdr);
+    }
+}
+
+/// <summary>
+/// A FIN as IORING_OP_SHUTDOWN (<see cref="IoUringVariants.RingFin"/>, and always for a direct descriptor).
+/// The kernel runs it on an io-wq worker, which looks the descriptor up there: a close asked for
+/// meanwhile waits for its completion (<see cref="RingThread.CloseDescriptor"/>), so the number or slot
+/// cannot be another connection's by then. Pooled per ring, apart from the connection object, which may
+/// carry its next connection before this completes.
+/// </summary>
+internal sealed unsafe class FinOperation(RingThread thread) : RingOperation(thread)
+{
+    private int _fd;
+    private bool _fixed;
+    private bool _closeWhenDone;
+    private bool _abortive;
+
+    public bool Prepare(int fd, bool isFixed)
+    {
+        var sqe = Thread.TryGetSqe();
+        if (sqe is null)
+        {
+            return false;
+        }
+
+        _fd = fd;
+        _fixed = isFixed;
+        _closeWhenDone = false;
+        Thread.OnFinPrepared(fd, isFixed, this);
+        sqe->Opcode = RingConstants.OpShutdown;
+        sqe->Fd = fd;
+        if (isFixed)
+        {
+            sqe->Flags = RingConstants.SqeFixedFile;
+        }
+
+        sqe->Len = LinuxNative.SHUT_WR;
+        sqe->UserData = NextUserData();
+        return true;
+    }
+
+    /// <summary>The connection's close, to run once the shutdown completed.</summary>
+    public void CloseWhenDone(bool abortive)
+    {
+        _closeWhenDone = true;
+        _abortive = abortive;
+    }
+
+    protected override void Complete(int result, uint flags)
+    {
+        Thread.OnFinDone(_fd, _fixed);
+        if (_closeWhenDone)
+        {
+            _closeWhenDone = false;
+            Thread.CloseDescriptor(_fd, _fixed, _abortive);
+        }
+
+        Thread.ReturnFin(this);
     }
 }

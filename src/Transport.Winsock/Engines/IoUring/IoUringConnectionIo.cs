@@ -7,7 +7,8 @@ using Transport.Winsock.Interop;
 namespace Transport.Winsock.Engines.IoUring;
 
 /// <summary>
-/// The io_uring engine's side of a connection: a plain descriptor the ring accepted, a receive and a send
+/// The io_uring engine's side of a connection: a plain descriptor the ring accepted (or, as a measured
+/// variant, a slot of its registered file table: <see cref="IoUringVariants"/>), a receive and a send
 /// operation registered once with the ring thread the connection object belongs to, and the FIN and the
 /// close as ring submissions. Everything that reaches the descriptor goes through the ring thread in
 /// submission order, so a close can never overtake an entry prepared for the same descriptor, and no
@@ -16,10 +17,12 @@ namespace Transport.Winsock.Engines.IoUring;
 internal sealed class IoUringConnectionIo : ConnectionIo
 {
     private static readonly Action<object?> s_close = static state => ((CloseRequest)state!).Run();
+    private static readonly Action<object?> s_fin = static state => ((FinRequest)state!).Run();
 
     private readonly RingThread _ring;
     private readonly ReceiveOperation _receive;
     private readonly SendOperation _send;
+    private bool _fixed;
     private int _fd = -1;
     private EndPoint? _local;
     private EndPoint? _remote;
@@ -36,6 +39,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
         _send = new SendOperation(ring, this);
     }
 
+    /// <summary>Whether <see cref="Fd"/> is a direct descriptor (a slot of the ring's file table).</summary>
+    internal bool IsFixed => _fixed;
+
     public RingThread Ring => _ring;
 
     /// <summary>The descriptor, while the connection has one; internal for tests.</summary>
@@ -44,9 +50,10 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     /// <summary>Whether no entry may be prepared for the descriptor any more (ring thread only).</summary>
     internal bool FdClosed => _fdClosed;
 
-    public void Attach(int fd, EndPoint? local, EndPoint? remote)
+    public void Attach(int fd, bool isFixed, EndPoint? local, EndPoint? remote)
     {
         _fd = fd;
+        _fixed = isFixed;
         _local = local;
         _remote = remote;
         _attached++;
@@ -68,10 +75,24 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override WinsockErrorAction SendFin()
     {
+        if (_fixed || IoUringVariants.RingFin)
+        {
+            if (_ring.IsCurrent)
+            {
+                FinOnRing(_attached);
+            }
+            else
+            {
+                _ring.Post(s_fin, new FinRequest(this, _attached));
+            }
+
+            return WinsockErrorAction.Done;
+        }
+
         // shutdown(2) itself, from whichever thread: the descriptor is open (only the connection's close,
         // which comes after, ends it), and the FIN follows every byte of the sends, which have completed.
-        // Not IORING_OP_SHUTDOWN: the kernel runs it on an io-wq worker, and measured with wrk (-c1,
-        // Connection: close) it made 110 of 6,968 responses end early at the client; shutdown(2) none.
+        // IORING_OP_SHUTDOWN (above, a variant) always goes to an io-wq worker, a thread hop per connection
+        // that measured no cheaper (docs/benchmarks.md), and its close has to wait for it.
         if (LinuxNative.Shutdown(_fd, LinuxNative.SHUT_WR) == 0)
         {
             return WinsockErrorAction.Done;
@@ -84,19 +105,20 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         // Called once per connection, before its Release (the connection's close state sees to both).
         _closeRequested = true;
-        if (abortive)
+        if (abortive && !_fixed)
         {
             // Now, from whichever thread: the descriptor stays open until the ring closes it below.
             LinuxNative.SetZeroLinger(_fd);
         }
 
+        var slotAbort = abortive && _fixed;
         if (_ring.IsCurrent)
         {
-            CloseOnRing(_fd, _attached);
+            CloseOnRing(_fd, _fixed, _attached, slotAbort);
         }
         else
         {
-            _ring.Post(s_close, new CloseRequest(this, _fd, _attached));
+            _ring.Post(s_close, new CloseRequest(this, _fd, _fixed, _attached, slotAbort));
         }
     }
 
@@ -105,7 +127,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     /// carries another one by now), then closes its descriptor; the kernel sends the RST or the FIN once
     /// the last canceled operation lets go of it.
     /// </summary>
-    private void CloseOnRing(int fd, int attached)
+    private void CloseOnRing(int fd, bool isFixed, int attached, bool slotAbort)
     {
         if (attached == _attached)
         {
@@ -126,7 +148,21 @@ internal sealed class IoUringConnectionIo : ConnectionIo
             }
         }
 
-        _ring.Close(fd);
+        _ring.CloseDescriptor(fd, isFixed, slotAbort);
+    }
+
+    private void FinOnRing(int attached)
+    {
+        if (attached != _attached || _fdClosed)
+        {
+            return;
+        }
+
+        var fin = _ring.RentFin();
+        if (!fin.Prepare(_fd, _fixed))
+        {
+            _ring.ReturnFin(fin);
+        }
     }
 
     public override bool CanRecycle => false;
@@ -142,11 +178,11 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
         if (_ring.IsCurrent)
         {
-            CloseOnRing(_fd, _attached);
+            CloseOnRing(_fd, _fixed, _attached, slotAbort: false);
         }
         else
         {
-            _ring.Post(s_close, new CloseRequest(this, _fd, _attached));
+            _ring.Post(s_close, new CloseRequest(this, _fd, _fixed, _attached, slotAbort: false));
         }
     }
 
@@ -157,9 +193,14 @@ internal sealed class IoUringConnectionIo : ConnectionIo
         _send.Dispose();
     }
 
-    /// <summary>A close asked for on another thread: it carries its descriptor and connection, as this object may carry the next one before it runs.</summary>
-    private sealed class CloseRequest(IoUringConnectionIo io, int fd, int attached)
+    private sealed class FinRequest(IoUringConnectionIo io, int attached)
     {
-        public void Run() => io.CloseOnRing(fd, attached);
+        public void Run() => io.FinOnRing(attached);
+    }
+
+    /// <summary>A close asked for on another thread: it carries its descriptor and connection, as this object may carry the next one before it runs.</summary>
+    private sealed class CloseRequest(IoUringConnectionIo io, int fd, bool isFixed, int attached, bool slotAbort)
+    {
+        public void Run() => io.CloseOnRing(fd, isFixed, attached, slotAbort);
     }
 }

@@ -105,7 +105,9 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         int fd;
         try
         {
-            fd = await accept.AcceptAsync();
+            // Into a slot of the ring's file table where it has one (a variant), but only for a listener on
+            // one address: a direct descriptor has no getsockname, so a wildcard's local endpoint needs a plain one.
+            fd = await accept.AcceptAsync(direct: _sharedLocal is not null && accept.Thread.HasFileTable);
         }
         catch (SocketException ex)
         {
@@ -147,7 +149,15 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         if (_stopping)
         {
             // Accepted as the listener stopped: nobody will serve it. Nothing on the ring refers to it yet.
-            LinuxNative.Close(fd);
+            if (accept.Direct)
+            {
+                accept.Thread.CloseSlot(fd);
+            }
+            else
+            {
+                LinuxNative.Close(fd);
+            }
+
             return;
         }
 
@@ -161,7 +171,7 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _counters.ConnectionAccepted();
         var connection = factory.Rent();
         var io = (IoUringConnectionIo)connection.Io;
-        io.Attach(fd, _sharedLocal ?? AcceptOperation.LocalEndPoint(fd), accept.RemoteEndPoint());
+        io.Attach(fd, accept.Direct, _sharedLocal ?? AcceptOperation.LocalEndPoint(fd), accept.RemoteEndPoint());
         connection.Attach();
         if (!_offer(connection))
         {

@@ -63,6 +63,9 @@ internal static class RingConstants
     public const byte OpRead = 22;
     public const byte OpSend = 26;
     public const byte OpRecv = 27;
+    public const byte OpShutdown = 34;
+    public const byte OpUringCmd = 46;
+    public const byte OpFixedFdInstall = 54;
 
     /// <summary>Every opcode the engine submits; the probe requires each.</summary>
     public static ReadOnlySpan<byte> Required => [OpPollAdd, OpSendMsg, OpAccept, OpAsyncCancel, OpClose, OpRead, OpSend, OpRecv];
@@ -80,7 +83,12 @@ internal static class RingConstants
         _ => $"opcode {op}",
     };
 
+    public const byte SqeFixedFile = 1 << 0;
     public const byte SqeCqeSkipSuccess = 1 << 6;
+    public const uint FileIndexAlloc = uint.MaxValue;
+    public const uint RegisterFiles2 = 13;
+    public const uint RsrcRegisterSparse = 1;
+    public const uint SocketUringOpSetsockopt = 3;
 
     public const uint SetupCqSize = 1u << 3;
     public const uint SetupSubmitAll = 1u << 7;
@@ -291,7 +299,8 @@ internal sealed unsafe class Ring : IDisposable
         for (var index = _sqLocalTail - _unsubmitted; index != _sqLocalTail; index++)
         {
             ref var sqe = ref _sqes[index & _sqMask];
-            if (sqe.Opcode == RingConstants.OpClose)
+            // A slot's close (file_index set) needs nothing: the table goes with the ring.
+            if (sqe.Opcode == RingConstants.OpClose && sqe.FileIndex == 0)
             {
                 LinuxNative.Close(sqe.Fd);
             }
@@ -359,6 +368,19 @@ internal sealed unsafe class Ring : IDisposable
 
     /// <summary>Consumes the completion <see cref="TryPeek"/> returned, freeing its slot for the kernel.</summary>
     public void Advance() => Volatile.Write(ref *_cqHead, *_cqHead + 1);
+
+    /// <summary>IORING_REGISTER_FILES2 with IORING_RSRC_REGISTER_SPARSE: an empty table of <paramref name="count"/> direct descriptors.</summary>
+    public int RegisterSparseFiles(uint count)
+    {
+        // struct io_uring_rsrc_register: nr, flags, resv2, data, tags.
+        var reg = stackalloc ulong[4];
+        reg[0] = count | ((ulong)RingConstants.RsrcRegisterSparse << 32);
+        reg[1] = 0;
+        reg[2] = 0;
+        reg[3] = 0;
+        var result = LinuxNative.Syscall4(LinuxNative.SysIoUringRegister, _fd, RingConstants.RegisterFiles2, (long)reg, 32);
+        return result < 0 ? LinuxNative.Errno : 0;
+    }
 
     /// <summary>IORING_REGISTER_PROBE: which of <paramref name="ops"/> this kernel lacks, or null when the probe itself fails.</summary>
     public string? MissingOps(ReadOnlySpan<byte> ops, out int errno)

@@ -25,6 +25,8 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private const int FirstIndex = 2;
     private const ulong IgnoredUserData = 0;
     private const ulong WakeUserData = 1;
+    // struct linger { l_onoff = 1, l_linger = 0 }, for IORING_OP_URING_CMD's setsockopt; never freed.
+    private static readonly int* s_zeroLinger = CreateZeroLinger();
     private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(2);
 
     [ThreadStatic]
@@ -36,6 +38,9 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private readonly Lock _registerLock = new();
     private readonly Stack<int> _freeIndexes = new();
     private readonly Queue<Cqe> _deferred = new();
+    private readonly Stack<FinOperation> _fins = new();
+    // The descriptors (plain, or slots) with an IORING_OP_SHUTDOWN in flight: see CloseDescriptor.
+    private readonly Dictionary<(int Fd, bool Fixed), FinOperation> _finsInFlight = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ILogger _logger;
     private readonly ulong* _wakeBuffer;
@@ -52,6 +57,13 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private volatile bool _stopRequested;
     private volatile bool _stopping;
     private int _done;
+
+    private static int* CreateZeroLinger()
+    {
+        var linger = (int*)NativeMemory.AllocZeroed(8);
+        linger[0] = 1;
+        return linger;
+    }
 
     private RingThread(string name, ILogger logger)
     {
@@ -88,6 +100,15 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
             if (_ring is null)
             {
                 return false;
+            }
+
+            if (IoUringVariants.RegisteredFiles)
+            {
+                // Only where every operation a direct descriptor needs is present, else plain descriptors:
+                // IORING_OP_URING_CMD's socket setsockopt came in 6.7, and IORING_OP_FIXED_FD_INSTALL (6.8),
+                // which the probe can see, stands for it.
+                HasFileTable = _ring.MissingOps([RingConstants.OpShutdown, RingConstants.OpUringCmd, RingConstants.OpFixedFdInstall], out _) == ""
+                    && _ring.RegisterSparseFiles(IoUringVariants.FileTableSize) == 0;
             }
 
             _eventFd = LinuxNative.EventFd(0, LinuxNative.EFD_CLOEXEC);
@@ -289,6 +310,84 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         sqe->Fd = fd;
         sqe->UserData = IgnoredUserData;
         sqe->Flags = RingConstants.SqeCqeSkipSuccess;
+    }
+
+    /// <summary>Whether the ring has a table of direct descriptors accepts allocate from (<see cref="IoUringVariants.RegisteredFiles"/>).</summary>
+    public bool HasFileTable { get; private set; }
+
+    /// <summary>On the ring thread: a FIN operation (<see cref="IoUringVariants.RingFin"/>) from the ring's pool.</summary>
+    public FinOperation RentFin() => _fins.TryPop(out var fin) ? fin : new FinOperation(this);
+
+    public void ReturnFin(FinOperation fin) => _fins.Push(fin);
+
+    /// <summary>On the ring thread: a FIN for the descriptor is in flight, and its close waits for it.</summary>
+    public void OnFinPrepared(int fd, bool isFixed, FinOperation fin) => _finsInFlight[(fd, isFixed)] = fin;
+
+    public void OnFinDone(int fd, bool isFixed) => _finsInFlight.Remove((fd, isFixed));
+
+    /// <summary>
+    /// On the ring thread: closes a plain or direct descriptor, with SO_LINGER 0 first for a direct one's
+    /// abort (<paramref name="slotAbort"/>). A descriptor whose IORING_OP_SHUTDOWN is in flight closes when
+    /// that completes: the kernel runs the shutdown on an io-wq worker, which looks the descriptor up
+    /// there, so a close before it would let the worker shut down whichever socket got the number next.
+    /// </summary>
+    public void CloseDescriptor(int fd, bool isFixed, bool slotAbort)
+    {
+        if (_finsInFlight.Count != 0 && _finsInFlight.TryGetValue((fd, isFixed), out var fin))
+        {
+            fin.CloseWhenDone(slotAbort);
+            return;
+        }
+
+        if (isFixed)
+        {
+            if (slotAbort)
+            {
+                ZeroLingerSlot(fd);
+            }
+
+            CloseSlot(fd);
+        }
+        else
+        {
+            Close(fd);
+        }
+    }
+
+    /// <summary>On the ring thread: closes direct descriptor <paramref name="slot"/> in submission order.</summary>
+    public void CloseSlot(int slot)
+    {
+        var sqe = TryGetSqe();
+        if (sqe is null)
+        {
+            // Stopping: the table goes with the ring.
+            return;
+        }
+
+        sqe->Opcode = RingConstants.OpClose;
+        sqe->FileIndex = (uint)slot + 1;
+        sqe->UserData = IgnoredUserData;
+        sqe->Flags = RingConstants.SqeCqeSkipSuccess;
+    }
+
+
+    /// <summary>On the ring thread: SO_LINGER 0 on direct descriptor <paramref name="slot"/> (IORING_OP_URING_CMD setsockopt).</summary>
+    public void ZeroLingerSlot(int slot)
+    {
+        var sqe = TryGetSqe();
+        if (sqe is null)
+        {
+            return;
+        }
+
+        sqe->Opcode = RingConstants.OpUringCmd;
+        sqe->Fd = slot;
+        sqe->Flags = RingConstants.SqeFixedFile | RingConstants.SqeCqeSkipSuccess;
+        sqe->Off = RingConstants.SocketUringOpSetsockopt;
+        sqe->Addr = LinuxNative.SOL_SOCKET | ((ulong)LinuxNative.SO_LINGER << 32);
+        sqe->FileIndex = 8;
+        sqe->Addr3 = (ulong)s_zeroLinger;
+        sqe->UserData = IgnoredUserData;
     }
 
     /// <summary>Asks the thread to stop: what is in flight is canceled, then the thread ends and closes the ring.</summary>
