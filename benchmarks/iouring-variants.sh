@@ -7,7 +7,7 @@
 # samples/KestrelApp for every variant, in a rotating order; the server's CPU per connection comes from
 # /proc (io-wq worker threads included, they are the process's). Prints per-round rows, then medians and
 # the minimum over rounds (on a shared machine the least disturbed round is the closest to the real cost),
-# and ratios against plain. Bounded: ROUNDS (default 6) x 3 variants x 2 phases x (SECONDS_PER_RUN + a 4-5 s warm-up + start-up), about 8 minutes.
+# and ratios against plain. Bounded: ROUNDS (default 6) x 3 variants x 2 phases x (SECONDS_PER_RUN + a 4-5 s warm-up + start-up): about 14 minutes here.
 #
 #   bash benchmarks/iouring-variants.sh            # ROUNDS=6 SECONDS_PER_RUN=6 by default
 set -euo pipefail

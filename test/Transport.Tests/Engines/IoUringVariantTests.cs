@@ -31,8 +31,10 @@ public sealed class IoUringVariantTests
         var before = ProcessSockets.Count();
         using (Use(variant))
         {
-            await using var server = await StartAsync(static async context =>
+            var rings = new System.Collections.Concurrent.ConcurrentDictionary<RingThread, bool>();
+            await using var server = await StartAsync(async context =>
             {
+                rings.TryAdd(((IoUringConnectionIo)((Transport.Winsock.Connections.WinsockConnection)context).Io).Ring, true);
                 var result = await context.Transport.Input.ReadAtLeastAsync(1);
                 context.Transport.Input.AdvanceTo(result.Buffer.End);
                 await context.Transport.Output.WriteAsync(Payload);
@@ -72,6 +74,11 @@ public sealed class IoUringVariantTests
                 await Eventually.TrueAsync(() => server.Counters!.GracefulCloses == 960, TimeSpan.FromSeconds(10)),
                 Eventually.Describe(server.Counters!));
             Assert.Equal(0, server.Counters!.ConnectionResets);
+            // A registered connection's descriptor is a slot of its ring's table, which /proc does not show:
+            // every slot taken is given back. (Plain ones are counted below.)
+            Assert.True(
+                await Eventually.TrueAsync(() => rings.Keys.All(static ring => ring.OpenSlots == 0), TimeSpan.FromSeconds(10)),
+                $"slots still open: {string.Join(", ", rings.Keys.Select(static ring => ring.OpenSlots))}");
         }
 
         var after = await ProcessSockets.WaitForAtMostAsync(before, TimeSpan.FromSeconds(5));
@@ -157,24 +164,32 @@ public sealed class IoUringVariantTests
     private static void AssertVariantRuns(ConnectionServer server, string variant)
     {
         var status = server.Counters!.EngineStatus;
+        if (status.Contains("this kernel lacks what they need", StringComparison.Ordinal))
+        {
+            // Before 6.8 (no IORING_OP_FIXED_FD_INSTALL, standing for 6.7's uring_cmd setsockopt), or a file
+            // table the kernel refused: the engine takes plain descriptors, and says so.
+            Assert.Skip($"registered files cannot run on this kernel: {status}");
+        }
+
         Assert.Contains(variant == "registered" ? "; variant: registered files (" : "; variant: FIN by IORING_OP_SHUTDOWN", status, StringComparison.Ordinal);
         TestContext.Current.SendDiagnosticMessage($"{variant}: {status}");
     }
 
-    /// <summary>Turns a variant on for the servers started meanwhile; the defaults come back on dispose.</summary>
+    /// <summary>Turns a variant on for the servers started meanwhile; what was set before comes back on dispose.</summary>
     private static Restore Use(string variant)
     {
+        var restore = new Restore(IoUringVariants.RegisteredFiles, IoUringVariants.RingFin);
         IoUringVariants.RegisteredFiles = variant == "registered";
         IoUringVariants.RingFin = true;
-        return new Restore();
+        return restore;
     }
 
-    private sealed class Restore : IDisposable
+    private sealed class Restore(bool registeredFiles, bool ringFin) : IDisposable
     {
         public void Dispose()
         {
-            IoUringVariants.RegisteredFiles = false;
-            IoUringVariants.RingFin = false;
+            IoUringVariants.RegisteredFiles = registeredFiles;
+            IoUringVariants.RingFin = ringFin;
         }
     }
 }

@@ -272,7 +272,7 @@ internal sealed unsafe class FinOperation(RingThread thread) : RingOperation(thr
 
     protected override void Complete(int result, uint flags)
     {
-        Thread.OnFinDone(_fd, _fixed);
+        Thread.OnFinDone(_fd, _fixed, this);
         if (_closeWhenDone)
         {
             _closeWhenDone = false;

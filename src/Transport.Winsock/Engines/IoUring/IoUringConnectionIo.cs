@@ -23,6 +23,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     private readonly ReceiveOperation _receive;
     private readonly SendOperation _send;
     private bool _fixed;
+    // Set on the ring thread once this connection's FIN went to the ring: a second SendFin (an abort
+    // with FinOnError after the FIN) must not put another shutdown beside it (ring thread only).
+    private bool _finPrepared;
     private int _fd = -1;
     private EndPoint? _local;
     private EndPoint? _remote;
@@ -54,6 +57,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         _fd = fd;
         _fixed = isFixed;
+        _finPrepared = false;
         _local = local;
         _remote = remote;
         _attached++;
@@ -153,13 +157,19 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     private void FinOnRing(int attached)
     {
-        if (attached != _attached || _fdClosed)
+        // The shutdown's result is not waited for (SendFin has answered Done): an ENOTCONN only means the
+        // peer is gone, which the receive side reports. A stopping ring sends no FIN; the close ends it.
+        if (attached != _attached || _fdClosed || _finPrepared || _ring.IsStopping)
         {
             return;
         }
 
         var fin = _ring.RentFin();
-        if (!fin.Prepare(_fd, _fixed))
+        if (fin.Prepare(_fd, _fixed))
+        {
+            _finPrepared = true;
+        }
+        else
         {
             _ring.ReturnFin(fin);
         }

@@ -151,6 +151,7 @@ internal sealed class IoUringListenerEngine : ListenerEngine
             // Accepted as the listener stopped: nobody will serve it. Nothing on the ring refers to it yet.
             if (accept.Direct)
             {
+                accept.Thread.OnSlotAccepted();
                 accept.Thread.CloseSlot(fd);
             }
             else
@@ -159,6 +160,11 @@ internal sealed class IoUringListenerEngine : ListenerEngine
             }
 
             return;
+        }
+
+        if (accept.Direct)
+        {
+            accept.Thread.OnSlotAccepted();
         }
 
         _pause.OnAccepted();

@@ -53,6 +53,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private int _posters;
     private int _draining;
     private int _inFlight;
+    private int _openSlots;
     private bool _wakeArmed;
     private volatile bool _stopRequested;
     private volatile bool _stopping;
@@ -323,7 +324,13 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     /// <summary>On the ring thread: a FIN for the descriptor is in flight, and its close waits for it.</summary>
     public void OnFinPrepared(int fd, bool isFixed, FinOperation fin) => _finsInFlight[(fd, isFixed)] = fin;
 
-    public void OnFinDone(int fd, bool isFixed) => _finsInFlight.Remove((fd, isFixed));
+    public void OnFinDone(int fd, bool isFixed, FinOperation fin)
+    {
+        if (_finsInFlight.TryGetValue((fd, isFixed), out var current) && ReferenceEquals(current, fin))
+        {
+            _finsInFlight.Remove((fd, isFixed));
+        }
+    }
 
     /// <summary>
     /// On the ring thread: closes a plain or direct descriptor, with SO_LINGER 0 first for a direct one's
@@ -354,9 +361,16 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
     }
 
+    /// <summary>Slots of the file table that hold a connection's descriptor (accepted, close not yet submitted); for tests.</summary>
+    public int OpenSlots => Volatile.Read(ref _openSlots);
+
+    /// <summary>On the ring thread: an accept took a slot.</summary>
+    public void OnSlotAccepted() => Volatile.Write(ref _openSlots, _openSlots + 1);
+
     /// <summary>On the ring thread: closes direct descriptor <paramref name="slot"/> in submission order.</summary>
     public void CloseSlot(int slot)
     {
+        Volatile.Write(ref _openSlots, _openSlots - 1);
         var sqe = TryGetSqe();
         if (sqe is null)
         {
