@@ -60,6 +60,9 @@ got=$(curl -sk --http2 --max-time 10 -o "$work/body" -w '%{http_version} %{http_
 got=$(curl -s --http2-prior-knowledge --max-time 10 -o "$work/body" -w '%{http_version} %{http_code}' "$h2c/plaintext") || fail "curl --http2-prior-knowledge $h2c failed"
 [ "$got" = "2 200" ] && [ "$(cat "$work/body")" = "Hello, World!" ] || fail "curl --http2-prior-knowledge $h2c: '$got'"
 
+# /stats resolves the outbound connection factory, whose winsock.outbound.* instruments join the meter.
+curl -sk --http1.1 --max-time 10 -o /dev/null "$tls/stats" || fail "curl $tls/stats failed"
+
 # dotnet-counters watches the meter while h2load and a Connection: close churn run.
 (cd "$root" && timeout 60 dotnet tool run dotnet-counters collect --process-id "$pid" --counters Transport.Winsock \
   --format json --duration 00:00:08 --refresh-interval 1 -o "$work/counters.json" >"$work/counters.log" 2>&1) &

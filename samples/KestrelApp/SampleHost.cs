@@ -38,6 +38,13 @@ public static class SampleHost
                 throw new ArgumentException($"--transport must be 'winsock' or 'sockets'; it was '{transport}'.", nameof(args));
         }
 
+        // The outbound side, on either transport: /outbound calls this server back through it.
+        builder.Services.AddWinsockReuseConnectionFactory(static options => options.DeferFinTimeout = TimeSpan.FromSeconds(2));
+        builder.Services.AddSingleton(static provider => new HttpClient(new SocketsHttpHandler
+        {
+            ConnectCallback = WinsockReuse.CreateConnectCallback(provider.GetRequiredService<WinsockOutboundConnectionFactory>()),
+        }));
+
         if (builder.Configuration[WebHostDefaults.ServerUrlsKey] is null)
         {
             builder.WebHost.UseUrls(DefaultUrl);
@@ -71,10 +78,10 @@ public static class SampleHost
         threadPoolWorkItems = ThreadPool.CompletedWorkItemCount,
     };
 
-    /// <summary>Adds the sample's endpoints: <c>/</c>, <c>/plaintext</c>, <c>POST /echo</c> and <c>/stats</c>.</summary>
+    /// <summary>Adds the sample's endpoints: <c>/</c>, <c>/plaintext</c>, <c>POST /echo</c>, <c>/outbound</c> and <c>/stats</c>.</summary>
     public static void MapEndpoints(WebApplication app)
     {
-        app.MapGet("/", () => Results.Text("Transport.Winsock sample: try /plaintext, POST /echo or /stats.\n"));
+        app.MapGet("/", () => Results.Text("Transport.Winsock sample: try /plaintext, POST /echo, /outbound or /stats.\n"));
 
         app.MapGet("/plaintext", static (HttpContext context) =>
         {
@@ -94,12 +101,36 @@ public static class SampleHost
             await context.Request.Body.CopyToAsync(context.Response.Body, context.RequestAborted);
         });
 
+        // A service calling another: ?count=N (1 to 100) GETs of this server's /plaintext, each on a new
+        // connection (Connection: close), made by the outbound connection factory.
+        app.MapGet("/outbound", static async (HttpContext context, HttpClient client, WinsockOutboundCounters outbound, int? count) =>
+        {
+            var requests = count ?? 1;
+            if (requests is < 1 or > 100)
+            {
+                return Results.BadRequest("count must be between 1 and 100.");
+            }
+
+            var target = new Uri($"{context.Request.Scheme}://{context.Request.Host}/plaintext");
+            for (var i = 0; i < requests; i++)
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Get, target);
+                request.Headers.ConnectionClose = true;
+                using var response = await client.SendAsync(request, context.RequestAborted);
+                response.EnsureSuccessStatusCode();
+                await response.Content.ReadAsByteArrayAsync(context.RequestAborted);
+            }
+
+            return Results.Json(new { requests, outbound });
+        });
+
         app.MapGet("/stats", static (HttpContext context) =>
         {
             var counters = context.RequestServices.GetService<WinsockTransportCounters>();
+            var outbound = context.RequestServices.GetRequiredService<WinsockOutboundCounters>();
             return counters is null
-                ? Results.Json(new { transport = "sockets", process = ProcessStats() })
-                : Results.Json(new { transport = "winsock", counters, process = ProcessStats() });
+                ? Results.Json(new { transport = "sockets", outbound, process = ProcessStats() })
+                : Results.Json(new { transport = "winsock", counters, outbound, process = ProcessStats() });
         });
     }
 

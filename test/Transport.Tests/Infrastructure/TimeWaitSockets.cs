@@ -13,9 +13,13 @@ public static class TimeWaitSockets
 
     /// <summary>TIME_WAIT connections whose local port is <paramref name="port"/>: the server's side, not the clients'.</summary>
     public static int CountWithLocalPort(int port)
-        => Count("/proc/net/tcp", port) + Count("/proc/net/tcp6", port);
+        => Count("/proc/net/tcp", port, field: 1) + Count("/proc/net/tcp6", port, field: 1);
 
-    private static int Count(string table, int port)
+    /// <summary>TIME_WAIT connections whose remote port is <paramref name="port"/>: a client's side of connections to that server port.</summary>
+    public static int CountWithRemotePort(int port)
+        => Count("/proc/net/tcp", port, field: 2) + Count("/proc/net/tcp6", port, field: 2);
+
+    private static int Count(string table, int port, int field)
     {
         if (!File.Exists(table))
         {
@@ -29,7 +33,7 @@ public static class TimeWaitSockets
             var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
             if (fields.Length > 3
                 && fields[3] == TimeWaitState
-                && int.Parse(fields[1].AsSpan(fields[1].IndexOf(':', StringComparison.Ordinal) + 1), NumberStyles.HexNumber, CultureInfo.InvariantCulture) == port)
+                && int.Parse(fields[field].AsSpan(fields[field].IndexOf(':', StringComparison.Ordinal) + 1), NumberStyles.HexNumber, CultureInfo.InvariantCulture) == port)
             {
                 count++;
             }

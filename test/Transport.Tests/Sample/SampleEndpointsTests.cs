@@ -82,6 +82,7 @@ public sealed class SampleEndpointsTests
         // TestServer never goes through the transport, so it accepted nothing.
         Assert.Equal(0, counters.GetProperty("connectionsAccepted").GetInt64());
         Assert.Equal(JsonValueKind.False, counters.GetProperty("reuseActive").ValueKind);
+        Assert.Equal(0, root.GetProperty("outbound").GetProperty("connects").GetInt64());
     }
 
     [Fact]
@@ -94,6 +95,8 @@ public sealed class SampleEndpointsTests
 
         Assert.Equal("sockets", json.RootElement.GetProperty("transport").GetString());
         Assert.False(json.RootElement.TryGetProperty("counters", out _));
+        // The outbound side is the sample's on either transport.
+        Assert.Equal(JsonValueKind.Number, json.RootElement.GetProperty("outbound").GetProperty("timeWaitCloses").ValueKind);
     }
 
     [Theory]

@@ -1,0 +1,57 @@
+namespace Transport.Winsock;
+
+/// <summary>
+/// What a <see cref="WinsockOutboundConnectionFactory"/> has done so far: connects and their failures, the
+/// sockets connected, and how its connections ended. Monotonic except where noted; read from any thread.
+/// </summary>
+public sealed class WinsockOutboundCounters
+{
+    private long _connects;
+    private long _connectFailures;
+
+    internal WinsockOutboundCounters(WinsockTransportCounters connections) => Connections = connections;
+
+    /// <summary>The teardown's own counters, shared with the connections' state machine.</summary>
+    internal WinsockTransportCounters Connections { get; }
+
+    /// <summary>Connects that succeeded: connections handed to the caller.</summary>
+    public long Connects => Volatile.Read(ref _connects);
+
+    /// <summary>Connects that failed: refused, timed out, unreachable, canceled, or a name that did not resolve.</summary>
+    public long ConnectFailures => Volatile.Read(ref _connectFailures);
+
+    /// <summary>Connected sockets that were made for the connect.</summary>
+    public long SocketsCreated => Connections.SocketsCreated;
+
+    /// <summary>Connected sockets that were recycled from an earlier connection (ConnectEx into a reused socket).</summary>
+    public long SocketsReused => Connections.SocketsReused;
+
+    /// <summary>Connections ended with a FIN from this side (including those the server closed first).</summary>
+    public long GracefulCloses => Connections.GracefulCloses;
+
+    /// <summary>Connections ended with an RST from this side (an abort).</summary>
+    public long AbortiveCloses => Connections.AbortiveCloses;
+
+    /// <summary>Connections the server reset.</summary>
+    public long ConnectionResets => Connections.ConnectionResets;
+
+    /// <summary>
+    /// Graceful ends where this side's FIN went first: the connection's TIME_WAIT, and the ephemeral port it
+    /// holds, stay here on the client. The deferred FIN (<see cref="WinsockOutboundOptions.DeferFinTimeout"/>)
+    /// is how to keep them off it.
+    /// </summary>
+    public long TimeWaitCloses => Connections.TimeWaitCloses;
+
+    /// <summary>Graceful ends where the server's FIN came first: no TIME_WAIT here.</summary>
+    public long PeerClosedFirst => Connections.PeerClosedFirst;
+
+    /// <summary>Deferred FINs that waited the full <see cref="WinsockOutboundOptions.DeferFinTimeout"/> for a server that did not close, then went out.</summary>
+    public long DeferFinTimeouts => Connections.DeferFinTimeouts;
+
+    /// <summary>Connections whose FIN waited for the server's and got no FIN back within <see cref="WinsockOutboundOptions.DrainTimeout"/>.</summary>
+    public long DrainTimeouts => Connections.DrainTimeouts;
+
+    internal void Connected() => Interlocked.Increment(ref _connects);
+
+    internal void ConnectFailed() => Interlocked.Increment(ref _connectFailures);
+}

@@ -1,0 +1,77 @@
+namespace Transport.Winsock;
+
+/// <summary>
+/// Options of <see cref="WinsockOutboundConnectionFactory"/>: outbound TCP connections on the transport's
+/// pipes and teardown (the same FIN, drain and deferred FIN as an accepted connection's). Checked when the
+/// factory is made; each failure names the option and its value.
+/// </summary>
+public sealed class WinsockOutboundOptions
+{
+    /// <summary>
+    /// How long a connect may take before it fails with <see cref="System.Net.Sockets.SocketError.TimedOut"/>.
+    /// <see cref="Timeout.InfiniteTimeSpan"/> (the default, as <c>SocketsHttpHandler.ConnectTimeout</c>'s)
+    /// leaves it to the caller's cancellation token; otherwise 1 ms to 5 minutes.
+    /// </summary>
+    public TimeSpan ConnectTimeout { get; set; } = Timeout.InfiniteTimeSpan;
+
+    /// <summary>
+    /// After the FIN, how long the connection waits for the peer's FIN (reading and discarding what still
+    /// comes) before it closes anyway. Default 5 seconds; 0 to 5 minutes.
+    /// </summary>
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Client-side deferred FIN: once the connection is done (its stream disposed, its output completed),
+    /// how long it waits for the server to close first before it sends its own FIN. The side that closes
+    /// first keeps the connection in TIME_WAIT, and on a client that entry holds an ephemeral port; HTTP/1.1
+    /// servers close right after a <c>Connection: close</c> response, so with this on the TIME_WAIT, and
+    /// the port, stay on the server. <see cref="TimeSpan.Zero"/> (the default) sends the FIN at once, as
+    /// .NET's own sockets do. 0 to 5 seconds. Only for protocols whose server knows by itself when the
+    /// client is done (HTTP does): a server waiting for the client's FIN would wait the full delay.
+    /// </summary>
+    public TimeSpan DeferFinTimeout { get; set; }
+
+    /// <summary>Whether Nagle's algorithm is off on every connection (TCP_NODELAY), as in SocketsHttpHandler. Default true.</summary>
+    public bool NoDelay { get; set; } = true;
+
+    /// <summary>How many received bytes may wait unread before receiving pauses; null: no limit. Default 1 MiB.</summary>
+    public long? MaxReadBufferSize { get; set; } = 1024 * 1024;
+
+    /// <summary>How many bytes written and not yet sent make writes wait; null: no limit. Default 64 KiB.</summary>
+    public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
+
+    internal static readonly TimeSpan MaxTimeout = TimeSpan.FromMinutes(5);
+    internal static readonly TimeSpan MaxDeferFinTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>Every failure, each naming its option and value; empty when the options are good.</summary>
+    internal List<string> Validate()
+    {
+        var failures = new List<string>();
+        if (ConnectTimeout != Timeout.InfiniteTimeSpan && (ConnectTimeout <= TimeSpan.Zero || ConnectTimeout > MaxTimeout))
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(ConnectTimeout)} must be Timeout.InfiniteTimeSpan or between 1 ms and {MaxTimeout}; it was {ConnectTimeout}.");
+        }
+
+        if (DrainTimeout < TimeSpan.Zero || DrainTimeout > MaxTimeout)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(DrainTimeout)} must be between zero and {MaxTimeout}; it was {DrainTimeout}.");
+        }
+
+        if (DeferFinTimeout < TimeSpan.Zero || DeferFinTimeout > MaxDeferFinTimeout)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(DeferFinTimeout)} must be between zero (off) and {MaxDeferFinTimeout}; it was {DeferFinTimeout}.");
+        }
+
+        if (MaxReadBufferSize is < 0)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(MaxReadBufferSize)} must be null (no limit) or zero or more; it was {MaxReadBufferSize}.");
+        }
+
+        if (MaxWriteBufferSize is < 0)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(MaxWriteBufferSize)} must be null (no limit) or zero or more; it was {MaxWriteBufferSize}.");
+        }
+
+        return failures;
+    }
+}

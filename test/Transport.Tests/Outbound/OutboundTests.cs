@@ -1,0 +1,389 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Transport.Tests.Infrastructure;
+using Transport.Winsock;
+
+namespace Transport.Tests.Outbound;
+
+/// <summary>
+/// The outbound side against real Kestrel servers on 127.0.0.1: HttpClient through
+/// <see cref="WinsockReuse.CreateConnectCallback(WinsockOutboundConnectionFactory)"/>, and the
+/// <see cref="IConnectionFactory"/> itself. The server the clients churn against closes after every
+/// response (the requests say <c>Connection: close</c>), so whether the client's TIME_WAIT stays off the
+/// client is the deferred FIN's doing.
+/// </summary>
+[Collection(nameof(ProcessWideTests))]
+public sealed class OutboundTests
+{
+    // Under Wine each request costs several times more; the count there still shows the behaviour.
+    private static int ChurnRequests => WinePlatform.IsWine ? 2_000 : 20_000;
+
+    public static bool CountsTimeWait => TimeWaitSockets.IsSupported;
+
+    public static bool CountsSockets => ProcessSockets.IsSupported;
+
+    [Fact]
+    public async Task Churn_through_HttpClient_with_the_deferred_fin_fails_nothing_and_leaves_the_time_wait_on_the_server()
+    {
+        await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(2) });
+        var before = CountsTimeWait ? TimeWaitSockets.CountWithRemotePort(server.Port) : 0;
+
+        await ChurnAsync(server, factory, ChurnRequests);
+
+        var counters = factory.Counters;
+        Assert.True(
+            await Eventually.TrueAsync(() => counters.GracefulCloses == ChurnRequests, TimeSpan.FromSeconds(20)),
+            Describe(counters));
+        Assert.Equal(ChurnRequests, counters.Connects);
+        Assert.Equal(0, counters.ConnectFailures);
+        Assert.Equal(ChurnRequests, counters.SocketsCreated);
+        Assert.Equal(0, counters.ConnectionResets + counters.AbortiveCloses);
+        // The server closed first every time (it closes after each response), seen by the deferral: no
+        // deferral ran out, and no FIN of the client's went first.
+        Assert.Equal(ChurnRequests, counters.PeerClosedFirst);
+        Assert.Equal(0, counters.DeferFinTimeouts);
+        Assert.True(counters.TimeWaitCloses <= ChurnRequests / 100, Describe(counters));
+        if (CountsTimeWait)
+        {
+            var timeWait = TimeWaitSockets.CountWithRemotePort(server.Port) - before;
+            TestContext.Current.SendDiagnosticMessage($"deferred FIN on: {timeWait} client TIME_WAIT entries for {ChurnRequests} requests; {Describe(counters)}");
+            Assert.True(timeWait <= ChurnRequests / 100, $"{timeWait} client TIME_WAIT entries for {ChurnRequests} requests");
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Against_a_server_that_waits_for_the_client_to_close_every_close_is_the_clients_and_counted(bool deferFin)
+    {
+        // The server answers, then reads to the client's FIN before it ends: the client always closes first.
+        const int Requests = 200;
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Sockets, static async context =>
+        {
+            var input = context.Transport.Input;
+            while (true)
+            {
+                var result = await input.ReadAsync();
+                var headersEnd = result.Buffer.PositionOf((byte)'\n');
+                input.AdvanceTo(result.Buffer.End);
+                if (headersEnd is not null || result.IsCompleted)
+                {
+                    break;
+                }
+            }
+
+            await context.Transport.Output.WriteAsync("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"u8.ToArray());
+            while (!(await input.ReadAsync()).IsCompleted)
+            {
+            }
+        });
+        var options = new WinsockOutboundOptions { DeferFinTimeout = deferFin ? TimeSpan.FromMilliseconds(100) : TimeSpan.Zero };
+        await using var factory = new WinsockOutboundConnectionFactory(options);
+        var before = CountsTimeWait ? TimeWaitSockets.CountWithRemotePort(server.EndPoint.Port) : 0;
+        using (var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }))
+        {
+            var next = 0;
+            await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
+            {
+                while (Interlocked.Increment(ref next) <= Requests)
+                {
+                    Assert.Equal("ok", await client.GetStringAsync($"http://127.0.0.1:{server.EndPoint.Port}/", TestContext.Current.CancellationToken));
+                }
+            })));
+        }
+
+        var counters = factory.Counters;
+        Assert.True(
+            await Eventually.TrueAsync(() => counters.GracefulCloses == Requests && counters.TimeWaitCloses == Requests, TimeSpan.FromSeconds(20)),
+            Describe(counters));
+        // With the deferral on, each connection waited its bounded time for a server that never closes first.
+        Assert.Equal(deferFin ? Requests : 0, counters.DeferFinTimeouts);
+        Assert.Equal(0, counters.PeerClosedFirst);
+        if (CountsTimeWait)
+        {
+            var timeWait = TimeWaitSockets.CountWithRemotePort(server.EndPoint.Port) - before;
+            TestContext.Current.SendDiagnosticMessage($"deferred FIN {(deferFin ? "on" : "off")}, server waits: {timeWait} client TIME_WAIT entries for {Requests} requests; {Describe(counters)}");
+            // Each one is in the kernel's table (a later connect may take over a port in TIME_WAIT: hence 90 %).
+            Assert.InRange(timeWait, Requests * 9 / 10, Requests);
+        }
+    }
+
+    [Fact]
+    public async Task Keep_alive_requests_64_at_once_carry_large_bodies_both_ways_intact()
+    {
+        await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        await using var factory = new WinsockOutboundConnectionFactory();
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress };
+        var ct = TestContext.Current.CancellationToken;
+
+        await Task.WhenAll(Enumerable.Range(0, 64).Select(async i =>
+        {
+            var body = RandomNumberGenerator.GetBytes(256 * 1024 + i);
+            using var response = await client.PostAsync("/echo", new ByteArrayContent(body), ct);
+            response.EnsureSuccessStatusCode();
+            Assert.Equal(body, await response.Content.ReadAsByteArrayAsync(ct));
+        }));
+
+        Assert.InRange(factory.Counters.Connects, 1, 64);
+        Assert.Equal(0, factory.Counters.ConnectionResets);
+    }
+
+    [Fact]
+    public async Task A_server_that_resets_mid_response_gives_HttpClient_its_usual_HttpRequestException()
+    {
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Sockets, static async context =>
+        {
+            var result = await context.Transport.Input.ReadAsync();
+            context.Transport.Input.AdvanceTo(result.Buffer.End);
+            await context.Transport.Output.WriteAsync("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"u8.ToArray().Concat(new byte[1000]).ToArray());
+            await Task.Delay(100);
+            context.Abort(new ConnectionAbortedException("the test resets"));
+        });
+        await using var factory = new WinsockOutboundConnectionFactory();
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
+
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => client.GetByteArrayAsync($"http://127.0.0.1:{server.EndPoint.Port}/", TestContext.Current.CancellationToken));
+        Assert.True(
+            await Eventually.TrueAsync(() => factory.Counters.ConnectionResets == 1, TimeSpan.FromSeconds(10)),
+            Describe(factory.Counters));
+    }
+
+    [Fact]
+    public async Task Connecting_to_a_closed_port_fails_fast_with_connection_refused()
+    {
+        var port = ClosedPort();
+        await using var factory = new WinsockOutboundConnectionFactory();
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
+        var started = DateTime.UtcNow;
+
+        var http = await Assert.ThrowsAsync<HttpRequestException>(() => client.GetAsync($"http://127.0.0.1:{port}/", TestContext.Current.CancellationToken));
+        Assert.Equal(SocketError.ConnectionRefused, Assert.IsType<SocketException>(http.InnerException).SocketErrorCode);
+        Assert.Equal(HttpRequestError.ConnectionError, http.HttpRequestError);
+        var direct = await Assert.ThrowsAsync<SocketException>(() => factory.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), TestContext.Current.CancellationToken).AsTask());
+        Assert.Equal(SocketError.ConnectionRefused, direct.SocketErrorCode);
+
+        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(5), $"took {DateTime.UtcNow - started}");
+        Assert.Equal(2, factory.Counters.ConnectFailures);
+        Assert.Equal(0, factory.Counters.Connects);
+    }
+
+    [Fact]
+    public async Task A_connect_that_gets_no_answer_fails_after_ConnectTimeout_with_timed_out()
+    {
+        // A listener whose accept queue is full: the kernel drops further SYNs, so a connect waits.
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(1);
+        var target = (IPEndPoint)listener.LocalEndPoint!;
+        var open = new List<ConnectionContext>();
+        try
+        {
+            await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ConnectTimeout = TimeSpan.FromMilliseconds(300) });
+            SocketException? timedOut = null;
+            // Fill the queue until a connect no longer completes at once.
+            for (var i = 0; i < 8 && timedOut is null; i++)
+            {
+                try
+                {
+                    open.Add(await factory.ConnectAsync(target, TestContext.Current.CancellationToken));
+                }
+                catch (SocketException ex)
+                {
+                    timedOut = ex;
+                }
+            }
+
+            Assert.NotNull(timedOut);
+            Assert.Equal(SocketError.TimedOut, timedOut.SocketErrorCode);
+            Assert.Contains("WinsockOutboundOptions.ConnectTimeout", timedOut.Message, StringComparison.Ordinal);
+            Assert.Equal(1, factory.Counters.ConnectFailures);
+        }
+        finally
+        {
+            // The queued connections are reset by the listener's close; theirs then end at once.
+            listener.Dispose();
+            foreach (var connection in open)
+            {
+                await connection.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task The_factory_connects_to_ip_and_dns_endpoints_and_refuses_other_kinds_by_name()
+    {
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Sockets, static async context =>
+        {
+            var result = await context.Transport.Input.ReadAtLeastAsync(5);
+            var request = result.Buffer.ToArray();
+            context.Transport.Input.AdvanceTo(result.Buffer.End);
+            await context.Transport.Output.WriteAsync(request);
+        });
+        await using var factory = new WinsockOutboundConnectionFactory();
+        var ct = TestContext.Current.CancellationToken;
+
+        foreach (EndPoint endPoint in new EndPoint[] { server.EndPoint, new DnsEndPoint("localhost", server.EndPoint.Port) })
+        {
+            var connection = await factory.ConnectAsync(endPoint, ct);
+            await using (connection)
+            {
+                Assert.Equal(server.EndPoint.Port, ((IPEndPoint)connection.RemoteEndPoint!).Port);
+                await connection.Transport.Output.WriteAsync("hello"u8.ToArray(), ct);
+                var read = await connection.Transport.Input.ReadAtLeastAsync(5, ct);
+                Assert.Equal("hello"u8.ToArray(), read.Buffer.ToArray());
+                connection.Transport.Input.AdvanceTo(read.Buffer.End);
+            }
+        }
+
+        var pipe = await Assert.ThrowsAsync<NotSupportedException>(() => factory.ConnectAsync(new NamedPipeEndPoint("winsock-test"), ct).AsTask());
+        Assert.Contains("NamedPipeEndPoint", pipe.Message, StringComparison.Ordinal);
+        Assert.Equal(2, factory.Counters.Connects);
+    }
+
+    [Fact(Skip = ProcessSockets.Unsupported, SkipUnless = nameof(CountsSockets))]
+    public async Task Its_connections_ended_and_the_factory_disposed_no_socket_is_left_open()
+    {
+        await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        var before = ProcessSockets.Count();
+        var factory = new WinsockOutboundConnectionFactory();
+        using (var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress })
+        {
+            await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => client.GetStringAsync("/plaintext", TestContext.Current.CancellationToken)));
+        }
+
+        await factory.DisposeAsync();
+        // The server's side of each connection is in this process too: both close.
+        var after = await ProcessSockets.WaitForAtMostAsync(before, TimeSpan.FromSeconds(10));
+        Assert.True(after <= before, $"{after} sockets open, {before} before: {ProcessSockets.Describe()}");
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => factory.ConnectAsync(new IPEndPoint(IPAddress.Loopback, server.Port), TestContext.Current.CancellationToken).AsTask());
+    }
+
+    [Fact]
+    public async Task Bad_options_fail_at_construction_and_at_host_start_naming_the_option()
+    {
+        var ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(10) }));
+        Assert.Contains("WinsockOutboundOptions.DeferFinTimeout must be between zero (off) and 00:00:05; it was 00:00:10.", ex.Message, StringComparison.Ordinal);
+
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Services.AddWinsockReuseConnectionFactory(options => options.ConnectTimeout = TimeSpan.Zero);
+        await using var app = builder.Build();
+        var failure = await Assert.ThrowsAsync<OptionsValidationException>(() => app.StartAsync(TestContext.Current.CancellationToken));
+        Assert.Contains("WinsockOutboundOptions.ConnectTimeout", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_registered_factory_is_the_hosts_connection_factory_and_its_counters()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Services.AddWinsockReuseConnectionFactory();
+        await using var app = builder.Build();
+        var factory = app.Services.GetRequiredService<WinsockOutboundConnectionFactory>();
+        Assert.Same(factory, app.Services.GetRequiredService<IConnectionFactory>());
+        Assert.Same(factory.Counters, app.Services.GetRequiredService<WinsockOutboundCounters>());
+    }
+
+    [Fact]
+    public async Task The_sample_calls_itself_through_the_factory_and_shows_it_under_outbound_in_stats()
+    {
+        await using var server = await SampleServer.StartAsync();
+        using var client = new HttpClient { BaseAddress = server.BaseAddress };
+        var ct = TestContext.Current.CancellationToken;
+
+        using (var result = System.Text.Json.JsonDocument.Parse(await client.GetStringAsync("/outbound?count=20", ct)))
+        {
+            Assert.Equal(20, result.RootElement.GetProperty("requests").GetInt32());
+        }
+
+        using var stats = System.Text.Json.JsonDocument.Parse(await client.GetStringAsync("/stats", ct));
+        var outbound = stats.RootElement.GetProperty("outbound");
+        Assert.Equal(20, outbound.GetProperty("connects").GetInt64());
+        Assert.Equal(0, outbound.GetProperty("connectFailures").GetInt64());
+        // The sample defers the client's FIN, and its own server closes after each Connection: close response.
+        var counters = server.App.Services.GetRequiredService<WinsockOutboundCounters>();
+        Assert.True(await Eventually.TrueAsync(() => counters.PeerClosedFirst == 20, TimeSpan.FromSeconds(10)), Describe(counters));
+        using var tooMany = await client.GetAsync("/outbound?count=1000", ct);
+        Assert.Equal(HttpStatusCode.BadRequest, tooMany.StatusCode);
+    }
+
+    [Fact]
+    public async Task The_meter_reports_connects_sockets_closes_and_deferred_fins_under_winsock_outbound()
+    {
+        using var meters = new OneMeterFactory();
+        await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(2) }, meterFactory: meters);
+        await ChurnAsync(server, factory, 10);
+        await Assert.ThrowsAsync<SocketException>(() => factory.ConnectAsync(new IPEndPoint(IPAddress.Loopback, ClosedPort()), TestContext.Current.CancellationToken).AsTask());
+        Assert.True(await Eventually.TrueAsync(() => factory.Counters.PeerClosedFirst == 10, TimeSpan.FromSeconds(10)), Describe(factory.Counters));
+
+        var seen = new Dictionary<string, long>();
+        using (var listener = new System.Diagnostics.Metrics.MeterListener())
+        {
+            listener.InstrumentPublished = (instrument, l) =>
+            {
+                if (ReferenceEquals(instrument.Meter, meters.Meter))
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            };
+            listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+            {
+                var tag = tags.Length == 1 ? $"{tags[0].Value}" : "";
+                seen[$"{instrument.Name}/{tag}"] = value;
+            });
+            listener.Start();
+            listener.RecordObservableInstruments();
+        }
+
+        Assert.Equal(10, seen["winsock.outbound.connects/connected"]);
+        Assert.Equal(1, seen["winsock.outbound.connects/failed"]);
+        Assert.Equal(10, seen["winsock.outbound.sockets/created"]);
+        Assert.Equal(0, seen["winsock.outbound.sockets/reused"]);
+        Assert.Equal(10, seen["winsock.outbound.closes/graceful"]);
+        Assert.Equal(0, seen["winsock.outbound.closes/time_wait"]);
+        Assert.Equal(10, seen["winsock.outbound.fin.deferred/peer_closed_first"]);
+        Assert.Equal(0, seen["winsock.outbound.fin.deferred/timeout"]);
+    }
+
+    /// <summary>Hands out one meter and keeps it, so a listener can tell this factory's instruments from the rest of the process's.</summary>
+    private sealed class OneMeterFactory : System.Diagnostics.Metrics.IMeterFactory
+    {
+        public System.Diagnostics.Metrics.Meter? Meter { get; private set; }
+
+        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options) => Meter = new System.Diagnostics.Metrics.Meter(options);
+
+        public void Dispose() => Meter?.Dispose();
+    }
+
+    private static async Task ChurnAsync(SampleServer server, WinsockOutboundConnectionFactory factory, int requests)
+    {
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress };
+        client.DefaultRequestHeaders.ConnectionClose = true;
+        var next = 0;
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+        {
+            while (Interlocked.Increment(ref next) <= requests)
+            {
+                Assert.Equal("Hello, World!", await client.GetStringAsync("/plaintext", TestContext.Current.CancellationToken));
+            }
+        })));
+    }
+
+    private static int ClosedPort()
+    {
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        return ((IPEndPoint)socket.LocalEndPoint!).Port;
+    }
+
+    private static string Describe(WinsockOutboundCounters c)
+        => $"connects={c.Connects} connectFailures={c.ConnectFailures} created={c.SocketsCreated} graceful={c.GracefulCloses} abortive={c.AbortiveCloses} resets={c.ConnectionResets} timeWaitCloses={c.TimeWaitCloses} peerClosedFirst={c.PeerClosedFirst} deferFinTimeouts={c.DeferFinTimeouts} drainTimeouts={c.DrainTimeouts}";
+}
