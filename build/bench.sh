@@ -25,6 +25,10 @@
 #   2. Transport only: builds benchmarks/TransportBench (Release) and alternates its "run" mode between
 #      winsock, winsock-sockets and sockets, and its "client" mode against the floor's transport protocol:
 #      connections/s, bytes allocated and CPU µs per connection, without HTTP.
+#   3. Outbound: the same TransportBench's "outbound" mode, HttpClient churning (Connection: close) against
+#      the sample on Kestrel's Sockets transport, alternating the default SocketsHttpHandler and ours
+#      (WinsockReuse.CreateConnectCallback with a 2 s client-side deferred FIN): requests/s, the client's
+#      CPU µs per request, and the client TIME_WAIT entries per request the run left (/proc/net/tcp).
 # Prints a table per round, a summary of medians, writes artifacts/bench/results.tsv (every measurement)
 # and artifacts/bench/summary.tsv (medians), and ends with eight lines: six of median(winsock)/median(sockets),
 #   churn_ratio= keepalive_ratio= cpu_per_conn_ratio= transport_conn_ratio= alloc_per_conn_ratio=
@@ -34,12 +38,14 @@
 # then four more: transport_cpu_ratio= (transport-only CPU per connection, winsock/sockets),
 #   inline_cpu_ratio= (HTTP churn CPU per connection, winsock-inline/sockets), floor_cpu_ratio=
 #   (transport-only CPU per connection, winsock/floor), sockets_engine_cpu_ratio= (HTTP churn CPU per
-#   connection, winsock-sockets/sockets). Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
+#   connection, winsock-sockets/sockets), and two of the outbound phase, ours/the default handler:
+#   outbound_churn_ratio= (requests/s) and outbound_time_wait_ratio= (client TIME_WAIT per request).
+#   Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
 # Any failed phase stops the run with a non-zero exit and no ratios; without benchmarks/TransportBench
 # its ratios read n/a and the run exits 3. Installs wrk, gcc and gnuplot (and curl, ss) with
 # apt-get when missing (root, or sudo).
 #
-#   build/bench.sh                 full run: 4 rounds of 10 s phases, under 15 minutes
+#   build/bench.sh                 full run: 4 rounds of 10 s phases, under 17 minutes
 #   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 4 minutes
 # Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
 #   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
@@ -64,7 +70,7 @@ if [ "$quick" = 1 ]; then
   tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-240}"
 else
   rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-5}"
-  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-900}"
+  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1020}"
 fi
 wrk_threads="${WRK_THREADS:-2}" wrk_conns="${WRK_CONNECTIONS:-32}"
 defer_fin="${DEFER_FIN_TIMEOUT:-00:00:00.500}"
@@ -366,7 +372,7 @@ else
 fi
 
 # Deadline check before anything starts: rounds x phases + the transport-only runs + builds and startups.
-phases_estimate=$(( rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12) + tb_present * rounds * 4 * (tb_s + tb_warmup + 2) ))
+phases_estimate=$(( rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12) + tb_present * rounds * (4 * (tb_s + tb_warmup + 2) + 2 * (tb_s + tb_warmup + 3) + 4) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
 [ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
@@ -445,11 +451,37 @@ if [ "$tb_present" = 1 ]; then
   done
 fi
 
+if [ "$tb_present" = 1 ]; then
+  for round in $(seq 1 "$rounds"); do
+    echo
+    echo "== outbound round $round/$rounds (${SECONDS}s)"
+    budget 20
+    start_server outbound-server sockets
+    order="default winsock"
+    if [ $((round % 2)) = 0 ]; then order="winsock default"; fi
+    for handler in $order; do
+      budget $((tb_s + tb_warmup + 5))
+      ofile="$logs/outbound-${handler}-r${round}.txt"
+      line=$(timeout --kill-after=5 $((tb_s + tb_warmup + 30)) dotnet "$tb_dll" outbound --handler "$handler" --port "$server_port" \
+        --seconds "$tb_s" --warmup "$tb_warmup" --concurrency 16 2>"$ofile" | grep '^outbound=' | tail -1) \
+        || { tail -20 "$ofile" >&2; die "TransportBench outbound --handler $handler failed (stderr: $ofile)"; }
+      echo "outbound-$handler: $line"
+      # outbound=H requests=N rps=R cpu_us_per_req=U time_wait=T time_wait_per_req=F errors=E
+      awk -v r="$round" -v c="outbound-$handler" '{
+          for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+          if (f["requests"] == "" || f["rps"] == "" || f["cpu_us_per_req"] == "" || f["time_wait_per_req"] == "" || f["errors"] == "") exit 1
+          printf "%s\t%s\toutbound\t%s\t-\t-\t%s\t%s\t-\t-\t%s\t%s\t-\t-\n", r, c, f["rps"], f["errors"], f["requests"], f["cpu_us_per_req"], f["time_wait_per_req"]
+        }' <<<"$line" >>"$results" || die "TransportBench printed no valid outbound line: '$line'"
+    done
+    stop_server
+  done
+fi
+
 echo
 echo "== summary: medians over $rounds rounds (every measurement: ${results#"$root"/})"
 echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn" >"$summary"
 print_header
-for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport"; do
+for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound"; do
   read -r config phase <<<"$key"
   [ -n "$(median "$config" "$phase" 4)" ] || continue
   vals=()
@@ -465,7 +497,7 @@ for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inli
   fi
 done
 echo "(transport rows: req/s = connections/s, no HTTP; alloc/conn in bytes; TIME_WAIT: server side, after the churn; WS: peak working set;"
-echo " client us/c: wrk's CPU per connection)"
+echo " client us/c: wrk's CPU per connection; outbound rows: cpu us/conn is the client's CPU per request, TIME_WAIT the client's per request)"
 echo
 
 lines=(
@@ -481,6 +513,8 @@ lines=(
   "inline_cpu_ratio=$(ratio "$(median winsock-inline churn 11)" "$(median sockets churn 11)")"
   "floor_cpu_ratio=$(ratio "$(median winsock transport 11)" "$(median floor transport 11)")"
   "sockets_engine_cpu_ratio=$(ratio "$(median winsock-sockets churn 11)" "$(median sockets churn 11)")"
+  "outbound_churn_ratio=$(ratio "$(median outbound-winsock outbound 4)" "$(median outbound-default outbound 4)")"
+  "outbound_time_wait_ratio=$(ratio "$(median outbound-winsock outbound 12)" "$(median outbound-default outbound 12)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
 

@@ -19,6 +19,7 @@ internal static class Program
           TransportBench run --transport winsock|sockets [--engine auto|sockets|iouring] [--inline true|false]
                              [--seconds 10] [--warmup 2] [--concurrency 16]
           TransportBench client --port P --seconds S [--concurrency 16]
+          TransportBench outbound --handler default|winsock --port P [--seconds 10] [--warmup 2] [--concurrency 16] [--defer-fin-ms 2000]
           TransportBench --help
 
         run     serves on 127.0.0.1:0 through the transport Kestrel would pick (winsock: services.AddWinsockReuseTransport();
@@ -31,6 +32,11 @@ internal static class Program
                 (client + server) cover the whole run. Exits 1 if no connection completed in the measured period.
         client  the load: C loops of connect, send 1 byte, receive 1 byte, receive until FIN, close, for S seconds;
                 prints "ok=N errors=E" on stdout.
+        outbound  HttpClient churn (Connection: close) against http://127.0.0.1:P/plaintext, on the default
+                SocketsHttpHandler or on ours (WinsockReuse.CreateConnectCallback, deferred FIN --defer-fin-ms);
+                measures this process after the warm-up and prints one line on stdout:
+                  outbound=H requests=N rps=R cpu_us_per_req=U time_wait=T time_wait_per_req=F errors=E
+                time_wait: client TIME_WAIT entries for port P the whole run left (/proc/net/tcp, Linux).
         """;
 
     public static async Task<int> Main(string[] args)
@@ -47,6 +53,7 @@ internal static class Program
             {
                 "run" => await RunAsync(ParseOptions(args.AsSpan(1), "transport", "engine", "inline", "seconds", "warmup", "concurrency")).ConfigureAwait(false),
                 "client" => await ClientAsync(ParseOptions(args.AsSpan(1), "port", "seconds", "concurrency")).ConfigureAwait(false),
+                "outbound" => await OutboundAsync(ParseOptions(args.AsSpan(1), "handler", "port", "seconds", "warmup", "concurrency", "defer-fin-ms")).ConfigureAwait(false),
                 var mode => throw new ArgumentException(mode is null ? "no mode given" : $"unknown mode '{mode}' (run, client, --help)"),
             };
         }
@@ -140,6 +147,19 @@ internal static class Program
 
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"ok={client.Succeeded} errors={client.Errors}"));
         return 0;
+    }
+
+    private static Task<int> OutboundAsync(Dictionary<string, string> options)
+    {
+        var handler = Get(options, "handler", "");
+        if (handler is not ("default" or "winsock"))
+        {
+            throw new ArgumentException("--handler must be default or winsock");
+        }
+
+        var port = options.ContainsKey("port") ? GetNumber(options, "port", 0, min: 1, max: 65535) : throw new ArgumentException("outbound needs --port");
+        return OutboundBench.RunAsync(handler, port, GetNumber(options, "seconds", 10, min: 1), GetNumber(options, "warmup", 2, min: 0),
+            GetNumber(options, "concurrency", 16, min: 1), GetNumber(options, "defer-fin-ms", 2000, min: 0, max: 5000));
     }
 
     // The same executable in client mode: `dotnet TransportBench.dll client ...` or the apphost directly.

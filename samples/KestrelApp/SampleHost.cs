@@ -111,7 +111,9 @@ public static class SampleHost
                 return Results.BadRequest("count must be between 1 and 100.");
             }
 
-            var target = new Uri($"{context.Request.Scheme}://{context.Request.Host}/plaintext");
+            // This server's own address (the one the request came in on), never one the request names.
+            var local = context.Connection.LocalIpAddress ?? System.Net.IPAddress.Loopback;
+            var target = new UriBuilder(context.Request.Scheme, local.ToString(), context.Connection.LocalPort, "/plaintext").Uri;
             for (var i = 0; i < requests; i++)
             {
                 using var request = new HttpRequestMessage(HttpMethod.Get, target);

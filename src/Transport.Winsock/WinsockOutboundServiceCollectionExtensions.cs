@@ -10,8 +10,9 @@ namespace Microsoft.Extensions.DependencyInjection;
 public static class WinsockOutboundServiceCollectionExtensions
 {
     /// <summary>
-    /// Registers one <see cref="WinsockOutboundConnectionFactory"/> as the <see cref="IConnectionFactory"/>
-    /// (and as itself), and its <see cref="WinsockOutboundCounters"/>. <paramref name="configure"/> sets
+    /// Registers one <see cref="WinsockOutboundConnectionFactory"/> as itself and as the
+    /// <see cref="IConnectionFactory"/> (unless one is registered already, which stays), and its
+    /// <see cref="WinsockOutboundCounters"/>. <paramref name="configure"/> sets
     /// <see cref="WinsockOutboundOptions"/>, checked when the host starts. The container disposes the
     /// factory. For HttpClient, pass the factory to <see cref="WinsockReuse.CreateConnectCallback(WinsockOutboundConnectionFactory)"/>.
     /// </summary>

@@ -19,6 +19,7 @@ internal sealed partial class WinsockConnection
     // Deadlines are armed with the connection's id: a pooled object ignores an expiry meant for its previous use.
     private static readonly Action<object, long> s_onDrainExpired = static (state, id) => ((WinsockConnection)state).OnDrainExpired(id);
     private static readonly Action<object, long> s_onDeferralExpired = static (state, id) => ((WinsockConnection)state).OnDeferralExpired(id);
+    private static readonly Action<object, long> s_onEndExpired = static (state, id) => ((WinsockConnection)state).OnEndExpired(id);
 
     private int _resetSeen;
     private bool _passiveClose;
@@ -124,6 +125,20 @@ internal sealed partial class WinsockConnection
         {
             // Guarded: the id string is only made for a log that is written.
             Logger.ConnectionWriteFin(ConnectionId);
+        }
+    }
+
+    /// <summary>The factory's EndTimeout ran out with the output still unsent (the peer stopped reading): abort.</summary>
+    private void OnEndExpired(long id)
+    {
+        lock (_closeLock)
+        {
+            if (id != _id || _closeState != CloseState.Open)
+            {
+                return;
+            }
+
+            CloseAbortively(new ConnectionAbortedException($"The connection's output was not sent within {_factory.EndTimeout} of its dispose: the peer stopped reading."));
         }
     }
 

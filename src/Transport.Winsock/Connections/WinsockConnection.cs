@@ -171,6 +171,19 @@ internal sealed partial class WinsockConnection : ConnectionContext
         }
 
         _disposed = true;
+        if (_started && _factory.EndTimeout is { } endTimeout)
+        {
+            // Armed before the output completes: the FIN, the deferral or the drain re-arms the one deadline
+            // once the output is sent, so this only fires on a send that never finishes.
+            lock (_closeLock)
+            {
+                if (_closeState == CloseState.Open)
+                {
+                    _deadline.Arm(endTimeout, s_onEndExpired, this, _id);
+                }
+            }
+        }
+
         _input.Reader.Complete();
         _output.Writer.Complete();
         if (!_started)

@@ -104,6 +104,13 @@ internal sealed class WinsockConnectionFactory
     /// <summary>Whether a receive waits for data before it takes a buffer (WaitForDataBeforeAllocatingBuffer).</summary>
     public bool WaitForData { get; }
 
+    /// <summary>
+    /// Set for connections no server times out (the outbound side's): how long a connection may take, from
+    /// its dispose, to get its output sent and its FIN (or deferred FIN) under way; past it, it is aborted.
+    /// Without it, a peer that stops reading would hold a disposed connection's send, and its socket, forever.
+    /// </summary>
+    public TimeSpan? EndTimeout { get; init; }
+
     /// <summary>Kestrel's FinOnError switch: an abort ends with a FIN, not an RST.</summary>
     public bool FinOnError { get; }
 

@@ -9,12 +9,22 @@ namespace Transport.Winsock.Outbound;
 /// the input pipe, writes go to the output pipe and are flushed at once (HttpClient buffers itself), and
 /// disposing ends the connection gracefully: its output completes, so the FIN (or the deferred FIN) goes
 /// out after every byte written, and the rest of the teardown runs in the background.
+/// <para>
+/// HttpClient disposes a stream with a read still pending (its idle connections keep one, and a canceled
+/// request leaves one): the dispose cancels it, and the connection is let go only once no read or write
+/// is in flight, so nothing touches the pipes after they are completed. A write still in flight at the
+/// dispose (a request canceled mid-upload) makes the end an abort: its bytes cannot all be sent.
+/// </para>
 /// </summary>
 internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 {
     private readonly PipeReader _input = connection.Transport.Input;
     private readonly PipeWriter _output = connection.Transport.Output;
+    private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _inFlight;
     private int _disposed;
+    private int _released;
+    private volatile bool _writing;
 
     public override bool CanRead => true;
 
@@ -28,29 +38,47 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        ObjectDisposedException.ThrowIf(_disposed != 0, this);
-        while (true)
+        Enter();
+        try
         {
-            var result = await _input.ReadAsync(cancellationToken).ConfigureAwait(false);
-            var data = result.Buffer;
-            if (!data.IsEmpty)
+            while (true)
             {
-                var count = (int)Math.Min(data.Length, buffer.Length);
-                data.Slice(0, count).CopyTo(buffer.Span);
-                _input.AdvanceTo(data.GetPosition(count));
-                return count;
-            }
+                ReadResult result;
+                try
+                {
+                    result = await _input.ReadAsync(cancellationToken).ConfigureAwait(false);
+                }
+                catch (ConnectionAbortedException ex)
+                {
+                    // Ended on this side (an abort, a drain timeout): for HttpClient an I/O failure, not a cancellation.
+                    throw new IOException(ex.Message, ex);
+                }
 
-            _input.AdvanceTo(data.End);
-            if (result.IsCompleted || buffer.IsEmpty)
-            {
-                return 0;
-            }
+                var data = result.Buffer;
+                if (result.IsCanceled && Volatile.Read(ref _disposed) != 0)
+                {
+                    _input.AdvanceTo(data.Start);
+                    throw new ObjectDisposedException(nameof(ConnectionStream), "The stream was disposed during the read.");
+                }
 
-            if (result.IsCanceled)
-            {
-                throw new OperationCanceledException("The read was canceled.");
+                if (!data.IsEmpty)
+                {
+                    var count = (int)Math.Min(data.Length, buffer.Length);
+                    data.Slice(0, count).CopyTo(buffer.Span);
+                    _input.AdvanceTo(data.GetPosition(count));
+                    return count;
+                }
+
+                _input.AdvanceTo(data.End);
+                if (result.IsCompleted || buffer.IsEmpty)
+                {
+                    return 0;
+                }
             }
+        }
+        finally
+        {
+            Exit();
         }
     }
 
@@ -61,12 +89,36 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        ObjectDisposedException.ThrowIf(_disposed != 0, this);
-        var result = await _output.WriteAsync(buffer, cancellationToken).ConfigureAwait(false);
-        if (result.IsCompleted)
+        Enter();
+        _writing = true;
+        try
         {
-            // The send side ended under the write: the connection was reset or aborted.
-            throw new IOException("The connection was closed before the write could be sent.");
+            FlushResult result;
+            try
+            {
+                result = await _output.WriteAsync(buffer, cancellationToken).ConfigureAwait(false);
+            }
+            catch (ConnectionAbortedException ex)
+            {
+                throw new IOException(ex.Message, ex);
+            }
+
+            if (result.IsCanceled && Volatile.Read(ref _disposed) != 0)
+            {
+                throw new ObjectDisposedException(nameof(ConnectionStream), "The stream was disposed during the write.");
+            }
+
+            if (result.IsCompleted)
+            {
+                // The send side ended under the write: the connection was reset or aborted.
+                throw new IOException("The connection was closed before the write could be sent.");
+            }
+
+            _writing = false;
+        }
+        finally
+        {
+            Exit();
         }
     }
 
@@ -86,13 +138,64 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     public override void SetLength(long value) => throw new NotSupportedException();
 
+    private void Enter()
+    {
+        Interlocked.Increment(ref _inFlight);
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            Exit();
+            throw new ObjectDisposedException(nameof(ConnectionStream));
+        }
+    }
+
+    private void Exit()
+    {
+        if (Interlocked.Decrement(ref _inFlight) == 0 && Volatile.Read(ref _disposed) != 0)
+        {
+            Release();
+        }
+    }
+
+    /// <summary>No read or write in flight, and disposed: the connection ends, once, and is never touched again.</summary>
+    private void Release()
+    {
+        if (Interlocked.Exchange(ref _released, 1) != 0)
+        {
+            return;
+        }
+
+        if (_writing)
+        {
+            // A write that did not finish: the output is cut short, so the end is an RST, not a FIN after half a message.
+            connection.Abort(new ConnectionAbortedException("The stream was disposed with a write in flight."));
+        }
+
+        _ = EndAsync();
+    }
+
+    private async Task EndAsync()
+    {
+        try
+        {
+            await connection.DisposeAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _ended.TrySetResult();
+        }
+    }
+
     protected override void Dispose(bool disposing)
     {
         if (disposing && Interlocked.Exchange(ref _disposed, 1) == 0)
         {
-            // The teardown (FIN, drain, close) goes on without the caller; the connection object goes back
-            // to its pool when it is done.
-            _ = connection.DisposeAsync().AsTask();
+            // A pending read or flush returns now (canceled); the last operation out lets the connection go.
+            _input.CancelPendingRead();
+            _output.CancelPendingFlush();
+            if (Volatile.Read(ref _inFlight) == 0)
+            {
+                Release();
+            }
         }
 
         base.Dispose(disposing);
@@ -100,12 +203,9 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     public override async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0)
-        {
-            await connection.DisposeAsync().ConfigureAwait(false);
-        }
-
-        // Stream's own: Dispose(true), which finds the connection ended already.
+        // Stream's own: Dispose(true), above.
         await base.DisposeAsync().ConfigureAwait(false);
+        // The whole teardown: the FIN (or deferred FIN), the drain, the close.
+        await _ended.Task.ConfigureAwait(false);
     }
 }

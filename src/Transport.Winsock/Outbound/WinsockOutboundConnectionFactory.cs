@@ -20,7 +20,7 @@ namespace Transport.Winsock;
 /// (the sockets engine: ConnectEx on Windows, epoll elsewhere). Thread-safe; dispose it once its
 /// connections are done.
 /// </summary>
-public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyncDisposable
+public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyncDisposable, IDisposable
 {
     private static readonly EndPoint AnyEndPoint = new IPEndPoint(IPAddress.IPv6Any, 0);
 
@@ -49,9 +49,13 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         Counters = new WinsockOutboundCounters(new WinsockTransportCounters());
         _meter = new Outbound.WinsockOutboundMeter(Counters, meterFactory);
         // The connection machinery's own options, from the outbound ones. No socket is recycled yet: the
-        // pool stays empty, and every connection's socket is closed at its end.
+        // pool stays empty, and every connection's socket is closed at its end. Nor is a connection object:
+        // a caller may still hold one it disposed (Kestrel never does), so none is handed out twice. An
+        // abort is always an RST (Kestrel's FinOnError switch is the server's).
         var connectionOptions = new WinsockTransportOptions
         {
+            MaxPooledSockets = 0,
+            FinOnError = false,
             ReuseSockets = false,
             DrainTimeout = _options.DrainTimeout,
             DeferFinTimeout = _options.DeferFinTimeout,
@@ -62,7 +66,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         };
         _pool = new SocketPool(0, Counters.Connections);
         _recycler = new SocketRecycler(_pool, connectionOptions, new ReuseDecision(false, false, "off: outbound sockets are not recycled yet"), AnyEndPoint, Counters.Connections, logger);
-        _connections = new WinsockConnectionFactory(AnyEndPoint, memoryPool ?? MemoryPool<byte>.Shared, connectionOptions, () => new SocketConnectionIo(_recycler, inlineContinuations: false), Counters.Connections, logger);
+        _connections = new WinsockConnectionFactory(AnyEndPoint, memoryPool ?? MemoryPool<byte>.Shared, connectionOptions, () => new SocketConnectionIo(_recycler, inlineContinuations: false), Counters.Connections, logger)
+        {
+            // No server's timeouts abort a client's connection: a disposed one whose output a stalled server
+            // never reads is aborted after the drain's time.
+            EndTimeout = _options.DrainTimeout,
+        };
     }
 
     /// <summary>What this factory's connects and connections have done.</summary>
@@ -127,9 +136,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     }
 
     /// <summary>
-    /// Stops new connects and retires the idle connection objects. Connections still open keep running
-    /// until they are disposed; every socket is closed at its connection's end (none is pooled).
+    /// Stops new connects. Connections still open keep running until they are disposed; every socket is
+    /// closed at its connection's end (none is pooled).
     /// </summary>
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="Dispose"/>
     public ValueTask DisposeAsync()
     {
         if (_disposed)

@@ -42,7 +42,7 @@ public sealed class WinsockOutboundCounters
     /// </summary>
     public long TimeWaitCloses => Connections.TimeWaitCloses;
 
-    /// <summary>Graceful ends where the server's FIN came first: no TIME_WAIT here.</summary>
+    /// <summary>With the deferred FIN on: graceful ends where the server's FIN came first, so no TIME_WAIT here.</summary>
     public long PeerClosedFirst => Connections.PeerClosedFirst;
 
     /// <summary>Deferred FINs that waited the full <see cref="WinsockOutboundOptions.DeferFinTimeout"/> for a server that did not close, then went out.</summary>
