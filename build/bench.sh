@@ -372,7 +372,7 @@ else
 fi
 
 # Deadline check before anything starts: rounds x phases + the transport-only runs + builds and startups.
-phases_estimate=$(( rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12) + tb_present * rounds * (4 * (tb_s + tb_warmup + 2) + 2 * (tb_s + tb_warmup + 3) + 4) ))
+phases_estimate=$(( rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12) + tb_present * rounds * (4 * (tb_s + tb_warmup + 2) + 2 * (tb_s + tb_warmup + 6)) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
 [ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
@@ -455,12 +455,13 @@ if [ "$tb_present" = 1 ]; then
   for round in $(seq 1 "$rounds"); do
     echo
     echo "== outbound round $round/$rounds (${SECONDS}s)"
-    budget 20
-    start_server outbound-server sockets
     order="default winsock"
     if [ $((round % 2)) = 0 ]; then order="winsock default"; fi
     for handler in $order; do
-      budget $((tb_s + tb_warmup + 5))
+      # A fresh server on a port no TCP state uses: the client TIME_WAIT entries for it are this run's alone
+      # (with tcp_tw_reuse, a later run's connects would take over an earlier run's entries).
+      budget $((tb_s + tb_warmup + 25))
+      start_server "outbound-server-$handler" sockets
       ofile="$logs/outbound-${handler}-r${round}.txt"
       line=$(timeout --kill-after=5 $((tb_s + tb_warmup + 30)) dotnet "$tb_dll" outbound --handler "$handler" --port "$server_port" \
         --seconds "$tb_s" --warmup "$tb_warmup" --concurrency 16 2>"$ofile" | grep '^outbound=' | tail -1) \
@@ -472,8 +473,8 @@ if [ "$tb_present" = 1 ]; then
           if (f["requests"] == "" || f["rps"] == "" || f["cpu_us_per_req"] == "" || f["time_wait_per_req"] == "" || f["errors"] == "") exit 1
           printf "%s\t%s\toutbound\t%s\t-\t-\t%s\t%s\t-\t-\t%s\t%s\t-\t-\n", r, c, f["rps"], f["errors"], f["requests"], f["cpu_us_per_req"], f["time_wait_per_req"]
         }' <<<"$line" >>"$results" || die "TransportBench printed no valid outbound line: '$line'"
+      stop_server
     done
-    stop_server
   done
 fi
 
