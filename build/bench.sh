@@ -46,10 +46,10 @@
 # apt-get when missing (root, or sudo).
 #
 #   build/bench.sh                 full run: 4 rounds of 10 s phases, under 17 minutes
-#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 4 minutes
+#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 5 minutes
 # Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
 #   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
-#   (first port tried, 18100), TIME_LIMIT (seconds the whole run may take: 900, quick 240),
+#   (first port tried, 18100), TIME_LIMIT (seconds the whole run may take: 1020, quick 300),
 #   SKIP_TRANSPORT_BENCH=1 (no transport-only phase: its two ratios print n/a).
 set -euo pipefail
 
@@ -67,7 +67,7 @@ for arg in "$@"; do
 done
 if [ "$quick" = 1 ]; then
   rounds="${ROUNDS:-2}" churn_s="${CHURN_SECONDS:-4}" keepalive_s="${KEEPALIVE_SECONDS:-3}" warmup_s="${WARMUP_SECONDS:-2}"
-  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-240}"
+  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-300}"
 else
   rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-5}"
   tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1020}"

@@ -36,6 +36,9 @@ public static class WinePlatform
     public const string ResetMissedByBlockedSend =
         "Wine 8 does not fail a send blocked on a full send buffer when the peer resets while received bytes are still unread: the send stays pending, so no transport (Kestrel's Sockets one included) learns of the reset.";
 
+    public const string SendNotEndedByClose =
+        "Wine 8 does not end a send blocked on a full send buffer when its socket is closed (Windows completes it as aborted): the send stays pending, so a connection aborted under such a send never finishes its end.";
+
     public const string NoTlsCertificate =
         "Wine 8's CNG cannot make or load a certificate with its RSA key (CryptographicException 0xc1000002), so no TLS server runs there.";
 

@@ -111,8 +111,9 @@ public sealed class OutboundTests
         {
             var timeWait = TimeWaitSockets.CountWithRemotePort(server.EndPoint.Port) - before;
             TestContext.Current.SendDiagnosticMessage($"deferred FIN {(deferFin ? "on" : "off")}, server waits: {timeWait} client TIME_WAIT entries for {Requests} requests; {Describe(counters)}");
-            // Each one is in the kernel's table (a later connect may take over a port in TIME_WAIT: hence 90 %).
-            Assert.InRange(timeWait, Requests * 9 / 10, Requests);
+            // Never more than counted. Fewer can show: with tcp_tw_reuse, a later connect to the same port may
+            // take over an entry more than a second old (on a busy machine, a good share of them).
+            Assert.InRange(timeWait, Requests / 10, Requests);
         }
     }
 
@@ -252,7 +253,7 @@ public sealed class OutboundTests
         Assert.Equal(0, factory.Counters.AbortiveCloses);
     }
 
-    [Fact]
+    [NotUnderWineFact(WinePlatform.SendNotEndedByClose)]
     public async Task A_disposed_connection_whose_server_never_reads_is_aborted_after_DrainTimeout()
     {
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -275,7 +276,9 @@ public sealed class OutboundTests
             }
 
             var started = DateTime.UtcNow;
-            await connection.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            var disposal = connection.DisposeAsync().AsTask();
+            var ended = await Task.WhenAny(disposal, Task.Delay(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken)) == disposal;
+            Assert.True(ended, $"the dispose did not end within 20 s; {Describe(factory.Counters)}");
             TestContext.Current.SendDiagnosticMessage($"disposed in {DateTime.UtcNow - started}; {Describe(factory.Counters)}");
             Assert.Equal(1, factory.Counters.AbortiveCloses);
             Assert.Equal(0, factory.Counters.GracefulCloses);
