@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -135,6 +136,65 @@ public sealed class OutboundTests
 
         Assert.InRange(factory.Counters.Connects, 1, 64);
         Assert.Equal(0, factory.Counters.ConnectionResets);
+    }
+
+    [Fact]
+    public async Task HTTP2_over_cleartext_multiplexes_concurrent_requests_on_its_connection()
+    {
+        // gRPC's shape: HTTP/2 with prior knowledge, many streams on one connection.
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.ConfigureKestrel(static kestrel => kestrel.Listen(IPAddress.Loopback, 0, static listen => listen.Protocols = Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http2));
+        await using var app = builder.Build();
+        app.MapGet("/", static () => "h2");
+        await app.StartAsync(TestContext.Current.CancellationToken);
+        var address = app.Urls.Single();
+        await using var factory = new WinsockOutboundConnectionFactory();
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) })
+        {
+            DefaultRequestVersion = HttpVersion.Version20,
+            DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 32).Select(async _ =>
+        {
+            using var response = await client.GetAsync(address, TestContext.Current.CancellationToken);
+            return (response.Version, Body: await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        }));
+
+        Assert.All(responses, static r => Assert.Equal((HttpVersion.Version20, "h2"), r));
+        Assert.InRange(factory.Counters.Connects, 1, 2);
+        client.Dispose();
+        // HttpClient's dispose disposes the connection's stream with its read loop pending: it ends gracefully.
+        Assert.True(await Eventually.TrueAsync(() => factory.Counters.GracefulCloses == factory.Counters.Connects, TimeSpan.FromSeconds(10)), Describe(factory.Counters));
+    }
+
+    [Fact]
+    public async Task A_request_canceled_mid_body_ends_its_connection_and_the_next_request_is_served()
+    {
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Sockets, static async context =>
+        {
+            var result = await context.Transport.Input.ReadAsync();
+            context.Transport.Input.AdvanceTo(result.Buffer.End);
+            // Headers and a little of a long body, then nothing: the client gives up during the body.
+            await context.Transport.Output.WriteAsync("HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"u8.ToArray().Concat(new byte[100]).ToArray());
+            while (!(await context.Transport.Input.ReadAsync()).IsCompleted)
+            {
+            }
+        });
+        await using var factory = new WinsockOutboundConnectionFactory();
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
+        using var cancel = new CancellationTokenSource();
+        using var response = await client.GetAsync($"http://127.0.0.1:{server.EndPoint.Port}/", HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken);
+        var body = await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken);
+        var buffer = new byte[4096];
+        Assert.True(await body.ReadAsync(buffer, TestContext.Current.CancellationToken) > 0);
+        var pending = body.ReadAsync(buffer, cancel.Token).AsTask();
+        cancel.CancelAfter(100);
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => pending);
+        response.Dispose();
+        Assert.True(await Eventually.TrueAsync(() => factory.Counters.GracefulCloses + factory.Counters.AbortiveCloses == 1, TimeSpan.FromSeconds(10)), Describe(factory.Counters));
     }
 
     [Fact]
