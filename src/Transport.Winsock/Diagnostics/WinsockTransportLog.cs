@@ -52,8 +52,8 @@ internal static partial class WinsockTransportLog
     [LoggerMessage(14, LogLevel.Warning, "Socket reuse is off for {EndPoint}: {Reason}. Connections get fresh sockets and still end with a graceful close.", EventName = "ReuseOff")]
     public static partial void ReuseOff(this ILogger logger, EndPoint? endPoint, string reason);
 
-    [LoggerMessage(15, LogLevel.Warning, "Socket reuse turned off for {EndPoint} after {Failures} failed recycles in a row; the last one: {LastFailure}.", EventName = "ReuseFallback")]
-    public static partial void ReuseFallback(this ILogger logger, EndPoint? endPoint, int failures, string lastFailure);
+    [LoggerMessage(15, LogLevel.Warning, "Socket reuse turned off for {Sockets} after {Failures} failed recycles in a row; the last one: {LastFailure}.", EventName = "ReuseFallback")]
+    public static partial void ReuseFallback(this ILogger logger, object sockets, int failures, string lastFailure);
 
     [LoggerMessage(16, LogLevel.Debug, "Connection id \"{ConnectionId}\": the peer did not close within the deferred FIN timeout; sending FIN first.", EventName = "DeferFinTimedOut")]
     public static partial void DeferFinTimedOut(this ILogger logger, string connectionId);
@@ -63,6 +63,9 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(18, LogLevel.Debug, "An accept on {EndPoint} into a recycled socket failed ({Failure}); the socket was closed, and the failure counts toward the reuse fallback.", EventName = "RecycledAcceptFailed")]
     public static partial void RecycledAcceptFailed(this ILogger logger, EndPoint? endPoint, string failure);
+
+    [LoggerMessage(28, LogLevel.Debug, "An outbound connect on a recycled socket failed ({Failure}); the socket was closed, the connect goes on with another, and the failure counts toward the reuse fallback.", EventName = "RecycledConnectFailed")]
+    public static partial void RecycledConnectFailed(this ILogger logger, string failure);
 
     [LoggerMessage(20, LogLevel.Warning, "Accepting on {EndPoint} paused: {Reason}. Connections wait in the listen backlog; one accept probes with back-off (up to 1 s), at once when a connection closes. ({QuietPauses} shorter pauses since the last such warning.)", EventName = "AcceptPaused")]
     public static partial void AcceptPaused(this ILogger logger, EndPoint? endPoint, string reason, long quietPauses);

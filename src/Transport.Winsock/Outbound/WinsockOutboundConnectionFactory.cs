@@ -6,7 +6,9 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
+using Transport.Winsock.Diagnostics;
 using Transport.Winsock.Engines.Sockets;
+using Transport.Winsock.Outbound;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock;
@@ -17,18 +19,25 @@ namespace Transport.Winsock;
 /// ones an accepted connection has, so a client ends its connections the way the listener does, and with
 /// the client-side deferred FIN (<see cref="WinsockOutboundOptions.DeferFinTimeout"/>) lets the server close
 /// first, which keeps TIME_WAIT, and the ephemeral port it holds, off the client. Sockets are .NET's
-/// (the sockets engine: ConnectEx on Windows, epoll elsewhere). Thread-safe; dispose it once its
-/// connections are done.
+/// (the sockets engine: ConnectEx on Windows, epoll elsewhere). The socket of a connection the server
+/// closed first is recycled as the listener's are (DisconnectEx with TF_REUSE_SOCKET), pooled, and
+/// connected again (ConnectEx on the same handle), when <see cref="WinsockOutboundOptions.ReuseSockets"/>
+/// and the self-test say so. Thread-safe; dispose it once its connections are done.
 /// </summary>
 public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyncDisposable, IDisposable
 {
-    private static readonly EndPoint AnyEndPoint = new IPEndPoint(IPAddress.IPv6Any, 0);
+    private static readonly ReuseSelfTest.ListenerKind IPv4 = new(AddressFamily.InterNetwork, false);
+    private static readonly ReuseSelfTest.ListenerKind IPv6 = new(AddressFamily.InterNetworkV6, false);
+    private static readonly ReuseSelfTest.ListenerKind DualMode = new(AddressFamily.InterNetworkV6, true);
 
     private readonly WinsockOutboundOptions _options;
-    private readonly WinsockConnectionFactory _connections;
-    private readonly SocketPool _pool;
-    private readonly SocketRecycler _recycler;
-    private readonly Outbound.WinsockOutboundMeter _meter;
+    private readonly WinsockTransportOptions _connectionOptions;
+    private readonly MemoryPool<byte> _memoryPool;
+    private readonly ILogger _logger;
+    private readonly WinsockOutboundMeter _meter;
+    private readonly Lock _routesLock = new();
+    // IPv4, IPv6, dual-mode: each made on its first connect, so a kind never used costs no self-test.
+    private readonly OutboundRoute?[] _routes = new OutboundRoute?[3];
     private volatile bool _disposed;
 
     /// <summary>Makes a factory with <paramref name="options"/> (checked here: bad values throw, naming the option).</summary>
@@ -45,32 +54,25 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             throw new ArgumentException(string.Join(" ", failures), nameof(options));
         }
 
-        logger ??= NullLogger.Instance;
-        Counters = new WinsockOutboundCounters(new WinsockTransportCounters());
-        _meter = new Outbound.WinsockOutboundMeter(Counters, meterFactory);
-        // The connection machinery's own options, from the outbound ones. No socket is recycled yet: the
-        // pool stays empty, and every connection's socket is closed at its end. Nor is a connection object:
-        // a caller may still hold one it disposed (Kestrel never does), so none is handed out twice. An
-        // abort is always an RST (Kestrel's FinOnError switch is the server's).
-        var connectionOptions = new WinsockTransportOptions
+        _logger = logger ?? NullLogger.Instance;
+        _memoryPool = memoryPool ?? MemoryPool<byte>.Shared;
+        Counters = new WinsockOutboundCounters(new WinsockTransportCounters(), ReuseStatus);
+        _meter = new WinsockOutboundMeter(Counters, meterFactory);
+        // The connection machinery's own options, from the outbound ones. No connection object is pooled:
+        // a caller may still hold one it disposed (Kestrel never does), so none is handed out twice; the
+        // sockets are (OutboundRoute). An abort is always an RST (Kestrel's FinOnError switch is the server's).
+        _connectionOptions = new WinsockTransportOptions
         {
             MaxPooledSockets = 0,
             FinOnError = false,
-            ReuseSockets = false,
             DrainTimeout = _options.DrainTimeout,
             DeferFinTimeout = _options.DeferFinTimeout,
+            DisconnectTimeout = _options.DisconnectTimeout,
+            MaxPendingDisconnects = _options.MaxPendingDisconnects,
             NoDelay = _options.NoDelay,
             MaxReadBufferSize = _options.MaxReadBufferSize,
             MaxWriteBufferSize = _options.MaxWriteBufferSize,
             IOQueueCount = 0,
-        };
-        _pool = new SocketPool(0, Counters.Connections);
-        _recycler = new SocketRecycler(_pool, connectionOptions, new ReuseDecision(false, false, "off: outbound sockets are not recycled yet"), AnyEndPoint, Counters.Connections, logger);
-        _connections = new WinsockConnectionFactory(AnyEndPoint, memoryPool ?? MemoryPool<byte>.Shared, connectionOptions, () => new SocketConnectionIo(_recycler, inlineContinuations: false), Counters.Connections, logger)
-        {
-            // No server's timeouts abort a client's connection: a disposed one whose output a stalled server
-            // never reads is aborted after the drain's time.
-            EndTimeout = _options.DrainTimeout,
         };
     }
 
@@ -89,70 +91,181 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (endpoint is not (IPEndPoint or DnsEndPoint))
-        {
-            throw new NotSupportedException($"{nameof(WinsockOutboundConnectionFactory)} connects over TCP to an IPEndPoint or a DnsEndPoint; {endpoint.GetType().Name} ({endpoint}) is not one.");
-        }
-
         // A DnsEndPoint's addresses may be of either family: a dual-mode socket takes both, as in SocketsHttpHandler.
-        var socket = endpoint is IPEndPoint ip
-            ? new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
-            : new Socket(SocketType.Stream, ProtocolType.Tcp);
-        try
+        var route = endpoint switch
         {
-            socket.NoDelay = _options.NoDelay;
-            using var timeout = _options.ConnectTimeout == Timeout.InfiniteTimeSpan ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            timeout?.CancelAfter(_options.ConnectTimeout);
+            IPEndPoint { AddressFamily: AddressFamily.InterNetwork } => Route(0, IPv4),
+            IPEndPoint { AddressFamily: AddressFamily.InterNetworkV6 } => Route(1, IPv6),
+            DnsEndPoint when Socket.OSSupportsIPv6 => Route(2, DualMode),
+            DnsEndPoint => Route(0, IPv4),
+            _ => throw new NotSupportedException($"{nameof(WinsockOutboundConnectionFactory)} connects over TCP to an IPv4 or IPv6 IPEndPoint or a DnsEndPoint; {endpoint.GetType().Name} ({endpoint}) is not one."),
+        };
+
+        Socket socket;
+        ReusableSocket? reusable;
+        bool recycled;
+        while (true)
+        {
             try
             {
-                await socket.ConnectAsync(endpoint, timeout?.Token ?? cancellationToken).ConfigureAwait(false);
+                socket = route.RentOrCreate(out reusable, out recycled);
             }
-            catch (OperationCanceledException) when (timeout is not null && !cancellationToken.IsCancellationRequested)
+            catch
             {
-                throw new SocketException((int)SocketError.TimedOut, $"Connecting to {endpoint} took longer than {nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.ConnectTimeout)} ({_options.ConnectTimeout}).");
+                Counters.ConnectFailed();
+                throw;
             }
-        }
-        catch
-        {
-            socket.Dispose();
-            Counters.ConnectFailed();
-            throw;
+
+            try
+            {
+                await ConnectAsync(socket, endpoint, cancellationToken).ConfigureAwait(false);
+                break;
+            }
+            catch (Exception ex) when (recycled && IsNotRecycled(ex) && !cancellationToken.IsCancellationRequested)
+            {
+                // The recycled socket was not fit to connect again: only it is lost, and the connect goes
+                // on with a new socket (or another pooled one); the failure counts toward the fallback.
+                reusable!.Dispose();
+                var failure = ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message;
+                _logger.RecycledConnectFailed(failure);
+                route.Recycler.OnRecycledAcceptFailed($"a connect on a recycled socket failed: {failure}");
+            }
+            catch
+            {
+                // A socket whose connect failed is never used again, recycled or not.
+                if (reusable is null)
+                {
+                    socket.Dispose();
+                }
+                else
+                {
+                    reusable.Dispose();
+                }
+
+                Counters.ConnectFailed();
+                throw;
+            }
         }
 
         if (_disposed)
         {
-            socket.Dispose();
+            if (reusable is null)
+            {
+                socket.Dispose();
+            }
+            else
+            {
+                reusable.Dispose();
+            }
+
             Counters.ConnectFailed();
             throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
         }
 
         Counters.Connected();
-        Counters.Connections.SocketCreated();
-        var connection = _connections.Rent();
-        ((SocketConnectionIo)connection.Io).Attach(socket, reusable: null);
+        if (recycled)
+        {
+            Counters.Connections.SocketReused();
+            route.Recycler.OnRecycledAccept();
+        }
+        else
+        {
+            Counters.Connections.SocketCreated();
+        }
+
+        reusable?.OnAccepted();
+        var connection = route.Connections.Rent();
+        ((SocketConnectionIo)connection.Io).Attach(socket, reusable);
         connection.Attach();
         connection.Start();
         return connection;
     }
 
+    private async Task ConnectAsync(Socket socket, EndPoint endpoint, CancellationToken cancellationToken)
+    {
+        using var timeout = _options.ConnectTimeout == Timeout.InfiniteTimeSpan ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout?.CancelAfter(_options.ConnectTimeout);
+        try
+        {
+            await socket.ConnectAsync(endpoint, timeout?.Token ?? cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (timeout is not null && !cancellationToken.IsCancellationRequested)
+        {
+            throw new SocketException((int)SocketError.TimedOut, $"Connecting to {endpoint} took longer than {nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.ConnectTimeout)} ({_options.ConnectTimeout}).");
+        }
+    }
+
     /// <summary>
-    /// Stops new connects. Connections still open keep running until they are disposed; every socket is
-    /// closed at its connection's end (none is pooled).
+    /// A connect on a recycled socket that fails so says the socket, not the server, was at fault: not
+    /// recycled properly (WSAEINVAL, WSAENOTSOCK, as for an accept into one), its kept local port still
+    /// taken for this server (WSAEADDRINUSE), or .NET refusing a socket it sees as disconnected.
+    /// </summary>
+    private static bool IsNotRecycled(Exception ex) => ex switch
+    {
+        SocketException se => PostedAccepts.IsNotRecycled(se.SocketErrorCode) || se.SocketErrorCode == SocketError.AddressAlreadyInUse,
+        InvalidOperationException => true,
+        _ => false,
+    };
+
+    private OutboundRoute Route(int index, ReuseSelfTest.ListenerKind kind)
+    {
+        var route = Volatile.Read(ref _routes[index]);
+        if (route is not null)
+        {
+            return route;
+        }
+
+        lock (_routesLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _memoryPool, Counters.Connections, _logger);
+        }
+    }
+
+    /// <summary>For tests: the pool of IPv4 sockets, where a fault only the platform could make is put.</summary>
+    internal SocketPool IPv4PoolForTests => Route(0, IPv4).Pool;
+
+    /// <summary>For /stats: whether each kind of socket used so far is recycled, and why.</summary>
+    private string ReuseStatus()
+    {
+        var parts = new List<string>(3);
+        for (var i = 0; i < _routes.Length; i++)
+        {
+            if (Volatile.Read(ref _routes[i]) is { } route)
+            {
+                parts.Add($"{route.Kind}: {route.Recycler.Status}");
+            }
+        }
+
+        return parts.Count == 0 ? "no connect yet" : string.Join("; ", parts);
+    }
+
+    /// <summary>
+    /// Stops new connects and closes every pooled socket and every socket still in a reuse disconnect.
+    /// Connections still open keep running until they are disposed; their sockets are then closed, not pooled.
     /// </summary>
     public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     /// <inheritdoc cref="Dispose"/>
     public ValueTask DisposeAsync()
     {
-        if (_disposed)
+        OutboundRoute?[] routes;
+        lock (_routesLock)
         {
-            return ValueTask.CompletedTask;
+            if (_disposed)
+            {
+                return ValueTask.CompletedTask;
+            }
+
+            _disposed = true;
+            routes = [.. _routes];
         }
 
-        _disposed = true;
-        _recycler.Dispose();
-        _pool.Dispose();
-        _connections.DisposeIdle();
+        foreach (var route in routes)
+        {
+            route?.Dispose();
+        }
+
         _meter.Dispose();
         return ValueTask.CompletedTask;
     }

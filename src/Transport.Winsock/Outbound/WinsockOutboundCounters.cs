@@ -9,7 +9,13 @@ public sealed class WinsockOutboundCounters
     private long _connects;
     private long _connectFailures;
 
-    internal WinsockOutboundCounters(WinsockTransportCounters connections) => Connections = connections;
+    private readonly Func<string> _reuseStatus;
+
+    internal WinsockOutboundCounters(WinsockTransportCounters connections, Func<string> reuseStatus)
+    {
+        Connections = connections;
+        _reuseStatus = reuseStatus;
+    }
 
     /// <summary>The teardown's own counters, shared with the connections' state machine.</summary>
     internal WinsockTransportCounters Connections { get; }
@@ -50,6 +56,27 @@ public sealed class WinsockOutboundCounters
 
     /// <summary>Connections whose FIN waited for the server's and got no FIN back within <see cref="WinsockOutboundOptions.DrainTimeout"/>.</summary>
     public long DrainTimeouts => Connections.DrainTimeouts;
+
+    /// <summary>Recycled sockets waiting for a connect now (a gauge).</summary>
+    public long PooledSockets => Connections.PooledSockets;
+
+    /// <summary>Reuse disconnects under way now (a gauge).</summary>
+    public long PendingDisconnects => Connections.PendingDisconnects;
+
+    /// <summary>Reuse disconnects started: sockets of connections the server closed first, on their way back to the pool.</summary>
+    public long ReuseDisconnects => Connections.ReuseDisconnects;
+
+    /// <summary>Reuse disconnects that failed; their sockets were closed.</summary>
+    public long DisconnectFailures => Connections.DisconnectFailures;
+
+    /// <summary>Reuse disconnects that did not finish within <see cref="WinsockOutboundOptions.DisconnectTimeout"/>; their sockets were closed.</summary>
+    public long DisconnectTimeouts => Connections.DisconnectTimeouts;
+
+    /// <summary>Connects on recycled sockets that failed as if the socket had not been recycled; each went on with another socket.</summary>
+    public long RecycledConnectFailures => Connections.RecycledAcceptFailures;
+
+    /// <summary>For each kind of socket connected so far (IPv4, IPv6, dual-mode): whether its sockets are recycled, and why.</summary>
+    public string ReuseStatus => _reuseStatus();
 
     internal void Connected() => Interlocked.Increment(ref _connects);
 

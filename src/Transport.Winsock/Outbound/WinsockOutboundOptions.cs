@@ -40,6 +40,35 @@ public sealed class WinsockOutboundOptions
     /// <summary>How many bytes written and not yet sent make writes wait; null: no limit. Default 64 KiB.</summary>
     public long? MaxWriteBufferSize { get; set; } = 64 * 1024;
 
+    /// <summary>
+    /// Whether the sockets of connections the server closed first are recycled (DisconnectEx with
+    /// TF_REUSE_SOCKET on Windows, then ConnectEx on the same handle for a later connect), as the listener's
+    /// <see cref="WinsockTransportOptions.ReuseSockets"/>. <see langword="null"/> (the default): automatic;
+    /// for each kind of socket (IPv4, IPv6, dual-mode) a self-test on loopback checks, in the background
+    /// and while the first connections already run on new sockets, that a socket disconnected with reuse
+    /// connects and moves bytes again; it is off where the runtime only emulates reuse (.NET on Linux gives
+    /// such a socket a new descriptor), and a burst of failed recycles turns it off. <see langword="true"/>
+    /// forces it on (tests, measurements), <see langword="false"/> off. A connection this side closed first
+    /// is never recycled: its socket is in TIME_WAIT, which a reuse disconnect would wait out.
+    /// </summary>
+    public bool? ReuseSockets { get; set; }
+
+    /// <summary>
+    /// How many recycled sockets wait, for each kind of socket, for the next connect. On Windows a recycled
+    /// socket keeps its local address and ephemeral port, so each pooled one holds a port. Default 256;
+    /// 0 to 65536 (0 recycles none).
+    /// </summary>
+    public int MaxPooledSockets { get; set; } = 256;
+
+    /// <summary>How many reuse disconnects may be under way at once; past it, a finished connection's socket is closed. Default 256; 1 to 65536.</summary>
+    public int MaxPendingDisconnects { get; set; } = 256;
+
+    /// <summary>
+    /// How long a reuse disconnect may take before its socket is closed instead (the listener's
+    /// <see cref="WinsockTransportOptions.DisconnectTimeout"/>). Default 2 seconds; more than zero, at most 5 minutes.
+    /// </summary>
+    public TimeSpan DisconnectTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
     internal static readonly TimeSpan MaxTimeout = TimeSpan.FromMinutes(5);
     internal static readonly TimeSpan MaxDeferFinTimeout = TimeSpan.FromSeconds(5);
 
@@ -70,6 +99,21 @@ public sealed class WinsockOutboundOptions
         if (MaxWriteBufferSize is < 0)
         {
             failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(MaxWriteBufferSize)} must be null (no limit) or zero or more; it was {MaxWriteBufferSize}.");
+        }
+
+        if (MaxPooledSockets is < 0 or > 65536)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(MaxPooledSockets)} must be between 0 and 65536; it was {MaxPooledSockets}.");
+        }
+
+        if (MaxPendingDisconnects is < 1 or > 65536)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(MaxPendingDisconnects)} must be between 1 and 65536; it was {MaxPendingDisconnects}.");
+        }
+
+        if (DisconnectTimeout <= TimeSpan.Zero || DisconnectTimeout > MaxTimeout)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(DisconnectTimeout)} must be more than zero and at most {MaxTimeout}; it was {DisconnectTimeout}.");
         }
 
         return failures;

@@ -24,6 +24,42 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
         _ => new(false, false, "off: the io_uring engine closes each connection's descriptor, and the kernel hands its number to a later accept"),
     };
 
+    /// <summary>
+    /// The outbound side's decision for sockets of <paramref name="kind"/>: forced by
+    /// <see cref="WinsockOutboundOptions.ReuseSockets"/>, else the provider check (Windows) and the connect
+    /// self-test, as the listener's.
+    /// </summary>
+    public static async Task<ReuseDecision> DecideOutboundAsync(WinsockOutboundOptions options, ReuseSelfTest.ListenerKind kind)
+    {
+        if (options.MaxPooledSockets == 0)
+        {
+            return new(false, false, "off: MaxPooledSockets is 0");
+        }
+
+        switch (options.ReuseSockets)
+        {
+            case true:
+                return new(true, false, "on: forced by ReuseSockets = true");
+            case false:
+                return new(false, false, "off: ReuseSockets = false");
+        }
+
+        if (OperatingSystem.IsWindows())
+        {
+            using var probe = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
+            var missing = WinsockExtensions.Probe(probe, WinsockExtensions.DisconnectEx);
+            if (missing != SocketError.Success)
+            {
+                return new(false, true, $"off: the socket's Winsock provider has no DisconnectEx ({missing}); a layered provider (VPN, antivirus) may hide it");
+            }
+        }
+
+        var verdict = await ReuseSelfTest.RunConnectOnceAsync(kind).ConfigureAwait(false);
+        return verdict.Refusal is null
+            ? new(true, true, $"on: the outbound reuse self-test ({kind.OutboundName}) passed")
+            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
+    }
+
     public static async Task<ReuseDecision> DecideAsync(WinsockTransportOptions options, Socket listenSocket)
     {
         if (options.MaxPooledSockets == 0)

@@ -24,6 +24,7 @@ internal static class ReuseSelfTest
 
     private static readonly Lock s_lock = new();
     private static readonly Dictionary<ListenerKind, Task<Verdict>> s_verdicts = [];
+    private static readonly Dictionary<ListenerKind, Task<Verdict>> s_connectVerdicts = [];
 
     /// <summary>
     /// What the self-test found: <see cref="Refusal"/> is null when reuse works, else why not;
@@ -45,6 +46,9 @@ internal static class ReuseSelfTest
 
         public AddressFamily ClientFamily => DualMode ? AddressFamily.InterNetwork : Family;
 
+        /// <summary>The kind as an outbound socket: IPv4, IPv6, or dual-mode (IPv6 taking IPv4 servers too).</summary>
+        public string OutboundName => Family == AddressFamily.InterNetworkV6 ? (DualMode ? "dual-mode" : "IPv6") : "IPv4";
+
         public override string ToString() => Family == AddressFamily.InterNetworkV6
             ? (DualMode ? "IPv6 dual-mode, IPv4 clients" : "IPv6")
             : "IPv4";
@@ -62,6 +66,101 @@ internal static class ReuseSelfTest
             }
 
             return verdict;
+        }
+    }
+
+    /// <summary>
+    /// The outbound side's verdict for sockets of this kind (for dual-mode, ones connecting to IPv4
+    /// servers), from the one run of its test: the same socket connects, moves bytes both ways, is closed
+    /// by the server first (the only close after which it is recycled), is disconnected with reuse, and
+    /// connects again to the same server and moves bytes both ways again. The second connect is the one a
+    /// churning client makes: on Windows the recycled socket keeps its local port, so it goes out on the
+    /// 4-tuple the server holds in TIME_WAIT, which the server's stack must take a new SYN on.
+    /// </summary>
+    public static Task<Verdict> RunConnectOnceAsync(ListenerKind kind)
+    {
+        lock (s_lock)
+        {
+            if (!s_connectVerdicts.TryGetValue(kind, out var verdict))
+            {
+                verdict = Task.Run(() => RunConnectAsync(kind));
+                s_connectVerdicts.Add(kind, verdict);
+            }
+
+            return verdict;
+        }
+    }
+
+    private static async Task<Verdict> RunConnectAsync(ListenerKind kind)
+    {
+        var step = "setting up a loopback listener";
+        var serverFamily = kind.DualMode ? AddressFamily.InterNetwork : kind.Family;
+        using var listener = new Socket(serverFamily, SocketType.Stream, ProtocolType.Tcp);
+        // As the outbound factory makes them for this kind.
+        using var socket = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
+        using var receiver = new SocketReceiver();
+        using var sender = new SocketSender();
+        using var disconnector = new SocketDisconnector();
+        var deadline = Task.Delay(Timeout);
+        try
+        {
+            if (kind.DualMode)
+            {
+                socket.DualMode = true;
+            }
+
+            var loopback = serverFamily == AddressFamily.InterNetworkV6 ? IPAddress.IPv6Loopback : IPAddress.Loopback;
+            listener.Bind(new IPEndPoint(loopback, 0));
+            listener.Listen(2);
+            var target = new IPEndPoint(loopback, ((IPEndPoint)listener.LocalEndPoint!).Port);
+            var handle = IntPtr.Zero;
+            for (var round = 1; round <= 2; round++)
+            {
+                step = round == 1 ? "connecting a new socket" : "connecting the recycled socket";
+                var acceptTask = listener.AcceptAsync();
+                await Within(socket.ConnectAsync(target), deadline).ConfigureAwait(false);
+                await Within(acceptTask, deadline).ConfigureAwait(false);
+                using var server = acceptTask.Result;
+
+                step = round == 1 ? "sending on a new socket" : "sending on the recycled socket";
+                await Within(sender.SendAsync(socket, new System.Buffers.ReadOnlySequence<byte>(new byte[] { 1 })).AsTask(), deadline).ConfigureAwait(false);
+                await Within(server.ReceiveAsync(new byte[1], SocketFlags.None), deadline).ConfigureAwait(false);
+
+                step = round == 1 ? "receiving on a new socket" : "receiving on the recycled socket";
+                await Within(server.SendAsync(new byte[] { 2 }, SocketFlags.None), deadline).ConfigureAwait(false);
+                await Within(receiver.ReceiveAsync(socket, new byte[1]).AsTask(), deadline).ConfigureAwait(false);
+
+                step = "closing gracefully, the server first";
+                server.Shutdown(SocketShutdown.Send);
+                await Within(receiver.ReceiveAsync(socket, new byte[1]).AsTask(), deadline).ConfigureAwait(false);
+                HalfClose.SendFin(socket);
+                await Within(server.ReceiveAsync(new byte[1], SocketFlags.None), deadline).ConfigureAwait(false);
+
+                if (round == 1)
+                {
+                    step = "the reuse disconnect (DisconnectEx with TF_REUSE_SOCKET)";
+                    handle = socket.Handle;
+                    await Within(disconnector.DisconnectAsync(socket).AsTask(), deadline).ConfigureAwait(false);
+                    if (socket.Handle != handle)
+                    {
+                        return new(kind, $"the runtime emulates socket reuse here (a reuse disconnect of an outbound {kind.OutboundName} socket gave it a new handle), so reuse would add system calls and save none", Emulated: true);
+                    }
+                }
+            }
+
+            return new(kind, null);
+        }
+        catch (TimeoutException)
+        {
+            return new(kind, $"the outbound reuse self-test ({kind.OutboundName}) failed: {step} did not finish within {Timeout.TotalSeconds:0} s");
+        }
+        catch (SocketException ex)
+        {
+            return new(kind, $"the outbound reuse self-test ({kind.OutboundName}) failed: {step} failed with {ex.SocketErrorCode}");
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or NotSupportedException or ObjectDisposedException)
+        {
+            return new(kind, $"the outbound reuse self-test ({kind.OutboundName}) failed: {step} failed: {ex.Message}");
         }
     }
 

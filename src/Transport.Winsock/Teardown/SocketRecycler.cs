@@ -24,14 +24,15 @@ internal sealed class SocketRecycler : IDisposable
     private readonly SocketPool _pool;
     private readonly TimeSpan _disconnectTimeout;
     private readonly int _maxPending;
-    private readonly bool _canFallBack;
-    private readonly EndPoint _endPoint;
+    private bool _canFallBack;
+    private readonly object _subject;
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
     private readonly HashSet<ReusableSocket> _pending = [];
     private readonly Lock _lock = new();
     private readonly Action<object> _onDisconnectExpired;
     private volatile bool _active;
+    private volatile string _status;
     private int _failuresInARow;
     private bool _disposed;
 
@@ -39,7 +40,7 @@ internal sealed class SocketRecycler : IDisposable
         SocketPool pool,
         WinsockTransportOptions options,
         ReuseDecision decision,
-        EndPoint endPoint,
+        object subject,
         WinsockTransportCounters counters,
         ILogger logger)
     {
@@ -48,7 +49,8 @@ internal sealed class SocketRecycler : IDisposable
         _maxPending = options.MaxPendingDisconnects;
         _active = decision.Active;
         _canFallBack = decision.Automatic;
-        _endPoint = endPoint;
+        _status = decision.Reason;
+        _subject = subject;
         _counters = counters;
         _logger = logger;
         _onDisconnectExpired = state => OnDisconnectExpired((ReusableSocket)state);
@@ -56,6 +58,28 @@ internal sealed class SocketRecycler : IDisposable
 
     /// <summary>Whether sockets are recycled at all; false from the start, or after a fallback.</summary>
     public bool IsActive => _active;
+
+    /// <summary>Why sockets are recycled or not, in words for /stats: the decision's reason, or the fallback's.</summary>
+    public string Status => _status;
+
+    /// <summary>
+    /// A decision that came after the recycler was made (the outbound side's self-test runs while its first
+    /// connections are already under way; until then nothing is recycled). A fallback already taken stays.
+    /// </summary>
+    public void Apply(ReuseDecision decision)
+    {
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _canFallBack = decision.Automatic;
+            _status = decision.Reason;
+            _active = decision.Active;
+        }
+    }
 
     /// <summary>Takes ownership of a cleanly finished connection's socket: it ends up pooled or closed.</summary>
     public void Recycle(ReusableSocket socket)
@@ -172,8 +196,9 @@ internal sealed class SocketRecycler : IDisposable
         }
 
         _active = false;
-        _counters.SetReuse(false, $"off: {FailuresBeforeFallback} recycles in a row failed (the last: {failure})");
-        _logger.ReuseFallback(_endPoint, FailuresBeforeFallback, failure);
+        _status = $"off: {FailuresBeforeFallback} recycles in a row failed (the last: {failure})";
+        _counters.SetReuse(false, _status);
+        _logger.ReuseFallback(_subject, FailuresBeforeFallback, failure);
         // Nothing will be accepted into them any more: close them now, not when the listener goes. A
         // disposed pool takes nothing back, so a disconnect still pending closes its socket when it ends.
         _pool.Dispose();

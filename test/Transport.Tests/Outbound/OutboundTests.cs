@@ -86,7 +86,8 @@ public sealed class OutboundTests
             {
             }
         });
-        var options = new WinsockOutboundOptions { DeferFinTimeout = deferFin ? TimeSpan.FromMilliseconds(100) : TimeSpan.Zero };
+        // Reuse forced on: a socket this side closed first is in TIME_WAIT, and must never be recycled.
+        var options = new WinsockOutboundOptions { DeferFinTimeout = deferFin ? TimeSpan.FromMilliseconds(100) : TimeSpan.Zero, ReuseSockets = true };
         await using var factory = new WinsockOutboundConnectionFactory(options);
         var before = CountsTimeWait ? TimeWaitSockets.CountWithRemotePort(server.EndPoint.Port) : 0;
         using (var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }))
@@ -108,6 +109,9 @@ public sealed class OutboundTests
         // With the deferral on, each connection waited its bounded time for a server that never closes first.
         Assert.Equal(deferFin ? Requests : 0, counters.DeferFinTimeouts);
         Assert.Equal(0, counters.PeerClosedFirst);
+        Assert.Equal(0, counters.ReuseDisconnects);
+        Assert.Equal(0, counters.SocketsReused);
+        Assert.Equal(Requests, counters.SocketsCreated);
         if (CountsTimeWait)
         {
             var timeWait = TimeWaitSockets.CountWithRemotePort(server.EndPoint.Port) - before;
@@ -403,6 +407,10 @@ public sealed class OutboundTests
     {
         var ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(10) }));
         Assert.Contains("WinsockOutboundOptions.DeferFinTimeout must be between zero (off) and 00:00:05; it was 00:00:10.", ex.Message, StringComparison.Ordinal);
+        ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { MaxPooledSockets = -1, DisconnectTimeout = TimeSpan.Zero, MaxPendingDisconnects = 0 }));
+        Assert.Contains("WinsockOutboundOptions.MaxPooledSockets must be between 0 and 65536; it was -1.", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("WinsockOutboundOptions.DisconnectTimeout must be more than zero and at most 00:05:00; it was 00:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("WinsockOutboundOptions.MaxPendingDisconnects must be between 1 and 65536; it was 0.", ex.Message, StringComparison.Ordinal);
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
