@@ -67,12 +67,14 @@ internal static class OutboundBench
         using var self = Process.GetCurrentProcess();
         self.Refresh();
         var cpuBefore = self.TotalProcessorTime;
+        var allocatedBefore = GC.GetTotalAllocatedBytes(precise: false);
         var wall = Stopwatch.StartNew();
         Volatile.Write(ref measuring, true);
         await Task.WhenAll(loops).ConfigureAwait(false);
         Volatile.Write(ref measuring, false);
         self.Refresh();
         var cpu = (self.TotalProcessorTime - cpuBefore).TotalMicroseconds;
+        var allocated = GC.GetTotalAllocatedBytes(precise: false) - allocatedBefore;
         var elapsed = wall.Elapsed.TotalSeconds;
 
         // Connections still ending (a deferred FIN waits for the server) settle before the count.
@@ -88,7 +90,7 @@ internal static class OutboundBench
         }
 
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"outbound={handlerKind} requests={measured} rps={(elapsed > 0 ? measured / elapsed : 0):F1} cpu_us_per_req={(measured > 0 ? cpu / measured : 0):F1} time_wait={timeWait} time_wait_per_req={(requests > 0 ? (double)timeWait / requests : 0):F3} errors={errors}"));
+            $"outbound={handlerKind} requests={measured} rps={(elapsed > 0 ? measured / elapsed : 0):F1} cpu_us_per_req={(measured > 0 ? cpu / measured : 0):F1} time_wait={timeWait} time_wait_per_req={(requests > 0 ? (double)timeWait / requests : 0):F3} errors={errors} alloc_bytes_per_req={(measured > 0 ? allocated / measured : 0)}"));
         return measured > 0 ? 0 : 1;
     }
 

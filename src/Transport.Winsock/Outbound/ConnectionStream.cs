@@ -26,6 +26,9 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
     private int _released;
     private volatile bool _writing;
 
+    /// <summary>The connection under the stream; internal for tests.</summary>
+    internal ConnectionContext Connection => connection;
+
     public override bool CanRead => true;
 
     public override bool CanWrite => true;

@@ -24,6 +24,7 @@ internal sealed class OutboundRoute : IDisposable
         ReuseSelfTest.ListenerKind kind,
         WinsockOutboundOptions options,
         WinsockTransportOptions connectionOptions,
+        WinsockTransportOptions streamConnectionOptions,
         MemoryPool<byte> memoryPool,
         WinsockTransportCounters counters,
         ILogger logger)
@@ -38,10 +39,14 @@ internal sealed class OutboundRoute : IDisposable
             ? deciding.Result
             : new ReuseDecision(false, true, $"pending: the outbound reuse self-test ({kind.OutboundName}) is running");
         Recycler = new SocketRecycler(Pool, connectionOptions, initial, $"outbound {kind.OutboundName} sockets", counters, logger);
+        // No server's timeouts abort a client's connection: a disposed one whose output a stalled server
+        // never reads is aborted after the drain's time.
         Connections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, connectionOptions, () => new SocketConnectionIo(Recycler, inlineContinuations: false), counters, logger)
         {
-            // No server's timeouts abort a client's connection: a disposed one whose output a stalled server
-            // never reads is aborted after the drain's time.
+            EndTimeout = options.DrainTimeout,
+        };
+        StreamConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, streamConnectionOptions, () => new SocketConnectionIo(Recycler, inlineContinuations: false), counters, logger)
+        {
             EndTimeout = options.DrainTimeout,
         };
         if (!deciding.IsCompletedSuccessfully)
@@ -54,7 +59,11 @@ internal sealed class OutboundRoute : IDisposable
 
     public SocketRecycler Recycler { get; }
 
+    /// <summary>Connection objects handed to callers of ConnectAsync: never pooled.</summary>
     public WinsockConnectionFactory Connections { get; }
+
+    /// <summary>Connection objects under the ConnectCallback's streams, their only holders: pooled.</summary>
+    public WinsockConnectionFactory StreamConnections { get; }
 
     /// <summary>What this kind of socket is, for /stats.</summary>
     public string Kind => _kind.OutboundName;
@@ -101,6 +110,7 @@ internal sealed class OutboundRoute : IDisposable
         Recycler.Dispose();
         Pool.Dispose();
         Connections.DisposeIdle();
+        StreamConnections.DisposeIdle();
     }
 
     private static async Task<ReuseDecision> Decide(WinsockOutboundOptions options, ReuseSelfTest.ListenerKind kind)

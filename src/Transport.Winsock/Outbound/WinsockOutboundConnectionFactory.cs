@@ -32,6 +32,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
 
     private readonly WinsockOutboundOptions _options;
     private readonly WinsockTransportOptions _connectionOptions;
+    private readonly WinsockTransportOptions _streamConnectionOptions;
     private readonly MemoryPool<byte> _memoryPool;
     private readonly ILogger _logger;
     private readonly WinsockOutboundMeter _meter;
@@ -58,23 +59,29 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         _memoryPool = memoryPool ?? MemoryPool<byte>.Shared;
         Counters = new WinsockOutboundCounters(new WinsockTransportCounters(), ReuseStatus);
         _meter = new WinsockOutboundMeter(Counters, meterFactory);
-        // The connection machinery's own options, from the outbound ones. No connection object is pooled:
-        // a caller may still hold one it disposed (Kestrel never does), so none is handed out twice; the
-        // sockets are (OutboundRoute). An abort is always an RST (Kestrel's FinOnError switch is the server's).
-        _connectionOptions = new WinsockTransportOptions
+        // The connection machinery's own options, from the outbound ones. An abort is always an RST
+        // (Kestrel's FinOnError switch is the server's). Connection objects handed to callers are never
+        // pooled: a caller may still hold one it disposed (Kestrel never does), so none is handed out twice.
+        // Those under the ConnectCallback's streams are, as many as MaxPooledSockets: the stream is their
+        // only holder, and once it lets its connection go it never touches it again.
+        _connectionOptions = ConnectionOptions(_options, maxPooledConnections: 0);
+        _streamConnectionOptions = ConnectionOptions(_options, _options.MaxPooledSockets);
+    }
+
+    private static WinsockTransportOptions ConnectionOptions(WinsockOutboundOptions options, int maxPooledConnections)
+        => new()
         {
-            MaxPooledSockets = 0,
+            MaxPooledSockets = maxPooledConnections,
             FinOnError = false,
-            DrainTimeout = _options.DrainTimeout,
-            DeferFinTimeout = _options.DeferFinTimeout,
-            DisconnectTimeout = _options.DisconnectTimeout,
-            MaxPendingDisconnects = _options.MaxPendingDisconnects,
-            NoDelay = _options.NoDelay,
-            MaxReadBufferSize = _options.MaxReadBufferSize,
-            MaxWriteBufferSize = _options.MaxWriteBufferSize,
+            DrainTimeout = options.DrainTimeout,
+            DeferFinTimeout = options.DeferFinTimeout,
+            DisconnectTimeout = options.DisconnectTimeout,
+            MaxPendingDisconnects = options.MaxPendingDisconnects,
+            NoDelay = options.NoDelay,
+            MaxReadBufferSize = options.MaxReadBufferSize,
+            MaxWriteBufferSize = options.MaxWriteBufferSize,
             IOQueueCount = 0,
         };
-    }
 
     /// <summary>What this factory's connects and connections have done.</summary>
     public WinsockOutboundCounters Counters { get; }
@@ -88,6 +95,13 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     /// gracefully (a FIN, deferred when the options say so); <see cref="ConnectionContext.Abort()"/> resets it.
     /// </summary>
     public async ValueTask<ConnectionContext> ConnectAsync(EndPoint endpoint, CancellationToken cancellationToken = default)
+        => await ConnectCoreAsync(endpoint, forStream: false, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>A connection for a <see cref="ConnectionStream"/>, its only holder: its object may be a pooled one.</summary>
+    internal ValueTask<WinsockConnection> ConnectForStreamAsync(EndPoint endpoint, CancellationToken cancellationToken)
+        => ConnectCoreAsync(endpoint, forStream: true, cancellationToken);
+
+    private async ValueTask<WinsockConnection> ConnectCoreAsync(EndPoint endpoint, bool forStream, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -174,7 +188,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         }
 
         reusable?.OnAccepted();
-        var connection = route.Connections.Rent();
+        var connection = (forStream ? route.StreamConnections : route.Connections).Rent();
         ((SocketConnectionIo)connection.Io).Attach(socket, reusable);
         connection.Attach();
         connection.Start();
@@ -218,7 +232,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         lock (_routesLock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _memoryPool, Counters.Connections, _logger);
+            return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _streamConnectionOptions, _memoryPool, Counters.Connections, _logger);
         }
     }
 

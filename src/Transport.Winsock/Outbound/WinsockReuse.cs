@@ -23,7 +23,7 @@ public static class WinsockReuse
         ArgumentNullException.ThrowIfNull(factory);
         return async (context, cancellationToken) =>
         {
-            var connection = await factory.ConnectAsync(context.DnsEndPoint, cancellationToken).ConfigureAwait(false);
+            var connection = await factory.ConnectForStreamAsync(context.DnsEndPoint, cancellationToken).ConfigureAwait(false);
             return new ConnectionStream(connection);
         };
     }

@@ -166,6 +166,43 @@ public sealed class OutboundReuseTests
         }
     }
 
+    [Fact]
+    public async Task Connection_objects_are_pooled_under_streams_only_and_a_disposed_stream_never_reaches_the_next_connection()
+    {
+        await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        await using var factory = new WinsockOutboundConnectionFactory();
+        var endpoint = new DnsEndPoint("127.0.0.1", server.Port);
+        var ct = TestContext.Current.CancellationToken;
+
+        var first = new Winsock.Outbound.ConnectionStream(await factory.ConnectForStreamAsync(endpoint, ct));
+        Assert.Equal("Hello, World!", await PlaintextAsync(first, ct));
+        await first.DisposeAsync();
+        var second = new Winsock.Outbound.ConnectionStream(await factory.ConnectForStreamAsync(endpoint, ct));
+
+        // The same object carries the second connection; the first stream, disposed, cannot touch it.
+        Assert.Same(first.Connection, second.Connection);
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => first.ReadAsync(new byte[16], ct).AsTask());
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => first.WriteAsync(new byte[16], ct).AsTask());
+        Assert.Equal("Hello, World!", await PlaintextAsync(second, ct));
+        await second.DisposeAsync();
+
+        // What ConnectAsync hands out is the caller's to keep: never pooled.
+        var connection = await factory.ConnectAsync(endpoint, ct);
+        await connection.DisposeAsync();
+        await using var next = await factory.ConnectAsync(endpoint, ct);
+        Assert.NotSame(connection, next);
+        Assert.Equal(0, factory.Counters.AbortiveCloses + factory.Counters.ConnectionResets);
+    }
+
+    private static async Task<string> PlaintextAsync(Stream stream, CancellationToken ct)
+    {
+        await stream.WriteAsync("GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"u8.ToArray(), ct);
+        using var reader = new StreamReader(stream, leaveOpen: true);
+        var response = await reader.ReadToEndAsync(ct);
+        Assert.StartsWith("HTTP/1.1 200 OK", response, StringComparison.Ordinal);
+        return response[(response.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
+    }
+
     private static async Task ChurnAsync(SampleServer server, WinsockOutboundConnectionFactory factory, int requests, int concurrency)
     {
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress };
