@@ -190,15 +190,20 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     protected override void Dispose(bool disposing)
     {
-        if (disposing && Interlocked.Exchange(ref _disposed, 1) == 0)
+        if (disposing && Volatile.Read(ref _disposed) == 0)
         {
-            // A pending read or flush returns now (canceled); the last operation out lets the connection go.
-            _input.CancelPendingRead();
-            _output.CancelPendingFlush();
-            if (Volatile.Read(ref _inFlight) == 0)
+            // The dispose counts as an operation of its own until both cancels are done: a read it cancels
+            // can end at once on another thread, and were it the last one out, the connection (a pooled
+            // object) could be let go and carry the next connection before the flush's cancel reached it.
+            Interlocked.Increment(ref _inFlight);
+            if (Interlocked.Exchange(ref _disposed, 1) == 0)
             {
-                Release();
+                // A pending read or flush returns now (canceled); the last operation out lets the connection go.
+                _input.CancelPendingRead();
+                _output.CancelPendingFlush();
             }
+
+            Exit();
         }
 
         base.Dispose(disposing);

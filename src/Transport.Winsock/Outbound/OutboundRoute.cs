@@ -10,10 +10,10 @@ using Transport.Winsock.Teardown;
 namespace Transport.Winsock.Outbound;
 
 /// <summary>
-/// The outbound side's parts for one kind of socket (IPv4, IPv6, or IPv6 dual-mode for names that may
-/// resolve to either): the pool of recycled sockets, the recycler, the connection objects' factory and the
-/// reuse decision, as a listener has them for its accepted sockets. A recycled socket can only connect
-/// again as the kind it was made, so each kind has its own pool, and its own self-test verdict.
+/// The outbound side's parts for one address family (IPv4 or IPv6): the pool of recycled sockets, the
+/// recycler, the connection objects' factories and the reuse decision, as a listener has them for its
+/// accepted sockets. A recycled socket stays bound to an address of its family (on Windows, to the local
+/// address and port of its last connection), so each family has its own pool, and its own self-test verdict.
 /// </summary>
 internal sealed class OutboundRoute : IDisposable
 {
@@ -65,34 +65,38 @@ internal sealed class OutboundRoute : IDisposable
     /// <summary>Connection objects under the ConnectCallback's streams, their only holders: pooled.</summary>
     public WinsockConnectionFactory StreamConnections { get; }
 
-    /// <summary>What this kind of socket is, for /stats.</summary>
+    /// <summary>This route's address family, for /stats.</summary>
     public string Kind => _kind.OutboundName;
 
     /// <summary>
-    /// A recycled socket when the pool has one (<paramref name="recycled"/>), else a new socket of this
-    /// kind; <paramref name="reusable"/> is its recycling state, or null while sockets are not recycled
-    /// (a socket that will only be closed needs none).
+    /// A recycled socket when the pool has one and <paramref name="allowRecycled"/> (<paramref name="recycled"/>),
+    /// else a new socket of this family; <paramref name="reusable"/> is its recycling state, or null while
+    /// sockets are not recycled (a socket that will only be closed needs none).
     /// </summary>
-    public Socket RentOrCreate(out ReusableSocket? reusable, out bool recycled)
+    public Socket RentOrCreate(bool allowRecycled, out ReusableSocket? reusable, out bool recycled)
     {
-        reusable = Pool.TryRent();
-        recycled = reusable is not null;
-        if (reusable is not null)
+        while (allowRecycled && Pool.TryRent() is { } pooled)
         {
-            // Where the runtime only emulates reuse, the recycled socket is a new descriptor that kept none
-            // of the old one's options.
-            reusable.Socket.NoDelay = _noDelay;
-            return reusable.Socket;
+            try
+            {
+                // Where the runtime only emulates reuse, the recycled socket is a new descriptor that kept
+                // none of the old one's options.
+                pooled.Socket.NoDelay = _noDelay;
+                reusable = pooled;
+                recycled = true;
+                return pooled.Socket;
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+                // Not a socket any more, as far as the platform is concerned: a recycle that went wrong.
+                pooled.Dispose();
+                Recycler.OnRecycledAcceptFailed($"a recycled socket refused TCP_NODELAY: {(ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message)}");
+            }
         }
 
         var created = new Socket(_kind.Family, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            if (_kind.DualMode)
-            {
-                created.DualMode = true;
-            }
-
             created.NoDelay = _noDelay;
         }
         catch
@@ -102,6 +106,7 @@ internal sealed class OutboundRoute : IDisposable
         }
 
         reusable = Recycler.IsActive ? new ReusableSocket(created) : null;
+        recycled = false;
         return created;
     }
 
@@ -119,10 +124,11 @@ internal sealed class OutboundRoute : IDisposable
         {
             return await ReuseDecision.DecideOutboundAsync(options, kind).ConfigureAwait(false);
         }
-        catch (SocketException ex)
+        catch (Exception ex)
         {
-            // Not even a socket of this kind could be made for the test (a host without IPv6, say).
-            return new ReuseDecision(false, false, $"off: the outbound reuse self-test ({kind.OutboundName}) could not start: {ex.SocketErrorCode}");
+            // Not even a socket of this family could be made for the test (a host without IPv6, say), or
+            // the test itself failed unexpectedly: reuse stays off, and the status says why.
+            return new ReuseDecision(false, false, $"off: the outbound reuse self-test ({kind.OutboundName}) could not run: {(ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message)}");
         }
     }
 

@@ -28,7 +28,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
 {
     private static readonly ReuseSelfTest.ListenerKind IPv4 = new(AddressFamily.InterNetwork, false);
     private static readonly ReuseSelfTest.ListenerKind IPv6 = new(AddressFamily.InterNetworkV6, false);
-    private static readonly ReuseSelfTest.ListenerKind DualMode = new(AddressFamily.InterNetworkV6, true);
+    private const int MaxRecycledTries = 3;
 
     private readonly WinsockOutboundOptions _options;
     private readonly WinsockTransportOptions _connectionOptions;
@@ -37,8 +37,8 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     private readonly ILogger _logger;
     private readonly WinsockOutboundMeter _meter;
     private readonly Lock _routesLock = new();
-    // IPv4, IPv6, dual-mode: each made on its first connect, so a kind never used costs no self-test.
-    private readonly OutboundRoute?[] _routes = new OutboundRoute?[3];
+    // IPv4 and IPv6: each made on its first connect, so a family never used costs no self-test.
+    private readonly OutboundRoute?[] _routes = new OutboundRoute?[2];
     private volatile bool _disposed;
 
     /// <summary>Makes a factory with <paramref name="options"/> (checked here: bad values throw, naming the option).</summary>
@@ -105,46 +105,87 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     {
         ArgumentNullException.ThrowIfNull(endpoint);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        // A DnsEndPoint's addresses may be of either family: a dual-mode socket takes both, as in SocketsHttpHandler.
-        var route = endpoint switch
+        if (endpoint is not (IPEndPoint { AddressFamily: AddressFamily.InterNetwork or AddressFamily.InterNetworkV6 } or DnsEndPoint))
         {
-            IPEndPoint { AddressFamily: AddressFamily.InterNetwork } => Route(0, IPv4),
-            IPEndPoint { AddressFamily: AddressFamily.InterNetworkV6 } => Route(1, IPv6),
-            DnsEndPoint when Socket.OSSupportsIPv6 => Route(2, DualMode),
-            DnsEndPoint => Route(0, IPv4),
-            _ => throw new NotSupportedException($"{nameof(WinsockOutboundConnectionFactory)} connects over TCP to an IPv4 or IPv6 IPEndPoint or a DnsEndPoint; {endpoint.GetType().Name} ({endpoint}) is not one."),
-        };
+            throw new NotSupportedException($"{nameof(WinsockOutboundConnectionFactory)} connects over TCP to an IPv4 or IPv6 IPEndPoint or a DnsEndPoint; {endpoint.GetType().Name} ({endpoint}) is not one.");
+        }
 
+        // One deadline for the whole connect: the name's resolution and every address and socket tried.
+        using var timeout = _options.ConnectTimeout == Timeout.InfiniteTimeSpan ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout?.CancelAfter(_options.ConnectTimeout);
+        var token = timeout?.Token ?? cancellationToken;
+        try
+        {
+            if (endpoint is IPEndPoint ip)
+            {
+                return await ConnectToAsync(ip, forStream, token).ConfigureAwait(false);
+            }
+
+            // The name is resolved here, not by the socket, so each address is connected to from a socket of
+            // its own family, and a recycled socket only ever connects again within its family. The
+            // addresses are tried in the resolver's order, as Socket.ConnectAsync does for SocketsHttpHandler;
+            // a literal address resolves without a lookup.
+            var dns = (DnsEndPoint)endpoint;
+            var addresses = await Dns.GetHostAddressesAsync(dns.Host, dns.AddressFamily, token).ConfigureAwait(false);
+            Exception? last = null;
+            foreach (var address in addresses)
+            {
+                if (address.AddressFamily == AddressFamily.InterNetwork || (address.AddressFamily == AddressFamily.InterNetworkV6 && Socket.OSSupportsIPv6))
+                {
+                    try
+                    {
+                        return await ConnectToAsync(new IPEndPoint(address, dns.Port), forStream, token).ConfigureAwait(false);
+                    }
+                    catch (SocketException ex)
+                    {
+                        last = ex;
+                    }
+                }
+            }
+
+            throw last ?? new SocketException((int)SocketError.HostNotFound, $"{dns.Host} resolved to no address this machine can connect to.");
+        }
+        catch (OperationCanceledException) when (timeout is not null && timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            Counters.ConnectFailed();
+            throw new SocketException((int)SocketError.TimedOut, $"Connecting to {endpoint} took longer than {nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.ConnectTimeout)} ({_options.ConnectTimeout}).");
+        }
+        catch
+        {
+            Counters.ConnectFailed();
+            throw;
+        }
+    }
+
+    /// <summary>Connects to one address, on a recycled socket of its family when the pool has one.</summary>
+    private async Task<WinsockConnection> ConnectToAsync(IPEndPoint endpoint, bool forStream, CancellationToken cancellationToken)
+    {
+        var route = endpoint.AddressFamily == AddressFamily.InterNetwork ? Route(0, IPv4) : Route(1, IPv6);
         Socket socket;
         ReusableSocket? reusable;
         bool recycled;
+        var recycledFailures = 0;
         while (true)
         {
+            // After a few recycled sockets that could not connect, a new one: a pool of bad sockets (reuse
+            // forced on where it does not work) costs a connect at most that many tries.
+            socket = route.RentOrCreate(allowRecycled: recycledFailures < MaxRecycledTries, out reusable, out recycled);
             try
             {
-                socket = route.RentOrCreate(out reusable, out recycled);
-            }
-            catch
-            {
-                Counters.ConnectFailed();
-                throw;
-            }
-
-            try
-            {
-                await ConnectAsync(socket, endpoint, cancellationToken).ConfigureAwait(false);
+                await socket.ConnectAsync(endpoint, cancellationToken).ConfigureAwait(false);
                 break;
             }
             catch (Exception ex) when (recycled && IsNotRecycled(ex) && !cancellationToken.IsCancellationRequested)
             {
                 // The recycled socket was not fit to connect again: only it is lost, and the connect goes
-                // on with a new socket (or another pooled one); the failure counts toward the fallback.
+                // on with another socket; the failure counts toward the fallback.
                 reusable!.Dispose();
+                recycledFailures++;
                 var failure = ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message;
                 _logger.RecycledConnectFailed(failure);
                 route.Recycler.OnRecycledAcceptFailed($"a connect on a recycled socket failed: {failure}");
             }
-            catch
+            catch (Exception ex)
             {
                 // A socket whose connect failed is never used again, recycled or not.
                 if (reusable is null)
@@ -156,7 +197,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
                     reusable.Dispose();
                 }
 
-                Counters.ConnectFailed();
+                if (ex is not OperationCanceledException)
+                {
+                    // A connect failing because its socket was closed by the cancellation is the cancellation.
+                    cancellationToken.ThrowIfCancellationRequested();
+                }
+
                 throw;
             }
         }
@@ -172,7 +218,6 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
                 reusable.Dispose();
             }
 
-            Counters.ConnectFailed();
             throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
         }
 
@@ -193,20 +238,6 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         connection.Attach();
         connection.Start();
         return connection;
-    }
-
-    private async Task ConnectAsync(Socket socket, EndPoint endpoint, CancellationToken cancellationToken)
-    {
-        using var timeout = _options.ConnectTimeout == Timeout.InfiniteTimeSpan ? null : CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        timeout?.CancelAfter(_options.ConnectTimeout);
-        try
-        {
-            await socket.ConnectAsync(endpoint, timeout?.Token ?? cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (timeout is not null && !cancellationToken.IsCancellationRequested)
-        {
-            throw new SocketException((int)SocketError.TimedOut, $"Connecting to {endpoint} took longer than {nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.ConnectTimeout)} ({_options.ConnectTimeout}).");
-        }
     }
 
     /// <summary>
@@ -239,10 +270,10 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     /// <summary>For tests: the pool of IPv4 sockets, where a fault only the platform could make is put.</summary>
     internal SocketPool IPv4PoolForTests => Route(0, IPv4).Pool;
 
-    /// <summary>For /stats: whether each kind of socket used so far is recycled, and why.</summary>
+    /// <summary>For /stats: whether the sockets of each address family used so far are recycled, and why.</summary>
     private string ReuseStatus()
     {
-        var parts = new List<string>(3);
+        var parts = new List<string>(2);
         for (var i = 0; i < _routes.Length; i++)
         {
             if (Volatile.Read(ref _routes[i]) is { } route)

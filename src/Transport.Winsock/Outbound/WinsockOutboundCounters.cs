@@ -75,7 +75,7 @@ public sealed class WinsockOutboundCounters
     /// <summary>Connects on recycled sockets that failed as if the socket had not been recycled; each went on with another socket.</summary>
     public long RecycledConnectFailures => Connections.RecycledAcceptFailures;
 
-    /// <summary>For each kind of socket connected so far (IPv4, IPv6, dual-mode): whether its sockets are recycled, and why.</summary>
+    /// <summary>For each address family connected to so far (IPv4, IPv6): whether its sockets are recycled, and why.</summary>
     public string ReuseStatus => _reuseStatus();
 
     internal void Connected() => Interlocked.Increment(ref _connects);

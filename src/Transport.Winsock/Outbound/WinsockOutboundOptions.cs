@@ -44,19 +44,20 @@ public sealed class WinsockOutboundOptions
     /// Whether the sockets of connections the server closed first are recycled (DisconnectEx with
     /// TF_REUSE_SOCKET on Windows, then ConnectEx on the same handle for a later connect), as the listener's
     /// <see cref="WinsockTransportOptions.ReuseSockets"/>. <see langword="null"/> (the default): automatic;
-    /// for each kind of socket (IPv4, IPv6, dual-mode) a self-test on loopback checks, in the background
-    /// and while the first connections already run on new sockets, that a socket disconnected with reuse
-    /// connects and moves bytes again; it is off where the runtime only emulates reuse (.NET on Linux gives
-    /// such a socket a new descriptor), and a burst of failed recycles turns it off. <see langword="true"/>
-    /// forces it on (tests, measurements), <see langword="false"/> off. A connection this side closed first
+    /// for each address family (IPv4, IPv6) a self-test on loopback checks, in the background and while
+    /// the first connections already run on new sockets, that a socket disconnected with reuse connects
+    /// and moves bytes again; it is off where the runtime only emulates reuse (.NET on Linux gives such a
+    /// socket a new descriptor), and a burst of failed recycles turns it off. <see langword="true"/>
+    /// forces it on (tests, measurements; it then never turns itself off), <see langword="false"/> off. A connection this side closed first
     /// is never recycled: its socket is in TIME_WAIT, which a reuse disconnect would wait out.
     /// </summary>
     public bool? ReuseSockets { get; set; }
 
     /// <summary>
-    /// How many recycled sockets wait, for each kind of socket, for the next connect. On Windows a recycled
-    /// socket keeps its local address and ephemeral port, so each pooled one holds a port. Default 256;
-    /// 0 to 65536 (0 recycles none).
+    /// How many recycled sockets wait, for each address family, for the next connect; as many idle
+    /// connection objects are kept for the streams of <see cref="WinsockReuse.CreateConnectCallback(WinsockOutboundConnectionFactory)"/>.
+    /// A recycled socket stays bound, so on Windows each pooled one may hold an ephemeral port. Default 256;
+    /// 0 to 65536 (0 keeps none).
     /// </summary>
     public int MaxPooledSockets { get; set; } = 256;
 

@@ -56,7 +56,7 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
 
         var verdict = await ReuseSelfTest.RunConnectOnceAsync(kind).ConfigureAwait(false);
         return verdict.Refusal is null
-            ? new(true, true, $"on: the outbound reuse self-test ({kind.OutboundName}) passed")
+            ? new(true, true, $"on: the outbound reuse self-test ({kind.OutboundName}) passed; {verdict.Detail}")
             : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
     }
 

@@ -33,6 +33,7 @@ internal sealed class SocketRecycler : IDisposable
     private readonly Action<object> _onDisconnectExpired;
     private volatile bool _active;
     private volatile string _status;
+    private bool _fellBack;
     private int _failuresInARow;
     private bool _disposed;
 
@@ -70,7 +71,7 @@ internal sealed class SocketRecycler : IDisposable
     {
         lock (_lock)
         {
-            if (_disposed)
+            if (_disposed || _fellBack)
             {
                 return;
             }
@@ -193,6 +194,11 @@ internal sealed class SocketRecycler : IDisposable
         if (!_canFallBack || !_active || Interlocked.Increment(ref _failuresInARow) != FailuresBeforeFallback)
         {
             return;
+        }
+
+        lock (_lock)
+        {
+            _fellBack = true;
         }
 
         _active = false;

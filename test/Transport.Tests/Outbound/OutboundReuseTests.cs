@@ -40,8 +40,8 @@ public sealed class OutboundReuseTests
         Assert.Equal(Requests, c.SocketsCreated + c.SocketsReused);
         Assert.Equal(Requests, c.PeerClosedFirst);
         Assert.Equal(0, c.RecycledConnectFailures);
-        // HttpClient connects by name (a DnsEndPoint), so on dual-mode sockets.
-        Assert.Equal("dual-mode: on: forced by ReuseSockets = true", c.ReuseStatus);
+        // HttpClient passes a DnsEndPoint; the factory resolves it (here to 127.0.0.1) and connects IPv4 sockets.
+        Assert.Equal("IPv4: on: forced by ReuseSockets = true", c.ReuseStatus);
         // Every one of them was a passive close, so every socket went to a reuse disconnect.
         Assert.Equal(Requests, c.ReuseDisconnects);
         if (WinePlatform.IsWine)
@@ -74,7 +74,9 @@ public sealed class OutboundReuseTests
             response.EnsureSuccessStatusCode();
             Assert.Equal(body, await response.Content.ReadAsByteArrayAsync(TestContext.Current.CancellationToken));
             // One at a time, each waiting for the last one's socket, so every connect after the first can be a recycled one.
-            await Eventually.TrueAsync(() => factory.Counters.PendingDisconnects == 0 && factory.Counters.GracefulCloses == i + 1, TimeSpan.FromSeconds(10));
+            Assert.True(
+                await Eventually.TrueAsync(() => factory.Counters.PendingDisconnects == 0 && factory.Counters.GracefulCloses == i + 1, TimeSpan.FromSeconds(10)),
+                Describe(factory.Counters));
         }
 
         var c = factory.Counters;
@@ -97,13 +99,17 @@ public sealed class OutboundReuseTests
         var bad = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         bad.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         bad.Listen(1);
-        var badSocket = new ReusableSocket(bad);
-        Assert.True(factory.IPv4PoolForTests.TryReturn(badSocket));
+        Assert.True(factory.IPv4PoolForTests.TryReturn(new ReusableSocket(bad)));
+        // And one whose handle is gone: it takes no socket option.
+        var closed = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        closed.Dispose();
+        Assert.True(factory.IPv4PoolForTests.TryReturn(new ReusableSocket(closed)));
 
         await using var connection = await factory.ConnectAsync(new IPEndPoint(IPAddress.Loopback, server.Port), TestContext.Current.CancellationToken);
 
         var c = factory.Counters;
-        Assert.Equal(1, c.RecycledConnectFailures);
+        Assert.Equal(2, c.RecycledConnectFailures);
+        Assert.Equal(0, c.PooledSockets);
         Assert.Equal(1, c.Connects);
         Assert.Equal(0, c.ConnectFailures);
         Assert.Equal(1, c.SocketsCreated);
@@ -147,20 +153,20 @@ public sealed class OutboundReuseTests
         TestContext.Current.SendDiagnosticMessage(c.ReuseStatus);
         if (OperatingSystem.IsLinux())
         {
-            Assert.StartsWith("dual-mode: off: the runtime emulates socket reuse here", c.ReuseStatus, StringComparison.Ordinal);
+            Assert.StartsWith("IPv4: off: the runtime emulates socket reuse here", c.ReuseStatus, StringComparison.Ordinal);
         }
         else if (WinePlatform.IsWine)
         {
-            Assert.StartsWith("dual-mode: off: the outbound reuse self-test (dual-mode) failed: the reuse disconnect", c.ReuseStatus, StringComparison.Ordinal);
+            Assert.StartsWith("IPv4: off: the outbound reuse self-test (IPv4) failed: the reuse disconnect", c.ReuseStatus, StringComparison.Ordinal);
         }
         else
         {
-            Assert.StartsWith("dual-mode: on: the outbound reuse self-test (dual-mode) passed", c.ReuseStatus, StringComparison.Ordinal);
+            Assert.StartsWith("IPv4: on: the outbound reuse self-test (IPv4) passed", c.ReuseStatus, StringComparison.Ordinal);
         }
 
         Assert.Equal(20, c.Connects);
         Assert.Equal(0, c.ConnectFailures);
-        if (!c.ReuseStatus.StartsWith("dual-mode: on", StringComparison.Ordinal))
+        if (!c.ReuseStatus.StartsWith("IPv4: on", StringComparison.Ordinal))
         {
             Assert.Equal(0, c.SocketsReused + c.ReuseDisconnects);
         }
