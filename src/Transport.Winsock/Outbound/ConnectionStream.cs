@@ -21,8 +21,10 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
     private readonly PipeReader _input = connection.Transport.Input;
     private readonly PipeWriter _output = connection.Transport.Output;
     private readonly TaskCompletionSource _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _inFlight;
-    private int _disposed;
+    // The reads, writes and dispose in flight, and the disposed bit, in one word: the operation whose
+    // decrement leaves the bit alone lets the connection go, and nothing can be in flight after that.
+    private const int DisposedBit = 1 << 30;
+    private int _state;
     private int _released;
     private volatile bool _writing;
 
@@ -58,7 +60,7 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
                 }
 
                 var data = result.Buffer;
-                if (result.IsCanceled && Volatile.Read(ref _disposed) != 0)
+                if (result.IsCanceled && IsDisposed)
                 {
                     _input.AdvanceTo(data.Start);
                     throw new ObjectDisposedException(nameof(ConnectionStream), "The stream was disposed during the read.");
@@ -106,7 +108,7 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
                 throw new IOException(ex.Message, ex);
             }
 
-            if (result.IsCanceled && Volatile.Read(ref _disposed) != 0)
+            if (result.IsCanceled && IsDisposed)
             {
                 throw new ObjectDisposedException(nameof(ConnectionStream), "The stream was disposed during the write.");
             }
@@ -141,10 +143,11 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     public override void SetLength(long value) => throw new NotSupportedException();
 
+    private bool IsDisposed => (Volatile.Read(ref _state) & DisposedBit) != 0;
+
     private void Enter()
     {
-        Interlocked.Increment(ref _inFlight);
-        if (Volatile.Read(ref _disposed) != 0)
+        if ((Interlocked.Increment(ref _state) & DisposedBit) != 0)
         {
             Exit();
             throw new ObjectDisposedException(nameof(ConnectionStream));
@@ -153,7 +156,7 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     private void Exit()
     {
-        if (Interlocked.Decrement(ref _inFlight) == 0 && Volatile.Read(ref _disposed) != 0)
+        if (Interlocked.Decrement(ref _state) == DisposedBit)
         {
             Release();
         }
@@ -190,13 +193,13 @@ internal sealed class ConnectionStream(ConnectionContext connection) : Stream
 
     protected override void Dispose(bool disposing)
     {
-        if (disposing && Volatile.Read(ref _disposed) == 0)
+        if (disposing && !IsDisposed)
         {
-            // The dispose counts as an operation of its own until both cancels are done: a read it cancels
-            // can end at once on another thread, and were it the last one out, the connection (a pooled
-            // object) could be let go and carry the next connection before the flush's cancel reached it.
-            Interlocked.Increment(ref _inFlight);
-            if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            // The dispose is in flight itself until both cancels are done: a read it cancels can end at
+            // once on another thread, and were that the last one out, the connection (a pooled object)
+            // could be let go and carry the next connection before the flush's cancel reached it.
+            Interlocked.Increment(ref _state);
+            if ((Interlocked.Or(ref _state, DisposedBit) & DisposedBit) == 0)
             {
                 // A pending read or flush returns now (canceled); the last operation out lets the connection go.
                 _input.CancelPendingRead();

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
+using Transport.Winsock.Diagnostics;
 using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
@@ -19,6 +20,7 @@ internal sealed class OutboundRoute : IDisposable
 {
     private readonly ReuseSelfTest.ListenerKind _kind;
     private readonly bool _noDelay;
+    private readonly ILogger _logger;
 
     public OutboundRoute(
         ReuseSelfTest.ListenerKind kind,
@@ -29,6 +31,7 @@ internal sealed class OutboundRoute : IDisposable
         WinsockTransportCounters counters,
         ILogger logger)
     {
+        _logger = logger;
         _kind = kind;
         _noDelay = options.NoDelay;
         Pool = new SocketPool(options.MaxPooledSockets, counters);
@@ -90,7 +93,9 @@ internal sealed class OutboundRoute : IDisposable
             {
                 // Not a socket any more, as far as the platform is concerned: a recycle that went wrong.
                 pooled.Dispose();
-                Recycler.OnRecycledAcceptFailed($"a recycled socket refused TCP_NODELAY: {(ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message)}");
+                var failure = $"it refused TCP_NODELAY: {(ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message)}";
+                _logger.RecycledConnectFailed(failure);
+                Recycler.OnRecycledAcceptFailed($"a recycled socket could not connect again: {failure}");
             }
         }
 

@@ -118,7 +118,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         {
             if (endpoint is IPEndPoint ip)
             {
-                return await ConnectToAsync(ip, forStream, token).ConfigureAwait(false);
+                return await ConnectToAsync(Unmapped(ip), forStream, token).ConfigureAwait(false);
             }
 
             // The name is resolved here, not by the socket, so each address is connected to from a socket of
@@ -126,7 +126,8 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             // addresses are tried in the resolver's order, as Socket.ConnectAsync does for SocketsHttpHandler;
             // a literal address resolves without a lookup.
             var dns = (DnsEndPoint)endpoint;
-            var addresses = await Dns.GetHostAddressesAsync(dns.Host, dns.AddressFamily, token).ConfigureAwait(false);
+            // WaitAsync: where a lookup under way cannot be canceled (getaddrinfo on Linux), the deadline still holds.
+            var addresses = await Dns.GetHostAddressesAsync(dns.Host, dns.AddressFamily, token).WaitAsync(token).ConfigureAwait(false);
             Exception? last = null;
             foreach (var address in addresses)
             {
@@ -134,7 +135,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
                 {
                     try
                     {
-                        return await ConnectToAsync(new IPEndPoint(address, dns.Port), forStream, token).ConfigureAwait(false);
+                        return await ConnectToAsync(Unmapped(new IPEndPoint(address, dns.Port)), forStream, token).ConfigureAwait(false);
                     }
                     catch (SocketException ex)
                     {
@@ -143,7 +144,14 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
                 }
             }
 
-            throw last ?? new SocketException((int)SocketError.HostNotFound, $"{dns.Host} resolved to no address this machine can connect to.");
+            throw last ?? new SocketException((int)SocketError.NoData, $"{dns.Host} resolved to no address this machine can connect to.");
+        }
+        catch (OperationCanceledException ex) when (cancellationToken.IsCancellationRequested && ex.CancellationToken != cancellationToken)
+        {
+            // The caller's own cancellation, seen through the linked token: SocketsHttpHandler only takes an
+            // OperationCanceledException carrying its token for a cancellation.
+            Counters.ConnectFailed();
+            throw new OperationCanceledException(ex.Message, ex, cancellationToken);
         }
         catch (OperationCanceledException) when (timeout is not null && timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
@@ -168,7 +176,8 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         while (true)
         {
             // After a few recycled sockets that could not connect, a new one: a pool of bad sockets (reuse
-            // forced on where it does not work) costs a connect at most that many tries.
+            // forced on where it does not work) costs each address tried at most that many tries.
+            cancellationToken.ThrowIfCancellationRequested();
             socket = route.RentOrCreate(allowRecycled: recycledFailures < MaxRecycledTries, out reusable, out recycled);
             try
             {
@@ -239,6 +248,10 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         connection.Start();
         return connection;
     }
+
+    /// <summary>An IPv4 address written as IPv6 (::ffff:a.b.c.d) is connected to over IPv4, from an IPv4 socket.</summary>
+    private static IPEndPoint Unmapped(IPEndPoint endpoint)
+        => endpoint.Address.IsIPv4MappedToIPv6 ? new IPEndPoint(endpoint.Address.MapToIPv4(), endpoint.Port) : endpoint;
 
     /// <summary>
     /// A connect on a recycled socket that fails so says the socket, not the server, was at fault: not

@@ -273,6 +273,15 @@ public sealed class OutboundTests
             Assert.Equal(SocketError.TimedOut, timedOut.SocketErrorCode);
             Assert.Contains("WinsockOutboundOptions.ConnectTimeout", timedOut.Message, StringComparison.Ordinal);
             Assert.Equal(1, factory.Counters.ConnectFailures);
+
+            // The caller's cancellation, before a ConnectTimeout that has not run out, is the caller's: its
+            // exception carries the caller's token, which is how SocketsHttpHandler tells it from a failure.
+            await using var patient = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ConnectTimeout = TimeSpan.FromSeconds(30) });
+            using var caller = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            caller.CancelAfter(TimeSpan.FromMilliseconds(200));
+            var canceled = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => patient.ConnectAsync(new DnsEndPoint("127.0.0.1", target.Port), caller.Token).AsTask());
+            Assert.Equal(caller.Token, canceled.CancellationToken);
+            Assert.Equal(1, patient.Counters.ConnectFailures);
         }
         finally
         {
