@@ -10,10 +10,6 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
     public bool Emulated { get; init; }
 
     /// <summary>
-    /// <see cref="WinsockTransportOptions.ReuseSockets"/> forces the answer; left null, the provider
-    /// check (Windows) and the self-test decide, and a burst of failed recycles can still turn it off.
-    /// </summary>
-    /// <summary>
     /// For the io_uring engine, which never recycles: the options' own reason when they turn reuse off,
     /// else the engine's.
     /// </summary>
@@ -31,26 +27,17 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
     /// </summary>
     public static async Task<ReuseDecision> DecideOutboundAsync(WinsockOutboundOptions options, ReuseSelfTest.ListenerKind kind)
     {
-        if (options.MaxPooledSockets == 0)
+        if (Forced(options.MaxPooledSockets, options.ReuseSockets) is { } forced)
         {
-            return new(false, false, "off: MaxPooledSockets is 0");
-        }
-
-        switch (options.ReuseSockets)
-        {
-            case true:
-                return new(true, false, "on: forced by ReuseSockets = true");
-            case false:
-                return new(false, false, "off: ReuseSockets = false");
+            return forced;
         }
 
         if (OperatingSystem.IsWindows())
         {
             using var probe = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
-            var missing = WinsockExtensions.Probe(probe, WinsockExtensions.DisconnectEx);
-            if (missing != SocketError.Success)
+            if (MissingDisconnectEx(probe) is { } missing)
             {
-                return new(false, true, $"off: the socket's Winsock provider has no DisconnectEx ({missing}); a layered provider (VPN, antivirus) may hide it");
+                return missing;
             }
         }
 
@@ -60,33 +47,44 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
             : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
     }
 
+    /// <summary>
+    /// <see cref="WinsockTransportOptions.ReuseSockets"/> forces the answer; left null, the provider
+    /// check (Windows) and the self-test decide, and a burst of failed recycles can still turn it off.
+    /// </summary>
     public static async Task<ReuseDecision> DecideAsync(WinsockTransportOptions options, Socket listenSocket)
     {
-        if (options.MaxPooledSockets == 0)
+        if (Forced(options.MaxPooledSockets, options.ReuseSockets) is { } forced)
         {
-            return new(false, false, "off: MaxPooledSockets is 0");
+            return forced;
         }
 
-        switch (options.ReuseSockets)
+        if (OperatingSystem.IsWindows() && MissingDisconnectEx(listenSocket) is { } missing)
         {
-            case true:
-                return new(true, false, "on: forced by ReuseSockets = true");
-            case false:
-                return new(false, false, "off: ReuseSockets = false");
-        }
-
-        if (OperatingSystem.IsWindows())
-        {
-            var missing = WinsockExtensions.Probe(listenSocket, WinsockExtensions.DisconnectEx);
-            if (missing != SocketError.Success)
-            {
-                return new(false, true, $"off: the socket's Winsock provider has no DisconnectEx ({missing}); a layered provider (VPN, antivirus) may hide it");
-            }
+            return missing;
         }
 
         var verdict = await ReuseSelfTest.RunOnceAsync(ReuseSelfTest.ListenerKind.Of(listenSocket)).ConfigureAwait(false);
         return verdict.Refusal is null
             ? new(true, true, $"on: the reuse self-test ({verdict.Kind}) passed")
             : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
+    }
+
+    /// <summary>The decision the options make by themselves, or null when it is left to the platform.</summary>
+    private static ReuseDecision? Forced(int maxPooledSockets, bool? reuseSockets) => (maxPooledSockets, reuseSockets) switch
+    {
+        (0, _) => new(false, false, "off: MaxPooledSockets is 0"),
+        (_, true) => new(true, false, "on: forced by ReuseSockets = true"),
+        (_, false) => new(false, false, "off: ReuseSockets = false"),
+        _ => null,
+    };
+
+    /// <summary>Off when the socket's provider has no DisconnectEx; null when it has.</summary>
+    [System.Runtime.Versioning.SupportedOSPlatform("windows")]
+    private static ReuseDecision? MissingDisconnectEx(Socket socket)
+    {
+        var missing = WinsockExtensions.Probe(socket, WinsockExtensions.DisconnectEx);
+        return missing == SocketError.Success
+            ? null
+            : new(false, true, $"off: the socket's Winsock provider has no DisconnectEx ({missing}); a layered provider (VPN, antivirus) may hide it");
     }
 }
