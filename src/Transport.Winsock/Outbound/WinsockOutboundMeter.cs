@@ -25,6 +25,10 @@ internal sealed class WinsockOutboundMeter : IDisposable
             new Measurement<long>(c.SocketsCreated, new KeyValuePair<string, object?>("winsock.socket.origin", "created")),
             new Measurement<long>(c.SocketsReused, new KeyValuePair<string, object?>("winsock.socket.origin", "reused")),
         }, "{socket}", "Sockets outbound connections ran on: new ones, and ones recycled from earlier connections.");
+        _meter.CreateObservableUpDownCounter("winsock.outbound.sockets.pooled", () => c.PooledSockets, "{socket}",
+            "Recycled outbound sockets waiting for a connect.");
+        _meter.CreateObservableUpDownCounter("winsock.outbound.sockets.disconnecting", () => c.PendingDisconnects, "{socket}",
+            "Outbound sockets in a reuse disconnect, on their way to the pool.");
         _meter.CreateObservableCounter("winsock.outbound.closes", () => new[]
         {
             new Measurement<long>(c.GracefulCloses, new KeyValuePair<string, object?>("winsock.close.kind", "graceful")),
