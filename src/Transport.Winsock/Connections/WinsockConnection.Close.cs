@@ -240,9 +240,9 @@ internal sealed partial class WinsockConnection
     /// <summary>
     /// Both loops are done. After a clean FIN both ways, a passive close's socket goes to the recycler; an
     /// active close's is in TIME_WAIT and is closed (nothing more goes on the wire), as is every socket of
-    /// a connection that did not end cleanly.
+    /// a connection that did not end cleanly. Returns whether the socket was closed (false: recycled).
     /// </summary>
-    private void HandOffSocket()
+    private bool HandOffSocket()
     {
         CloseState state;
         bool clean;
@@ -257,7 +257,7 @@ internal sealed partial class WinsockConnection
         _io.Release(recycle);
         if (recycle)
         {
-            return;
+            return false;
         }
 
         if (state == CloseState.FinWithClose)
@@ -270,6 +270,8 @@ internal sealed partial class WinsockConnection
         {
             _factory.Counters.TimeWaitClose();
         }
+
+        return true;
     }
 
     /// <summary>

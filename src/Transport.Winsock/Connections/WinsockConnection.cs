@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Engines;
 using Transport.Winsock.Teardown;
 
 namespace Transport.Winsock.Connections;
@@ -71,8 +72,9 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _output = new Pipe(outputOptions);
         _transport = new DuplexPipe(_input.Reader, _output.Writer);
         Transport = _transport;
-        // The server's continuation after DisposeAsync runs inline, on the loop that finished last (a
-        // thread pool thread): neither loop touches the connection after OnLoopDone, and it saves a hop.
+        // The server's continuation after DisposeAsync runs inline, on the loop that finished last, when
+        // that is a thread pool thread: neither loop touches the connection after OnLoopDone, and it saves a
+        // hop. On an engine's thread it is handed to the thread pool (OnLoopDone).
         _finished = new ReusableSignal(runContinuationsAsynchronously: false, afterResult: Recycle);
         _ = ReceiveLoopAsync();
         _ = SendLoopAsync();
@@ -128,8 +130,18 @@ internal sealed partial class WinsockConnection : ConnectionContext
     public override EndPoint? RemoteEndPoint { get; set; }
 
     /// <summary>Starts both loops on this connection; they run inline until they first wait for the socket or the application.</summary>
+    /// <remarks>
+    /// An engine whose accepts complete on a thread of its own (io_uring) starts a connection there, before
+    /// it is queued for the server, so that its first receive is submitted without a hop; the listener's
+    /// call then does nothing.
+    /// </remarks>
     public void Start()
     {
+        if (_started)
+        {
+            return;
+        }
+
         _started = true;
         _loopsRunning = 2;
         _receiveTurn.Set();
@@ -204,9 +216,17 @@ internal sealed partial class WinsockConnection : ConnectionContext
     {
         if (Interlocked.Decrement(ref _loopsRunning) == 0)
         {
-            HandOffSocket();
-            _factory.OnConnectionEnded();
-            _finished.Set();
+            _factory.OnConnectionEnded(closed: HandOffSocket());
+            if (EngineThread.IsCurrent && !_factory.InlineScheduling)
+            {
+                // Kestrel's continuation after DisposeAsync (its connection's end: logs, metrics, EventSource
+                // and their listeners) must not run on a ring thread, unless the application chose inline.
+                ThreadPool.UnsafeQueueUserWorkItem(static connection => connection._finished.Set(), this, preferLocal: false);
+            }
+            else
+            {
+                _finished.Set();
+            }
         }
     }
 

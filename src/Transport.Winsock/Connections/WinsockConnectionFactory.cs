@@ -75,6 +75,7 @@ internal sealed class WinsockConnectionFactory
         }
 
         WaitForData = options.WaitForDataBeforeAllocatingBuffer;
+        InlineScheduling = inline;
 
         MinReceiveSize = Math.Max(minimumSegmentSize / 2, 1);
     }
@@ -101,6 +102,9 @@ internal sealed class WinsockConnectionFactory
     /// <summary>Set when the FIN waits for the peer to close first: for how long at most.</summary>
     public TimeSpan? DeferFinTimeout { get; }
 
+    /// <summary>UnsafePreferInlineScheduling: the application runs wherever the transport's continuations do, engine threads included.</summary>
+    public bool InlineScheduling { get; }
+
     /// <summary>Whether a receive waits for data before it takes a buffer (WaitForDataBeforeAllocatingBuffer).</summary>
     public bool WaitForData { get; }
 
@@ -118,8 +122,25 @@ internal sealed class WinsockConnectionFactory
 
     public ILogger Logger { get; }
 
-    /// <summary>A connection's socket is closed or recycled: a paused listener may accept again.</summary>
-    public void OnConnectionEnded() => _pause?.Wake();
+    /// <summary>
+    /// Set for a listener that keeps a <see cref="DescriptorReserve"/>: a connection that closes its
+    /// descriptor is taken off the reserve's estimate (as each accept is added to it).
+    /// </summary>
+    public bool CountsDescriptors { get; init; }
+
+    /// <summary>
+    /// A connection's socket is closed (<paramref name="closed"/>) or recycled: a paused listener may
+    /// accept again.
+    /// </summary>
+    public void OnConnectionEnded(bool closed)
+    {
+        if (closed && CountsDescriptors)
+        {
+            DescriptorReserve.OnClosed();
+        }
+
+        _pause?.Wake();
+    }
 
     /// <summary>
     /// A connection object for a newly accepted socket: an idle one when there is one, else a new one. The

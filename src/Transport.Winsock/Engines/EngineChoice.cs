@@ -43,9 +43,11 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
 
         var count = options.IoUringThreadCount > 0 ? options.IoUringThreadCount : Math.Clamp(Environment.ProcessorCount / 2, 1, 16);
         var rings = new RingThread[count];
+        // What a ring thread logs (its own failure, a posted work item's) is written off the ring.
+        var ringLogger = new EngineThreadLogger(logger);
         for (var i = 0; i < count; i++)
         {
-            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", logger, out var errno);
+            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", ringLogger, out var errno);
             if (ring is null)
             {
                 for (var j = 0; j < i; j++)

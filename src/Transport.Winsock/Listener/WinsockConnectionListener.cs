@@ -21,7 +21,7 @@ namespace Transport.Winsock.Listener;
 /// </summary>
 internal sealed class WinsockConnectionListener : IConnectionListener
 {
-    private readonly Channel<WinsockConnection> _accepted = CreateAcceptQueue<WinsockConnection>();
+    private readonly Channel<WinsockConnection> _accepted;
 
     private readonly MemoryPool<byte> _memoryPool;
     private readonly ListenerEngine _engine;
@@ -49,22 +49,30 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         _engineChoice = engine;
         _counters = counters;
         _pendingAccepts = options.PendingAccepts;
-        var pause = new AcceptPause(EndPoint, counters, logger);
+        var onRings = engine.Engine == WinsockEngine.IoUring;
+        // An accept on io_uring completes on a ring thread, where Kestrel's accept loop must not run (its
+        // connection setup, logging, metrics and EventSource listeners), unless the application asked for
+        // everything inline.
+        _accepted = CreateAcceptQueue<WinsockConnection>(synchronousContinuations: !onRings || options.UnsafePreferInlineScheduling);
+        var engineLogger = onRings ? new EngineThreadLogger(logger) : logger;
+        var pause = new AcceptPause(EndPoint, counters, engineLogger);
         Func<WinsockConnection, bool> offer = _accepted.Writer.TryWrite;
-        _engine = engine.Engine == WinsockEngine.IoUring
-            ? new IoUringListenerEngine(listenSocket, memoryPool, options, engine.Rings!, counters, logger, pause, offer, _accepted.Writer.TryComplete)
+        _engine = onRings
+            ? new IoUringListenerEngine(listenSocket, memoryPool, options, engine.Rings!, counters, engineLogger, pause, offer, _accepted.Writer.TryComplete)
             : new SocketsListenerEngine(listenSocket, memoryPool, options, reuse, counters, logger, pause, offer);
     }
 
     public EndPoint EndPoint { get; }
 
     /// <summary>
-    /// The queue between the posted accepts and the server's accept loop (internal for the benchmarks). A
-    /// waiting accept loop resumes on the posting slot's thread pool thread, not after another hop: it
-    /// only takes the connection, dispatches it and waits again before the slot reposts.
+    /// The queue between the posted accepts and the server's accept loop (internal for the benchmarks).
+    /// With <paramref name="synchronousContinuations"/> (the sockets engine, whose accepts complete on
+    /// thread pool threads) a waiting accept loop resumes on the posting slot's thread, not after another
+    /// hop: it only takes the connection, dispatches it and waits again before the slot reposts. Without
+    /// it (a ring thread posts), the accept loop resumes on the thread pool.
     /// </summary>
-    internal static Channel<T> CreateAcceptQueue<T>() => Channel.CreateUnbounded<T>(
-        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = true });
+    internal static Channel<T> CreateAcceptQueue<T>(bool synchronousContinuations = true) => Channel.CreateUnbounded<T>(
+        new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = synchronousContinuations });
 
     public void Start()
     {

@@ -55,21 +55,24 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _counters = counters;
         _logger = logger;
         _offer = offer;
+        var acceptCount = Math.Max(options.PendingAccepts, rings.Length);
+        _reserve = DescriptorReserve.Create(options.DescriptorReserve, acceptCount);
         _factories = new WinsockConnectionFactory[rings.Length];
         for (var i = 0; i < rings.Length; i++)
         {
             var ring = rings[i];
-            _factories[i] = new WinsockConnectionFactory(_endPoint, memoryPool, options, () => new IoUringConnectionIo(ring), counters, logger, pause, transportScheduler: ring);
+            _factories[i] = new WinsockConnectionFactory(_endPoint, memoryPool, options, () => new IoUringConnectionIo(ring), counters, logger, pause, transportScheduler: ring)
+            {
+                CountsDescriptors = _reserve is not null,
+            };
         }
 
         _sharedLocal = _factories[0].LocalEndPoint as IPEndPoint;
-        _accepts = new AcceptOperation[Math.Max(options.PendingAccepts, rings.Length)];
+        _accepts = new AcceptOperation[acceptCount];
         for (var i = 0; i < _accepts.Length; i++)
         {
             _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd, this);
         }
-
-        _reserve = DescriptorReserve.Create(options.DescriptorReserve, _accepts.Length);
     }
 
     /// <summary>Set when the listener stops (or its ring failed): no accept may be posted any more.</summary>
@@ -179,11 +182,13 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         var io = (IoUringConnectionIo)connection.Io;
         io.Attach(fd, accept.Direct, _sharedLocal ?? AcceptOperation.LocalEndPoint(fd), accept.RemoteEndPoint());
         connection.Attach();
+        // Started here, on the ring: its first receive is submitted without a hop, and what arrives waits in
+        // its input pipe until the server reads it, as it would once the server had started it.
+        connection.Start();
         if (!_offer(connection))
         {
-            // Unbound meanwhile: nobody will take it. Its descriptor closes, and the object (never
-            // started) goes back to its pool.
-            io.Release(recycle: false);
+            // Unbound meanwhile: nobody will take it. It ends with an RST, and the object goes back to its pool.
+            connection.Abort(new Microsoft.AspNetCore.Connections.ConnectionAbortedException("The listener was unbound before the connection was accepted by the server."));
             await connection.DisposeAsync();
         }
     }

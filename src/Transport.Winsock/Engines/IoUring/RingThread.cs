@@ -420,6 +420,7 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
 
         t_current = this;
+        EngineThread.MarkCurrent();
         var clean = false;
         try
         {

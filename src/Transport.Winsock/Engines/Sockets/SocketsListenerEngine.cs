@@ -40,8 +40,11 @@ internal sealed class SocketsListenerEngine : ListenerEngine
         _pool = new SocketPool(options.MaxPooledSockets, counters);
         _recycler = new SocketRecycler(_pool, options, reuse, endPoint, counters, logger);
         var inline = options.UnsafePreferInlineScheduling;
-        _connections = new WinsockConnectionFactory(endPoint, memoryPool, options, () => new SocketConnectionIo(_recycler, inline), counters, logger, pause);
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts);
+        _connections = new WinsockConnectionFactory(endPoint, memoryPool, options, () => new SocketConnectionIo(_recycler, inline), counters, logger, pause)
+        {
+            CountsDescriptors = _reserve is not null,
+        };
         _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, _reserve);
     }
 
