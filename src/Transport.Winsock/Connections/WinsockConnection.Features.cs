@@ -9,7 +9,9 @@ using Microsoft.AspNetCore.Http.Features;
 namespace Transport.Winsock.Connections;
 
 // The connection is its own feature collection: the standard connection features are the connection
-// itself, anything else the server or application sets goes to a small dictionary made on first use.
+// itself, anything else the server or application sets goes to a small array made on first use and
+// searched in order (Kestrel sets four features on every connection: a dictionary for them cost about
+// twice the bytes, held by every idle keep-alive connection).
 // IConnectionSocketFeature is left out on purpose: the socket outlives the connection and will carry
 // another one, so no application may hold it.
 internal sealed partial class WinsockConnection :
@@ -31,7 +33,8 @@ internal sealed partial class WinsockConnection :
         typeof(IConnectionEndPointFeature),
     ];
 
-    private Dictionary<Type, object?>? _setFeatures;
+    private KeyValuePair<Type, object?>[]? _setFeatures;
+    private int _setCount;
     private int _featureRevision;
     private string? _connectionId;
     private IDictionary<object, object?>? _items;
@@ -41,9 +44,10 @@ internal sealed partial class WinsockConnection :
     /// <summary>Forgets what the previous connection set; the revision keeps counting, so no cache sees stale features.</summary>
     private void ResetFeatures()
     {
-        if (_setFeatures is { Count: > 0 })
+        if (_setCount > 0)
         {
-            _setFeatures.Clear();
+            Array.Clear(_setFeatures!, 0, _setCount);
+            _setCount = 0;
             _featureRevision++;
         }
 
@@ -73,18 +77,44 @@ internal sealed partial class WinsockConnection :
     {
         get
         {
-            if (_setFeatures is not null && _setFeatures.TryGetValue(key, out var feature))
+            var set = IndexOfSet(key);
+            if (set >= 0)
             {
-                return feature;
+                return _setFeatures![set].Value;
             }
 
             return Array.IndexOf(s_ownFeatures, key) >= 0 ? this : null;
         }
         set
         {
-            (_setFeatures ??= [])[key] = value;
+            var set = IndexOfSet(key);
+            if (set < 0)
+            {
+                _setFeatures ??= new KeyValuePair<Type, object?>[4];
+                if (_setCount == _setFeatures.Length)
+                {
+                    Array.Resize(ref _setFeatures, _setCount * 2);
+                }
+
+                set = _setCount++;
+            }
+
+            _setFeatures![set] = new(key, value);
             _featureRevision++;
         }
+    }
+
+    private int IndexOfSet(Type key)
+    {
+        for (var i = 0; i < _setCount; i++)
+        {
+            if (_setFeatures![i].Key == key)
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 
     TFeature? IFeatureCollection.Get<TFeature>() where TFeature : default
@@ -97,20 +127,17 @@ internal sealed partial class WinsockConnection :
     {
         foreach (var type in s_ownFeatures)
         {
-            if (_setFeatures is null || !_setFeatures.ContainsKey(type))
+            if (IndexOfSet(type) < 0)
             {
                 yield return new(type, this);
             }
         }
 
-        if (_setFeatures is not null)
+        for (var i = 0; i < _setCount; i++)
         {
-            foreach (var (type, feature) in _setFeatures)
+            if (_setFeatures![i].Value is { } feature)
             {
-                if (feature is not null)
-                {
-                    yield return new(type, feature);
-                }
+                yield return new(_setFeatures[i].Key, feature);
             }
         }
     }

@@ -4,7 +4,8 @@ namespace Transport.Winsock.Teardown;
 
 /// <summary>
 /// A one-shot, re-armable deadline for a socket's teardown phases (drain, reuse disconnect). One timer
-/// per pooled socket, created once and reused by every connection that socket carries. Exactly one of
+/// per pooled socket, created at its first arming (a connection that never ends, such as an idle
+/// keep-alive one, holds none) and reused by every connection that socket carries. Exactly one of
 /// <see cref="TryDisarm"/> and the expiry callback wins.
 /// </summary>
 internal sealed class SocketDeadline : IDisposable
@@ -13,7 +14,7 @@ internal sealed class SocketDeadline : IDisposable
     private const int Armed = 1;
     private const int Expired = 2;
 
-    private readonly Timer _timer;
+    private Timer? _timer;
     private Action<object>? _onExpired;
     private Action<object, long>? _onExpiredTagged;
     private object? _state;
@@ -21,12 +22,24 @@ internal sealed class SocketDeadline : IDisposable
     private long _dueTimestamp;
     private int _phase;
 
-    public SocketDeadline()
+    private Timer Timer => Volatile.Read(ref _timer) ?? CreateTimer();
+
+    private Timer CreateTimer()
     {
+        Timer timer;
         using (ExecutionContext.SuppressFlow())
         {
-            _timer = new Timer(static s => ((SocketDeadline)s!).Fire(), this, Timeout.Infinite, Timeout.Infinite);
+            timer = new Timer(static s => ((SocketDeadline)s!).Fire(), this, Timeout.Infinite, Timeout.Infinite);
         }
+
+        var raced = Interlocked.CompareExchange(ref _timer, timer, null);
+        if (raced is null)
+        {
+            return timer;
+        }
+
+        timer.Dispose();
+        return raced;
     }
 
     public void Arm(TimeSpan timeout, Action<object> onExpired, object state)
@@ -53,7 +66,7 @@ internal sealed class SocketDeadline : IDisposable
         _tag = tag;
         Volatile.Write(ref _dueTimestamp, Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency));
         Volatile.Write(ref _phase, Armed);
-        _timer.Change(timeout, Timeout.InfiniteTimeSpan);
+        Timer.Change(timeout, Timeout.InfiniteTimeSpan);
     }
 
     /// <summary>Stops the deadline. False when it had already expired and its callback ran or is running.</summary>
@@ -62,7 +75,8 @@ internal sealed class SocketDeadline : IDisposable
         var previous = Interlocked.CompareExchange(ref _phase, Idle, Armed);
         if (previous == Armed)
         {
-            _timer.Change(Timeout.Infinite, Timeout.Infinite);
+            // Never armed, never created: nothing to stop.
+            Volatile.Read(ref _timer)?.Change(Timeout.Infinite, Timeout.Infinite);
         }
 
         return previous != Expired;
@@ -76,7 +90,7 @@ internal sealed class SocketDeadline : IDisposable
         {
             if (Volatile.Read(ref _phase) == Armed)
             {
-                _timer.Change(TimeSpan.FromSeconds((double)remaining / Stopwatch.Frequency), Timeout.InfiniteTimeSpan);
+                Timer.Change(TimeSpan.FromSeconds((double)remaining / Stopwatch.Frequency), Timeout.InfiniteTimeSpan);
             }
 
             return;
@@ -95,5 +109,5 @@ internal sealed class SocketDeadline : IDisposable
         }
     }
 
-    public void Dispose() => _timer.Dispose();
+    public void Dispose() => Volatile.Read(ref _timer)?.Dispose();
 }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Transport.Winsock.Engines.IoUring;
@@ -85,28 +86,15 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
 /// A connection's send of a whole <see cref="ReadOnlySequence{T}"/>: IORING_OP_SEND for one segment,
 /// IORING_OP_SENDMSG with a gather list for several. A short send (the socket buffer filled) is
 /// continued on the ring thread with the rest, so the awaiter resumes once every byte is with the kernel.
+/// The gather list is rented for the send alone (<see cref="GatherBlock"/>): an idle connection holds none.
 /// </summary>
-internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
+internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionIo io) : AwaitableRingOperation(thread)
 {
-    // A gather list of at most this many segments per submission; a longer sequence goes in several.
-    private const int MaxSegments = 64;
-
-    private readonly IoUringConnectionIo _io;
-    private readonly MemoryHandle[] _pins = new MemoryHandle[MaxSegments];
-    // struct iovec[MaxSegments] and struct msghdr, in native memory for the object's lifetime.
-    private readonly nint* _iovecs;
-    private readonly byte* _msghdr;
     private ReadOnlySequence<byte> _remaining;
+    private MemoryHandle _pin;
+    private GatherBlock? _gather;
     private int _pinned;
     private int _total;
-
-    public SendOperation(RingThread thread, IoUringConnectionIo io)
-        : base(thread)
-    {
-        _io = io;
-        _iovecs = (nint*)NativeMemory.AllocZeroed((nuint)(MaxSegments * 2 * sizeof(nint)));
-        _msghdr = (byte*)NativeMemory.AllocZeroed(56);
-    }
 
     public ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers)
     {
@@ -118,7 +106,7 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
     protected override bool TryPrepare(out int errno)
     {
         errno = LinuxNative.ECANCELED;
-        if (_io.FdClosed)
+        if (io.FdClosed)
         {
             return false;
         }
@@ -129,8 +117,8 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
             return false;
         }
 
-        sqe->Fd = _io.Fd;
-        if (_io.IsFixed)
+        sqe->Fd = io.Fd;
+        if (io.IsFixed)
         {
             sqe->Flags = RingConstants.SqeFixedFile;
         }
@@ -139,14 +127,15 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
         if (_remaining.IsSingleSegment)
         {
             var memory = _remaining.First;
-            _pins[0] = memory.Pin();
-            _pinned = 1;
+            _pin = memory.Pin();
             sqe->Opcode = RingConstants.OpSend;
-            sqe->Addr = (ulong)_pins[0].Pointer;
+            sqe->Addr = (ulong)_pin.Pointer;
             sqe->Len = (uint)memory.Length;
         }
         else
         {
+            var gather = _gather = GatherBlock.Rent();
+            var iovecs = gather.Iovecs;
             var count = 0;
             foreach (var memory in _remaining)
             {
@@ -155,24 +144,20 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
                     continue;
                 }
 
-                if (count == MaxSegments)
+                if (count == GatherBlock.MaxSegments)
                 {
                     break;
                 }
 
-                _pins[count] = memory.Pin();
-                _iovecs[count * 2] = (nint)_pins[count].Pointer;
-                _iovecs[(count * 2) + 1] = memory.Length;
+                gather.Pins[count] = memory.Pin();
+                iovecs[count * 2] = (nint)gather.Pins[count].Pointer;
+                iovecs[(count * 2) + 1] = memory.Length;
                 count++;
             }
 
             _pinned = count;
-            // struct msghdr: name, namelen, iov (offset 16), iovlen (offset 24), control, controllen, flags.
-            new Span<byte>(_msghdr, 56).Clear();
-            *(nint*)(_msghdr + 16) = (nint)_iovecs;
-            *(nint*)(_msghdr + 24) = count;
             sqe->Opcode = RingConstants.OpSendMsg;
-            sqe->Addr = (ulong)_msghdr;
+            sqe->Addr = (ulong)gather.MessageHeader(count);
             sqe->Len = 1;
         }
 
@@ -207,21 +192,70 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
         _remaining = default;
     }
 
+    /// <summary>The kernel is done with the submission (or never had it): its pins and gather list go.</summary>
     private void Unpin()
     {
-        for (var i = 0; i < _pinned; i++)
+        _pin.Dispose();
+        _pin = default;
+        if (_gather is { } gather)
         {
-            _pins[i].Dispose();
-            _pins[i] = default;
-        }
+            for (var i = 0; i < _pinned; i++)
+            {
+                gather.Pins[i].Dispose();
+                gather.Pins[i] = default;
+            }
 
-        _pinned = 0;
+            _pinned = 0;
+            _gather = null;
+            GatherBlock.Return(gather);
+        }
+    }
+}
+
+/// <summary>
+/// A gather list for a send of several segments: a pin per segment, and the struct iovec array with its
+/// struct msghdr in an array on the pinned object heap (the kernel reads both until the send completes;
+/// the GC never moves or frees them while the block is rooted). A send rents one from the pool of the
+/// thread it is prepared on (a ring thread: every send is prepared and completed there) and returns it at
+/// its completion; the pool keeps a few for the next sends and lets the rest go, so it holds what a burst
+/// of concurrent sends needed only until the GC takes it.
+/// </summary>
+internal sealed unsafe class GatherBlock
+{
+    /// <summary>Segments per submission; a longer sequence goes in several.</summary>
+    public const int MaxSegments = 64;
+    private const int MaxIdle = 16;
+    private const int MessageHeaderSize = 56;
+
+    [ThreadStatic]
+    private static Stack<GatherBlock>? t_idle;
+
+    private readonly byte[] _native = GC.AllocateArray<byte>((MaxSegments * 2 * sizeof(nint)) + MessageHeaderSize, pinned: true);
+
+    public MemoryHandle[] Pins { get; } = new MemoryHandle[MaxSegments];
+
+    /// <summary>struct iovec[MaxSegments]: base and length, each a pointer's size.</summary>
+    public nint* Iovecs => (nint*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_native));
+
+    /// <summary>struct msghdr over the first <paramref name="count"/> iovecs: name, namelen, iov (offset 16), iovlen (offset 24), control, controllen, flags.</summary>
+    public byte* MessageHeader(int count)
+    {
+        var header = (byte*)Iovecs + (MaxSegments * 2 * sizeof(nint));
+        new Span<byte>(header, MessageHeaderSize).Clear();
+        *(nint*)(header + 16) = (nint)Iovecs;
+        *(nint*)(header + 24) = count;
+        return header;
     }
 
-    public void Dispose()
+    public static GatherBlock Rent() => t_idle is { } idle && idle.TryPop(out var block) ? block : new GatherBlock();
+
+    public static void Return(GatherBlock block)
     {
-        NativeMemory.Free(_iovecs);
-        NativeMemory.Free(_msghdr);
+        var idle = t_idle ??= new Stack<GatherBlock>();
+        if (idle.Count < MaxIdle)
+        {
+            idle.Push(block);
+        }
     }
 }
 

@@ -200,7 +200,6 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         _ring.Unregister(_receive);
         _ring.Unregister(_send);
-        _send.Dispose();
     }
 
     private sealed class FinRequest(IoUringConnectionIo io, int attached)
