@@ -57,6 +57,21 @@ internal abstract class ConnectionIo : IDisposable
     /// </summary>
     public abstract void Release(bool recycle);
 
+    /// <summary>
+    /// Whether <see cref="ExposeSocket"/> can give this connection a <see cref="System.Net.Sockets.Socket"/>
+    /// (IConnectionSocketFeature); false where the connection has no descriptor of its own to show.
+    /// </summary>
+    public virtual bool HasSocket => false;
+
+    /// <summary>
+    /// The socket an application may hold for this connection (IConnectionSocketFeature), made or marked
+    /// when first asked for, or null once the connection is closed. Whatever it returns can never reach
+    /// another connection: it is disposed when this connection lets its socket go, and a socket that was
+    /// asked for is closed at the end, never recycled. Called under the connection's lock, before its
+    /// hand-off.
+    /// </summary>
+    public virtual System.Net.Sockets.Socket? ExposeSocket() => null;
+
     /// <summary>The connection object leaves its pool: frees what the engine keeps per object.</summary>
     public abstract void Dispose();
 }

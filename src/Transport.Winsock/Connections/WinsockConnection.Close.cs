@@ -22,6 +22,7 @@ internal sealed partial class WinsockConnection
     private static readonly Action<object, long> s_onEndExpired = static (state, id) => ((WinsockConnection)state).OnEndExpired(id);
 
     private int _resetSeen;
+    private bool _handedOff;
     private bool _passiveClose;
     private CancellationTokenSource? _connectionClosedSource;
     private bool _connectionClosedFiring;
@@ -246,14 +247,18 @@ internal sealed partial class WinsockConnection
     {
         CloseState state;
         bool clean;
+        bool recycle;
         lock (_closeLock)
         {
             state = _closeState;
             clean = state is (CloseState.FinSent or CloseState.FinWithClose) && _peerFinReceived && !_peerReset;
             _closeState = CloseState.Closed;
+            // Decided under the lock that IConnectionSocketFeature takes: a socket handed to the application
+            // is never recycled, and none is handed out from here on.
+            recycle = clean && _passiveClose && state == CloseState.FinSent && _io.CanRecycle;
+            _handedOff = true;
         }
 
-        var recycle = clean && _passiveClose && state == CloseState.FinSent && _io.CanRecycle;
         _io.Release(recycle);
         if (recycle)
         {

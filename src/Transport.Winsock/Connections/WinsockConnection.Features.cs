@@ -12,8 +12,9 @@ namespace Transport.Winsock.Connections;
 // itself, anything else the server or application sets goes to a small array made on first use and
 // searched in order (Kestrel sets four features on every connection: a dictionary for them cost about
 // twice the bytes, held by every idle keep-alive connection).
-// IConnectionSocketFeature is left out on purpose: the socket outlives the connection and will carry
-// another one, so no application may hold it.
+// IConnectionSocketFeature is there where the engine has a socket to show (ConnectionIo.ExposeSocket):
+// a socket that was asked for is never recycled, and what the application holds is disposed when the
+// connection lets its socket go, so it can never reach a later connection.
 internal sealed partial class WinsockConnection :
     IFeatureCollection,
     IConnectionIdFeature,
@@ -21,7 +22,8 @@ internal sealed partial class WinsockConnection :
     IConnectionItemsFeature,
     IMemoryPoolFeature,
     IConnectionLifetimeFeature,
-    IConnectionEndPointFeature
+    IConnectionEndPointFeature,
+    IConnectionSocketFeature
 {
     private static readonly Type[] s_ownFeatures =
     [
@@ -83,7 +85,7 @@ internal sealed partial class WinsockConnection :
                 return _setFeatures![set].Value;
             }
 
-            return Array.IndexOf(s_ownFeatures, key) >= 0 ? this : null;
+            return Array.IndexOf(s_ownFeatures, key) >= 0 || (key == typeof(IConnectionSocketFeature) && _io.HasSocket) ? this : null;
         }
         set
         {
@@ -133,6 +135,11 @@ internal sealed partial class WinsockConnection :
             }
         }
 
+        if (_io.HasSocket && IndexOfSet(typeof(IConnectionSocketFeature)) < 0)
+        {
+            yield return new(typeof(IConnectionSocketFeature), this);
+        }
+
         for (var i = 0; i < _setCount; i++)
         {
             if (_setFeatures![i].Value is { } feature)
@@ -175,6 +182,22 @@ internal sealed partial class WinsockConnection :
     {
         get => LocalEndPoint;
         set => LocalEndPoint = value;
+    }
+
+    /// <summary>
+    /// The connection's socket, for per-connection options and TCP_INFO; disposed once the connection has
+    /// ended (then, or where the engine cannot show one, this throws, as a disposed socket would).
+    /// </summary>
+    System.Net.Sockets.Socket IConnectionSocketFeature.Socket
+    {
+        get
+        {
+            lock (_closeLock)
+            {
+                return (_handedOff ? null : _io.ExposeSocket())
+                    ?? throw new ObjectDisposedException(nameof(System.Net.Sockets.Socket), "The connection has ended, and its socket with it.");
+            }
+        }
     }
 
     EndPoint? IConnectionEndPointFeature.RemoteEndPoint

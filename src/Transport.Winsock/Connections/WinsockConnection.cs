@@ -104,6 +104,7 @@ internal sealed partial class WinsockConnection : ConnectionContext
         _endSendingGracefully = false;
         _outputEnded = false;
         _resetSeen = 0;
+        _handedOff = false;
         _started = false;
         _disposed = false;
         ResetFeatures();

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Transport.Winsock.Connections;
 using Transport.Winsock.Interop;
@@ -34,6 +35,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     // Set on the ring thread once the descriptor's close is submitted: nothing more may be prepared for it.
     private bool _fdClosed;
     private volatile bool _closeRequested;
+    // The socket an application asked for (IConnectionSocketFeature): a duplicate of the descriptor, so
+    // that whatever it holds can never meet the number after another connection got it.
+    private Socket? _exposed;
 
     public IoUringConnectionIo(RingThread ring)
     {
@@ -66,6 +70,48 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     }
 
     public override bool CompletesOnEngineThread => true;
+
+    /// <summary>A plain descriptor can be shown; a slot of a registered file table (a variant) cannot.</summary>
+    public override bool HasSocket => !_fixed;
+
+    /// <summary>
+    /// A <see cref="Socket"/> over a duplicate of the descriptor (F_DUPFD_CLOEXEC), made when first asked
+    /// for and disposed before the connection's own descriptor closes: a call still in flight on it holds
+    /// the duplicate open, so it reaches this connection's socket and never a later one that got the
+    /// number. Options set through it (TCP_NODELAY, keep-alive, TCP_INFO reads) apply to the connection's
+    /// socket; I/O through it would race the ring's and is the application's to avoid.
+    /// </summary>
+    public override Socket? ExposeSocket()
+    {
+        if (_fixed || _fd < 0 || _closeRequested)
+        {
+            return null;
+        }
+
+        if (_exposed is null)
+        {
+            var duplicate = LinuxNative.DuplicateDescriptor(_fd);
+            if (duplicate < 0)
+            {
+                return null;
+            }
+
+            try
+            {
+                _exposed = new Socket(new SafeSocketHandle(duplicate, ownsHandle: true));
+            }
+            catch (SocketException)
+            {
+                LinuxNative.Close(duplicate);
+                return null;
+            }
+        }
+
+        return _exposed;
+    }
+
+    /// <summary>Disposes the application's socket, if it asked for one, before the descriptor's close.</summary>
+    private void DisposeExposed() => Interlocked.Exchange(ref _exposed, null)?.Dispose();
 
     public override EndPoint? LocalEndPoint => _local;
 
@@ -109,6 +155,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         // Called once per connection, before its Release (the connection's close state sees to both).
         _closeRequested = true;
+        DisposeExposed();
         if (abortive && !_fixed)
         {
             // Now, from whichever thread: the descriptor stays open until the ring closes it below.
@@ -186,6 +233,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
             return;
         }
 
+        DisposeExposed();
         if (_ring.IsCurrent)
         {
             CloseOnRing(_fd, _fixed, _attached, slotAbort: false);

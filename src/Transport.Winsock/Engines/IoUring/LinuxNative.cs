@@ -76,6 +76,14 @@ internal static unsafe partial class LinuxNative
     [LibraryImport(Libc, EntryPoint = "getsockname", SetLastError = true)]
     public static partial int GetSockName(int fd, void* address, uint* length);
 
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int Fcntl(int fd, int command, int argument);
+
+    private const int F_DUPFD_CLOEXEC = 1030;
+
+    /// <summary>A new descriptor (close-on-exec) for the same open socket as <paramref name="fd"/>, or -1.</summary>
+    public static int DuplicateDescriptor(int fd) => Fcntl(fd, F_DUPFD_CLOEXEC, 0);
+
     [LibraryImport(Libc, EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initial, int flags);
 

@@ -20,6 +20,9 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
     private Socket _socket = null!;
     // The socket's recycling state while sockets are reused; null when this socket will only be closed.
     private ReusableSocket? _reusable;
+    // Set once an application asked for the socket (IConnectionSocketFeature): it may hold it, so the
+    // socket is closed at the end, never recycled for another connection.
+    private bool _exposed;
 
     /// <summary>The socket this connection runs on now; internal for tests (no application may hold it).</summary>
     internal Socket Socket => _socket;
@@ -32,6 +35,15 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
     {
         _socket = socket;
         _reusable = reusable;
+        _exposed = false;
+    }
+
+    public override bool HasSocket => true;
+
+    public override Socket? ExposeSocket()
+    {
+        _exposed = true;
+        return _socket;
     }
 
     private EndPoint? TryGetEndPoint(bool local)
@@ -56,7 +68,7 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
 
     public override void Close(bool abortive) => SocketClose.Close(_socket, abortive);
 
-    public override bool CanRecycle => _reusable is not null && recycler.IsActive;
+    public override bool CanRecycle => _reusable is not null && !_exposed && recycler.IsActive;
 
     public override void Release(bool recycle)
     {
