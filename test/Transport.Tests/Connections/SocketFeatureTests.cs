@@ -104,7 +104,7 @@ public sealed class SocketFeatureTests
             options.PendingAccepts = 1;
             if (options.Engine == WinsockEngine.Sockets)
             {
-                options.ReuseSockets = true;
+                options.ReuseSockets = ReusePlatform.ForcedWhereItWorks;
             }
         });
 
@@ -130,7 +130,7 @@ public sealed class SocketFeatureTests
             Assert.True(await Eventually.TrueAsync(() => server.Counters!.GracefulCloses >= 2 + i, Timeout), Eventually.Describe(server.Counters!));
         }
 
-        if (engine == nameof(WinsockEngine.Sockets))
+        if (engine == nameof(WinsockEngine.Sockets) && !WinePlatform.IsWine)
         {
             // Reuse worked for the sockets that were not asked for; the first one was closed instead.
             Assert.True(server.Counters!.SocketsReused >= 1, Eventually.Describe(server.Counters!));
