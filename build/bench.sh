@@ -29,8 +29,20 @@
 #      the sample on Kestrel's Sockets transport, alternating the default SocketsHttpHandler and ours
 #      (WinsockReuse.CreateConnectCallback with a 2 s client-side deferred FIN): requests/s, the client's
 #      CPU µs per request, and the client TIME_WAIT entries per request the run left (/proc/net/tcp).
+#   4. Idle scale: the same TransportBench's "idle" mode against the sample, a fresh server each, in
+#      alternating order (A B C, then C B A): idle-winsock (ours, defaults: io_uring), idle-winsock-sockets
+#      (ours, Engine=Sockets) and idle-sockets (Kestrel's Sockets transport). The client warms the server
+#      up (300 requests on a throwaway connection), reads its VmRSS (/proc/<pid>/status) and GC heap
+#      (/stats), opens IDLE_CONNECTIONS keep-alive connections (128 at a time, 5,000 per source address
+#      from 127.0.0.2 up), sends one GET /plaintext on each and holds them idle; 2 s later it reads both
+#      again: memory per held connection = (VmRSS held - VmRSS before) / N (and the same for the GC heap).
+#      Then IDLE_REQUESTS sequential requests on one more connection, 10 ms apart (so they span seconds
+#      and meet the server's periodic work over every connection: Kestrel's 1 s heartbeat), each timed from
+#      its write to the end of its response: the slowest, p99 and p50. Holding N connections takes N
+#      descriptors in the server and in the client: bench.sh raises `ulimit -n` to the hard limit for both
+#      (20,000 per process on the bench machine) and fails at once if that is below N + 1000.
 # Prints a table per round, a summary of medians, writes artifacts/bench/results.tsv (every measurement)
-# and artifacts/bench/summary.tsv (medians), and ends with eight lines: six of median(winsock)/median(sockets),
+# and artifacts/bench/summary.tsv (medians), and ends with these lines: six of median(winsock)/median(sockets),
 #   churn_ratio= keepalive_ratio= cpu_per_conn_ratio= transport_conn_ratio= alloc_per_conn_ratio=
 #   time_wait_ratio= (this one: winsock with deferred FIN on against sockets)
 # then two of winsock with deferred FIN on against winsock without it (what the deferred FIN costs):
@@ -39,18 +51,30 @@
 #   inline_cpu_ratio= (HTTP churn CPU per connection, winsock-inline/sockets), floor_cpu_ratio=
 #   (transport-only CPU per connection, winsock/floor), sockets_engine_cpu_ratio= (HTTP churn CPU per
 #   connection, winsock-sockets/sockets), and two of the outbound phase, ours/the default handler:
-#   outbound_churn_ratio= (requests/s) and outbound_time_wait_ratio= (client TIME_WAIT per request).
+#   outbound_churn_ratio= (requests/s) and outbound_time_wait_ratio= (client TIME_WAIT per request),
+#   then three of the idle phase, idle-winsock/idle-sockets: idle_memory_ratio= (RSS per held connection),
+#   idle_max_latency_ratio= (the slowest timed request) and idle_p99_latency_ratio=, and the same three for
+#   ours on the sockets engine (idle-winsock-sockets/idle-sockets): idle_sockets_engine_memory_ratio=,
+#   idle_sockets_engine_max_latency_ratio=, idle_sockets_engine_p99_latency_ratio=.
 #   Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
+# results.tsv's idle rows: conns = connections held, requests = timed requests that succeeded, p50_ms and
+#   p99_ms of those, alloc_per_conn = the server's RSS per held connection (bytes), peak_ws_mib its VmHWM;
+#   the last two columns are the idle rows' alone: max_ms (the slowest timed request) and gc_heap_per_conn
+#   (the server's GC heap per held connection, bytes; garbage not yet collected included).
 # Any failed phase stops the run with a non-zero exit and no ratios; without benchmarks/TransportBench
-# its ratios read n/a and the run exits 3. Installs wrk, gcc and gnuplot (and curl, ss) with
-# apt-get when missing (root, or sudo).
+# the ratios of the phases that need it (transport-only, outbound, idle) read n/a and the run exits 3.
+# Installs wrk, gcc and gnuplot (and curl, ss) with apt-get when missing (root, or sudo).
 #
-#   build/bench.sh                 full run: 4 rounds of 10 s phases, under 17 minutes
-#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, under 5 minutes
+#   build/bench.sh                 full run: 4 rounds of 10 s phases, 15,000 idle connections, under 22 minutes
+#   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, 4,000 idle connections, under 6 minutes
+#   PHASES=idle build/bench.sh     only the phases named (http, transport, outbound, idle; comma-separated);
+#                                  the others' lines read n/a
 # Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
 #   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
-#   (first port tried, 18100), TIME_LIMIT (seconds the whole run may take: 1020, quick 300),
-#   SKIP_TRANSPORT_BENCH=1 (no transport-only phase: its two ratios print n/a).
+#   (first port tried, 18100), IDLE_CONNECTIONS (15000, quick 4000), IDLE_REQUESTS (500), IDLE_ROUNDS
+#   (ROUNDS), PHASES (all four), TIME_LIMIT (seconds the whole run may take: 1320, quick 360),
+#   SKIP_TRANSPORT_BENCH=1 (no TransportBench: no transport-only, outbound or idle phase; their ratios
+#   print n/a).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,16 +91,32 @@ for arg in "$@"; do
 done
 if [ "$quick" = 1 ]; then
   rounds="${ROUNDS:-2}" churn_s="${CHURN_SECONDS:-4}" keepalive_s="${KEEPALIVE_SECONDS:-3}" warmup_s="${WARMUP_SECONDS:-2}"
-  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-300}"
+  tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-360}"
+  idle_conns="${IDLE_CONNECTIONS:-4000}"
 else
   rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-5}"
-  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1020}"
+  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1320}"
+  idle_conns="${IDLE_CONNECTIONS:-15000}"
 fi
 wrk_threads="${WRK_THREADS:-2}" wrk_conns="${WRK_CONNECTIONS:-32}"
 defer_fin="${DEFER_FIN_TIMEOUT:-00:00:00.500}"
 tb_conc="${TB_CONCURRENCY:-32}"
 next_port="${PORT_BASE:-18100}"
 skip_tb="${SKIP_TRANSPORT_BENCH:-0}"
+idle_requests="${IDLE_REQUESTS:-500}" idle_rounds="${IDLE_ROUNDS:-$rounds}"
+phases="${PHASES:-http,transport,outbound,idle}"
+for phase in ${phases//,/ }; do
+  case "$phase" in
+    http|transport|outbound|idle) ;;
+    *) echo "bench.sh: PHASES: unknown phase '$phase' (http, transport, outbound, idle)" >&2; exit 2 ;;
+  esac
+done
+# want PHASE: whether PHASES names it; on PHASE: the same as 1 or 0, for the estimate.
+want() { [[ ",${phases// /,}," == *",$1,"* ]]; }
+on() { if want "$1"; then echo 1; else echo 0; fi; }
+# The idle phase's descriptors: the hard limit (or the kernel's cap where it reads unlimited).
+nofile_limit=$(ulimit -Hn)
+if [ "$nofile_limit" = unlimited ]; then nofile_limit=$(cat /proc/sys/fs/nr_open); fi
 
 out="$root/artifacts/bench"
 build_dir="$out/build"
@@ -89,7 +129,7 @@ tb_dll="$build_dir/bin/TransportBench/release/TransportBench.dll"
 floor_src="$root/benchmarks/floor/floor.c"
 floor_bin="$build_dir/floor"
 clk_tck="$(getconf CLK_TCK)"
-server_pid="" server_port="" server_log=""
+server_pid="" server_port="" server_log="" server_nofile=""
 
 die() { echo "bench.sh: error: $*" >&2; exit 1; }
 note() { echo "bench.sh: $*" >&2; }
@@ -135,7 +175,9 @@ machine() {
   echo "dotnet:  $(dotnet --version)"
   echo "wrk:     $(wrk -v 2>&1 | head -1)"
   echo "ports:   ephemeral $(tr '\t' '-' < /proc/sys/net/ipv4/ip_local_port_range), tcp_tw_reuse=$(cat /proc/sys/net/ipv4/tcp_tw_reuse)"
-  echo "run:     $([ "$quick" = 1 ] && echo quick || echo full): $rounds rounds, warmup ${warmup_s}s, churn ${churn_s}s, keep-alive ${keepalive_s}s, wrk -t$wrk_threads -c$wrk_conns, deferred FIN $defer_fin; transport-only ${tb_s}s (+${tb_warmup}s warmup) x$tb_conc; limit ${time_limit}s"
+  echo "fds:     hard limit $(ulimit -Hn) per process (soft $(ulimit -Sn)); the idle phase's servers and client run at $nofile_limit"
+  echo "run:     $([ "$quick" = 1 ] && echo quick || echo full): $rounds rounds, warmup ${warmup_s}s, churn ${churn_s}s, keep-alive ${keepalive_s}s, wrk -t$wrk_threads -c$wrk_conns, deferred FIN $defer_fin; transport-only ${tb_s}s (+${tb_warmup}s warmup) x$tb_conc; idle $idle_conns connections, $idle_requests timed requests, $idle_rounds rounds; limit ${time_limit}s"
+  echo "phases:  ${phases//,/ }"
 }
 
 # Sets server_port to a port nothing uses, in any TCP state (old TIME_WAIT included), from PORT_BASE upwards.
@@ -147,13 +189,16 @@ pick_port() {
 }
 
 # start_server LABEL TRANSPORT [ARGS...]: a fresh sample app on its own port; waits until /stats answers.
+# With server_nofile set, the server's soft descriptor limit is raised to it (in the subshell that then
+# becomes the server, so server_pid is the server's own pid).
 start_server() {
   local label=$1 transport=$2; shift 2
   pick_port
   server_log="$logs/${label}-r${round}-${server_port}.log"
   # Logging at Warning whatever appsettings.json says: a log line per request would be what gets measured.
-  dotnet "$app_dll" --transport "$transport" --urls "http://127.0.0.1:$server_port" \
-    --Logging:LogLevel:Default=Warning "$@" >"$server_log" 2>&1 &
+  ( if [ -n "$server_nofile" ]; then ulimit -n "$server_nofile"; fi
+    exec dotnet "$app_dll" --transport "$transport" --urls "http://127.0.0.1:$server_port" \
+      --Logging:LogLevel:Default=Warning "$@" ) >"$server_log" 2>&1 &
   server_pid=$!
   local i
   for i in $(seq 1 150); do
@@ -283,7 +328,7 @@ floor_churn() {
   cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$req" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   client_cpu=$(awk -v n="$req" 'NF == 2 {printf "%.1f", ($1 + $2) * 1e6 / n; found = 1} END {if (!found) print "-"}' "$wfile.cpu")
   stop_server
-  printf '%s\t%s\t%s\n' "$round	floor	churn	$rps	$p50	$p99	$err	$req	$req	-	$cpu	$tw" "$server_hwm" "$client_cpu" >>"$results"
+  printf '%s\t%s\t%s\t-\t-\n' "$round	floor	churn	$rps	$p50	$p99	$err	$req	$req	-	$cpu	$tw" "$server_hwm" "$client_cpu" >>"$results"
 }
 
 # floor_transport: TransportBench's client against the C server's transport protocol; the server's CPU
@@ -302,7 +347,7 @@ floor_transport() {
   cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$ok" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   rate=$(awk -v n="$ok" -v s="$((tb_s + tb_warmup))" 'BEGIN {printf "%.1f", n / s}')
   echo "floor: ok=$ok errors=$errors conns_per_s=$rate cpu_us_per_conn=$cpu"
-  printf '%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t-\t%s\t-\t-\t-\n' "$round" floor "$rate" "$errors" "$ok" "$cpu" >>"$results"
+  printf '%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t-\t%s\t-\t-\t-\t-\t-\n' "$round" floor "$rate" "$errors" "$ok" "$cpu" >>"$results"
 }
 
 # keepalive LABEL: one measured keep-alive phase; sets keepalive_row.
@@ -312,7 +357,7 @@ keepalive() {
   parsed=$(parse_wrk "$wfile")
   read -r rps p50 p99 err req <<<"$parsed"
   [ "$req" -gt 0 ] || die "$label: wrk completed no request (output: $wfile)"
-  keepalive_row="$round	$label	keepalive	$rps	$p50	$p99	$err	$req	-	-	-	-	-	-"
+  keepalive_row="$round	$label	keepalive	$rps	$p50	$p99	$err	$req	-	-	-	-	-	-	-	-"
 }
 
 # http_config LABEL TRANSPORT WITH_KEEPALIVE [SERVER ARGS...]: one fresh server, its phases, its rows.
@@ -323,21 +368,57 @@ http_config() {
   churn "$label"
   if [ "$with_keepalive" = 1 ]; then keepalive "$label"; fi
   stop_server
-  printf '%s\t%s\t%s\n' "$churn_row" "$server_hwm" "$client_cpu" >>"$results"
+  printf '%s\t%s\t%s\t-\t-\n' "$churn_row" "$server_hwm" "$client_cpu" >>"$results"
   if [ "$with_keepalive" = 1 ]; then printf '%s\n' "$keepalive_row" >>"$results"; fi
 }
 
-header="round	config	phase	rps	p50_ms	p99_ms	errors	requests	conns	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn"
+# idle_config LABEL TRANSPORT [SERVER ARGS...]: one fresh server and TransportBench's idle client against it,
+# both with their descriptor limits raised to nofile_limit; one results.tsv row.
+idle_config() {
+  local label=$1 transport=$2; shift 2
+  budget "$idle_each"
+  server_nofile=$nofile_limit
+  start_server "$label" "$transport" "$@"
+  server_nofile=""
+  local ifile="$logs/${label}-r${round}-idle.txt" line
+  # The client bounds itself (60 s to open the connections, the timed requests' own bound); this is the backstop.
+  line=$( (ulimit -n "$nofile_limit" && exec timeout --kill-after=5 $((idle_each + 120)) dotnet "$tb_dll" idle --label "$label" \
+      --port "$server_port" --pid "$server_pid" --connections "$idle_conns" --requests "$idle_requests" --connect-seconds 60) \
+      2>"$ifile" | grep '^idle=' | tail -1) \
+    || { tail -20 "$ifile" >&2; die "TransportBench idle against $label failed (stderr: $ifile)"; }
+  stop_server
+  if grep -q 'warning:' "$ifile"; then note "$label round $round: $(grep 'warning:' "$ifile" | head -1)"; fi
+  echo "$label: $line"
+  # idle=L held=N rss_before_kib=K rss_held_kib=K rss_per_conn_bytes=B max_ms=T p99_us=U p50_us=U errors=E heap_per_conn_bytes=H requests=M ...
+  awk -v r="$round" -v c="$label" -v ws="$server_hwm" '{
+      for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+      if (f["held"] == "" || f["rss_per_conn_bytes"] == "" || f["max_ms"] == "" || f["p99_us"] == "" || f["p50_us"] == "" || f["errors"] == "" || f["heap_per_conn_bytes"] == "" || f["requests"] == "") exit 1
+      printf "%s\t%s\tidle\t-\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t-\t-\t%s\t-\t%s\t%s\n", r, c, f["p50_us"] / 1000, f["p99_us"] / 1000, f["errors"], f["requests"], f["held"], f["rss_per_conn_bytes"], ws, f["max_ms"], f["heap_per_conn_bytes"]
+    }' <<<"$line" >>"$results" || die "TransportBench printed no valid idle line: '$line'"
+}
+
+header="round	config	phase	rps	p50_ms	p99_ms	errors	requests	conns	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn	max_ms	gc_heap_per_conn"
 row_format='%-5s %-17s %-10s %9s %8s %8s %7s %8s %11s %12s %10s %8s %11s\n'
 print_header() {
   # shellcheck disable=SC2059
   printf "$row_format" round config phase "req/s" "p50 ms" "p99 ms" errors conns "alloc/conn" "cpu us/conn" TIME_WAIT "WS MiB" "client us/c"
 }
-# print_rows FILTER: the rows of results.tsv whose first column matches (awk regex).
+# print_rows FILTER: the rows of results.tsv whose first column matches (awk regex), but the idle phase's.
 print_rows() {
-  awk -F'\t' -v r="$1" -v fmt="$row_format" 'NR > 1 && $1 ~ r {
+  awk -F'\t' -v r="$1" -v fmt="$row_format" 'NR > 1 && $1 ~ r && $3 != "idle" {
     if ($3 == "transport") printf fmt, $1, $2, $3, $4, "-", "-", $7, $9, $10, $11, "-", "-", "-"
     else printf fmt, $1, $2, $3, $4, $5, $6, $7, $9, $10, $11, $12, $13, $14 }' "$results"
+}
+
+idle_format='%-5s %-20s %7s %11s %12s %8s %8s %8s %7s %8s\n'
+print_idle_header() {
+  # shellcheck disable=SC2059
+  printf "$idle_format" round config held "RSS B/conn" "heap B/conn" "max ms" "p99 ms" "p50 ms" errors "WS MiB"
+}
+# print_idle_rows FILTER: the idle phase's rows of results.tsv whose first column matches (awk regex).
+print_idle_rows() {
+  awk -F'\t' -v r="$1" -v fmt="$idle_format" 'NR > 1 && $1 ~ r && $3 == "idle" {
+    printf fmt, $1, $2, $9, $10, $16, $15, $6, $5, $7, $13 }' "$results"
 }
 
 # median CONFIG PHASE COLUMN: the median of a results.tsv column, over the rounds ("" if none).
@@ -371,11 +452,21 @@ else
   note "benchmarks/TransportBench does not exist: the transport-only phase cannot run; its ratios will read n/a and the run exits 3"
 fi
 
-# Deadline check before anything starts: rounds x phases + the transport-only runs + builds and startups.
-phases_estimate=$(( rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12) + tb_present * rounds * (4 * (tb_s + tb_warmup + 2) + 2 * (tb_s + tb_warmup + 6)) ))
+# One idle run: the server's start and stop, the client's start, warm-up and two 2 s settles (~7 s), opening and
+# later closing the connections (~2,500/s) and the timed requests (10 ms apart, under 1 ms each). Measured with
+# 500 requests: 11.7 s a run at 4,000 connections, 15 s at 15,000 (this gives 13 and 18).
+idle_each=$(( 7 + idle_conns / 2500 + idle_requests * 11 / 1000 ))
+# Deadline check before anything starts: rounds x phases + the transport-only runs + the outbound runs + the
+# idle runs + builds and startups.
+phases_estimate=$(( $(on http) * rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12)
+  + tb_present * ($(on transport) * rounds * 4 * (tb_s + tb_warmup + 2) + $(on outbound) * rounds * 2 * (tb_s + tb_warmup + 6)
+                  + $(on idle) * idle_rounds * 3 * idle_each) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
 [ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
+if [ "$tb_present" = 1 ] && want idle && [ "$nofile_limit" -lt $((idle_conns + 1000)) ]; then
+  die "the idle phase holds IDLE_CONNECTIONS=$idle_conns connections, so its server and client each need $((idle_conns + 1000)) descriptors (N + 1000); the hard limit (ulimit -Hn) is $nofile_limit: set IDLE_CONNECTIONS to at most $((nofile_limit - 1000)), or raise the hard limit"
+fi
 
 echo "== build (Release)"
 budget 60
@@ -398,7 +489,7 @@ echo "benchmarks/floor/floor.c -> ${floor_bin#"$root"/}"
 budget "$phases_estimate"
 
 echo "$header" >"$results"
-for round in $(seq 1 "$rounds"); do
+want http && for round in $(seq 1 "$rounds"); do
   echo
   echo "== HTTP round $round/$rounds (${SECONDS}s)"
   # Counterbalanced: odd rounds run winsock first, even rounds the reverse, so neither transport always
@@ -419,7 +510,7 @@ for round in $(seq 1 "$rounds"); do
   print_rows "^$round\$"
 done
 
-if [ "$tb_present" = 1 ]; then
+if [ "$tb_present" = 1 ] && want transport; then
   for round in $(seq 1 "$rounds"); do
     echo
     echo "== transport-only round $round/$rounds (${SECONDS}s)"
@@ -445,13 +536,13 @@ if [ "$tb_present" = 1 ]; then
       awk -v r="$round" -v c="$config" '{
           for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
           if (f["conns"] == "" || f["conns_per_s"] == "" || f["alloc_per_conn"] == "" || f["cpu_us_per_conn"] == "" || f["errors"] == "") exit 1
-          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\t-\n", r, c, f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
+          printf "%s\t%s\ttransport\t%s\t-\t-\t%s\t-\t%s\t%s\t%s\t-\t-\t-\t-\t-\n", r, c, f["conns_per_s"], f["errors"], f["conns"], f["alloc_per_conn"], f["cpu_us_per_conn"]
         }' <<<"$line" >>"$results" || die "TransportBench printed no valid result line: '$line'"
     done
   done
 fi
 
-if [ "$tb_present" = 1 ]; then
+if [ "$tb_present" = 1 ] && want outbound; then
   # Each client warms up at least 4 s, quick runs too: after 1 s the tiered JIT is still recompiling the
   # client's hot paths (perf: libclrjit took 4.5 % of the client's samples 6 s in, on ours), so a short
   # window measured compilation, not connections; a client that churns for real has long since warmed up.
@@ -475,34 +566,71 @@ if [ "$tb_present" = 1 ]; then
       awk -v r="$round" -v c="outbound-$handler" '{
           for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
           if (f["requests"] == "" || f["rps"] == "" || f["cpu_us_per_req"] == "" || f["time_wait_per_req"] == "" || f["errors"] == "") exit 1
-          printf "%s\t%s\toutbound\t%s\t-\t-\t%s\t%s\t-\t-\t%s\t%s\t-\t-\n", r, c, f["rps"], f["errors"], f["requests"], f["cpu_us_per_req"], f["time_wait_per_req"]
+          printf "%s\t%s\toutbound\t%s\t-\t-\t%s\t%s\t-\t-\t%s\t%s\t-\t-\t-\t-\n", r, c, f["rps"], f["errors"], f["requests"], f["cpu_us_per_req"], f["time_wait_per_req"]
         }' <<<"$line" >>"$results" || die "TransportBench printed no valid outbound line: '$line'"
       stop_server
     done
   done
 fi
 
+if [ "$tb_present" = 1 ] && want idle; then
+  for round in $(seq 1 "$idle_rounds"); do
+    echo
+    echo "== idle round $round/$idle_rounds: $idle_conns connections held per server (${SECONDS}s)"
+    order="idle-winsock idle-winsock-sockets idle-sockets"
+    if [ $((round % 2)) = 0 ]; then order="idle-sockets idle-winsock-sockets idle-winsock"; fi
+    for config in $order; do
+      case "$config" in
+        idle-winsock) idle_config idle-winsock winsock ;;
+        idle-winsock-sockets) idle_config idle-winsock-sockets winsock --Kestrel:Transport:Winsock:Engine=Sockets ;;
+        idle-sockets) idle_config idle-sockets sockets ;;
+      esac
+    done
+    print_idle_header
+    print_idle_rows "^$round\$"
+  done
+fi
+
 echo
 echo "== summary: medians over $rounds rounds (every measurement: ${results#"$root"/})"
-echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn" >"$summary"
-print_header
-for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound"; do
+echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_wait	peak_ws_mib	client_cpu_us_per_conn	max_ms	gc_heap_per_conn" >"$summary"
+# The table of the other phases, when any ran (PHASES=idle runs none).
+has_main=$(awk -F'\t' 'NR > 1 && $3 != "idle" {print 1; exit}' "$results")
+if [ -n "$has_main" ]; then print_header; fi
+for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound" "idle-winsock idle" "idle-winsock-sockets idle" "idle-sockets idle"; do
   read -r config phase <<<"$key"
-  [ -n "$(median "$config" "$phase" 4)" ] || continue
+  [ -n "$(median "$config" "$phase" 4)$(median "$config" "$phase" 10)" ] || continue
   vals=()
-  for col in 4 5 6 7 10 11 12 13 14; do v=$(median "$config" "$phase" "$col"); vals+=("${v:--}"); done
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$config" "$phase" "${vals[@]}" >>"$summary"
+  for col in 4 5 6 7 10 11 12 13 14 15 16; do v=$(median "$config" "$phase" "$col"); vals+=("${v:--}"); done
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$config" "$phase" "${vals[@]}" >>"$summary"
+  # The idle rows have a table of their own, below.
+  [ "$phase" != idle ] || continue
   shownvals=(); for v in "${vals[@]}"; do shownvals+=("$(shown "$v")"); done
   if [ "$phase" = transport ]; then
     # shellcheck disable=SC2059
     printf "$row_format" med "$config" "$phase" "${shownvals[0]}" - - "${shownvals[3]}" - "${shownvals[4]}" "${shownvals[5]}" - - -
   else
     # shellcheck disable=SC2059
-    printf "$row_format" med "$config" "$phase" "${shownvals[@]:0:4}" - "${shownvals[@]:4}"
+    printf "$row_format" med "$config" "$phase" "${shownvals[@]:0:4}" - "${shownvals[@]:4:5}"
   fi
 done
-echo "(transport rows: req/s = connections/s, no HTTP; alloc/conn in bytes; TIME_WAIT: server side, after the churn; WS: peak working set;"
-echo " client us/c: wrk's CPU per connection; outbound rows: cpu us/conn is the client's CPU per request, TIME_WAIT the client's per request)"
+if [ -n "$has_main" ]; then
+  echo "(transport rows: req/s = connections/s, no HTTP; alloc/conn in bytes; TIME_WAIT: server side, after the churn; WS: peak working set;"
+  echo " client us/c: wrk's CPU per connection; outbound rows: cpu us/conn is the client's CPU per request, TIME_WAIT the client's per request)"
+fi
+if [ -n "$(median idle-winsock idle 10)$(median idle-winsock-sockets idle 10)$(median idle-sockets idle 10)" ]; then
+  echo
+  echo "idle: $idle_conns connections held per server, medians over $idle_rounds rounds"
+  print_idle_header
+  for config in idle-winsock idle-winsock-sockets idle-sockets; do
+    vals=()
+    for col in 9 10 16 15 6 5 7 13; do v=$(median "$config" idle "$col"); vals+=("$(shown "${v:--}")"); done
+    # shellcheck disable=SC2059
+    printf "$idle_format" med "$config" "${vals[@]}"
+  done
+  echo "(RSS and heap B/conn: the server's VmRSS and GC heap while holding them, minus before, per held connection; max, p99,"
+  echo " p50: of $idle_requests sequential requests on one more connection, 10 ms apart; WS: the server's peak working set)"
+fi
 echo
 
 lines=(
@@ -520,6 +648,12 @@ lines=(
   "sockets_engine_cpu_ratio=$(ratio "$(median winsock-sockets churn 11)" "$(median sockets churn 11)")"
   "outbound_churn_ratio=$(ratio "$(median outbound-winsock outbound 4)" "$(median outbound-default outbound 4)")"
   "outbound_time_wait_ratio=$(ratio "$(median outbound-winsock outbound 12)" "$(median outbound-default outbound 12)")"
+  "idle_memory_ratio=$(ratio "$(median idle-winsock idle 10)" "$(median idle-sockets idle 10)")"
+  "idle_max_latency_ratio=$(ratio "$(median idle-winsock idle 15)" "$(median idle-sockets idle 15)")"
+  "idle_p99_latency_ratio=$(ratio "$(median idle-winsock idle 6)" "$(median idle-sockets idle 6)")"
+  "idle_sockets_engine_memory_ratio=$(ratio "$(median idle-winsock-sockets idle 10)" "$(median idle-sockets idle 10)")"
+  "idle_sockets_engine_max_latency_ratio=$(ratio "$(median idle-winsock-sockets idle 15)" "$(median idle-sockets idle 15)")"
+  "idle_sockets_engine_p99_latency_ratio=$(ratio "$(median idle-winsock-sockets idle 6)" "$(median idle-sockets idle 6)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
 
@@ -540,7 +674,10 @@ chart_data="$out/cpu_per_conn.dat"
     echo "\"$name\" ${c:-NaN} ${t:-NaN}"
   done
 } >"$chart_data"
-gnuplot <<GNUPLOT 2>"$logs/gnuplot.txt" || note "gnuplot failed: $logs/gnuplot.txt"
+if ! want http && ! want transport; then
+  note "no chart: PHASES ($phases) has neither http nor transport"
+else
+  gnuplot <<GNUPLOT 2>"$logs/gnuplot.txt" || note "gnuplot failed: $logs/gnuplot.txt"
 set terminal svg size 1000,480 dynamic background rgb 'white' font 'sans,12'
 set output '$out/cpu_per_conn.svg'
 set title "Server CPU per connection, medians of $rounds rounds (lower is better)"
@@ -554,6 +691,7 @@ set grid ytics
 set yrange [0:*]
 plot '$chart_data' using 2:xtic(1) title 'HTTP churn (Connection: close)', '' using 3 title 'transport only'
 GNUPLOT
+fi
 missing=""
 if [ "$tb_present" = 0 ] && [ "$skip_tb" != 1 ]; then missing="; benchmarks/TransportBench missing: exit 3"; fi
 echo "took ${SECONDS}s; results in ${out#"$root"/}/ (results.tsv, summary.tsv, ratios.txt, cpu_per_conn.svg, logs/)$missing"

@@ -20,6 +20,8 @@ internal static class Program
                              [--seconds 10] [--warmup 2] [--concurrency 16]
           TransportBench client --port P --seconds S [--concurrency 16]
           TransportBench outbound --handler default|winsock --port P [--seconds 10] [--warmup 2] [--concurrency 16] [--defer-fin-ms 2000]
+          TransportBench idle --port P --connections N --pid SERVERPID [--label L] [--requests 500] [--per-address 5000]
+                              [--concurrency 128] [--connect-seconds 120] [--settle-ms 2000] [--pause-ms 10] [--warmup 300]
           TransportBench --help
 
         run     serves on 127.0.0.1:0 through the transport Kestrel would pick (winsock: services.AddWinsockReuseTransport();
@@ -37,6 +39,18 @@ internal static class Program
                 measures this process after the warm-up and prints one line on stdout:
                   outbound=H requests=N rps=R cpu_us_per_req=U time_wait=T time_wait_per_req=F errors=E
                 time_wait: client TIME_WAIT entries for port P the whole run left (/proc/net/tcp, Linux).
+        idle    against the sample app (samples/KestrelApp) on 127.0.0.1:P, process SERVERPID (Linux): --warmup
+                requests on a throwaway connection, then N connections (--concurrency at a time, --per-address
+                per source address from 127.0.0.2 up, all within --connect-seconds), each answered one
+                GET /plaintext and then held idle; after --settle-ms, the server's VmRSS against the one read
+                before them; then --requests sequential requests on one more connection, --pause-ms apart, each
+                timed from its write to the end of its response. Prints one line on stdout:
+                  idle=L held=N rss_before_kib=K rss_held_kib=K rss_per_conn_bytes=B max_ms=T p99_us=U p50_us=U errors=E
+                  heap_per_conn_bytes=H requests=M counted=C fd_delta=F open_s=S
+                (heap: the server's GC heap from /stats, held minus before, per connection; requests: timed ones
+                that succeeded; counted: new connections its /stats counted; fd_delta: its descriptors held minus
+                before; errors: failed timed requests and held connections the server closed). Exits 1, with the
+                reason on stderr, if any of the N connections failed or was not answered in time.
         """;
 
     public static async Task<int> Main(string[] args)
@@ -54,7 +68,9 @@ internal static class Program
                 "run" => await RunAsync(ParseOptions(args.AsSpan(1), "transport", "engine", "inline", "seconds", "warmup", "concurrency")).ConfigureAwait(false),
                 "client" => await ClientAsync(ParseOptions(args.AsSpan(1), "port", "seconds", "concurrency")).ConfigureAwait(false),
                 "outbound" => await OutboundAsync(ParseOptions(args.AsSpan(1), "handler", "port", "seconds", "warmup", "concurrency", "defer-fin-ms")).ConfigureAwait(false),
-                var mode => throw new ArgumentException(mode is null ? "no mode given" : $"unknown mode '{mode}' (run, client, --help)"),
+                "idle" => await IdleAsync(ParseOptions(args.AsSpan(1), "label", "port", "connections", "requests", "pid", "per-address", "concurrency",
+                    "connect-seconds", "settle-ms", "pause-ms", "warmup")).ConfigureAwait(false),
+                var mode => throw new ArgumentException(mode is null ? "no mode given" : $"unknown mode '{mode}' (run, client, outbound, idle, --help)"),
             };
         }
         catch (ArgumentException ex)
@@ -160,6 +176,18 @@ internal static class Program
         var port = options.ContainsKey("port") ? GetNumber(options, "port", 0, min: 1, max: 65535) : throw new ArgumentException("outbound needs --port");
         return OutboundBench.RunAsync(handler, port, GetNumber(options, "seconds", 10, min: 1), GetNumber(options, "warmup", 2, min: 0),
             GetNumber(options, "concurrency", 16, min: 1), GetNumber(options, "defer-fin-ms", 2000, min: 0, max: 5000));
+    }
+
+    private static Task<int> IdleAsync(Dictionary<string, string> options)
+    {
+        var port = options.ContainsKey("port") ? GetNumber(options, "port", 0, min: 1, max: 65535) : throw new ArgumentException("idle needs --port");
+        var connections = options.ContainsKey("connections") ? GetNumber(options, "connections", 0, min: 1) : throw new ArgumentException("idle needs --connections");
+        var pid = options.ContainsKey("pid") ? GetNumber(options, "pid", 0, min: 1, max: int.MaxValue) : throw new ArgumentException("idle needs --pid (the server's)");
+        return IdleBench.RunAsync(new IdleBench.Settings(
+            Get(options, "label", "server"), port, connections, GetNumber(options, "requests", 500, min: 1), pid,
+            GetNumber(options, "per-address", 5000, min: 1, max: 28_000), GetNumber(options, "concurrency", 128, min: 1, max: 1024),
+            GetNumber(options, "connect-seconds", 120, min: 1, max: 600), GetNumber(options, "settle-ms", 2000, min: 0, max: 60_000),
+            GetNumber(options, "pause-ms", 10, min: 0, max: 1000), GetNumber(options, "warmup", 300, min: 0)));
     }
 
     // The same executable in client mode: `dotnet TransportBench.dll client ...` or the apphost directly.

@@ -65,7 +65,8 @@ public static class SampleHost
     /// <summary>
     /// The <c>process</c> object of /stats, the same on both transports: connections Kestrel handed to the app
     /// (all hosts in this process), bytes the GC has allocated, collections per generation, the working set,
-    /// and the thread pool work items completed (scheduling hops; per connection, a steadier figure than CPU).
+    /// the thread pool work items completed (scheduling hops; per connection, a steadier figure than CPU),
+    /// and the bytes on the GC heap now (live objects and garbage not yet collected; no collection is forced).
     /// </summary>
     public static object ProcessStats() => new
     {
@@ -76,6 +77,7 @@ public static class SampleHost
         gen2Collections = GC.CollectionCount(2),
         workingSet = Environment.WorkingSet,
         threadPoolWorkItems = ThreadPool.CompletedWorkItemCount,
+        gcHeapBytes = GC.GetTotalMemory(forceFullCollection: false),
     };
 
     /// <summary>Adds the sample's endpoints: <c>/</c>, <c>/plaintext</c>, <c>POST /echo</c>, <c>/outbound</c> and <c>/stats</c>.</summary>
