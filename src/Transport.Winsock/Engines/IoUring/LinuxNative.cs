@@ -16,6 +16,7 @@ internal static unsafe partial class LinuxNative
     public const long SysIoUringEnter = 426;
     public const long SysIoUringRegister = 427;
 
+    public const int ENOENT = 2;
     public const int EINTR = 4;
     public const int EIO = 5;
     public const int EBADF = 9;
@@ -34,6 +35,8 @@ internal static unsafe partial class LinuxNative
     public const int ECANCELED = 125;
     public const int EPERM = 1;
     public const int ETIME = 62;
+    public const int EBADR = 74;
+    public const int EALREADY = 114;
 
     public const int SOL_SOCKET = 1;
     public const int SO_LINGER = 13;
@@ -97,6 +100,7 @@ internal static unsafe partial class LinuxNative
     public static string ErrnoName(int errno) => errno switch
     {
         EPERM => "EPERM",
+        ENOENT => "ENOENT",
         EINTR => "EINTR",
         EBADF => "EBADF",
         EAGAIN => "EAGAIN",
@@ -112,6 +116,9 @@ internal static unsafe partial class LinuxNative
         ECONNABORTED => "ECONNABORTED",
         ECONNRESET => "ECONNRESET",
         ECANCELED => "ECANCELED",
+        ETIME => "ETIME",
+        EBADR => "EBADR",
+        EALREADY => "EALREADY",
         _ => $"errno {errno}",
     };
 }

@@ -25,7 +25,6 @@ internal sealed unsafe class Ring : IDisposable
     private readonly uint _cqMask;
     private readonly Cqe* _cqes;
     private uint _sqLocalTail;
-    private uint _unsubmitted;
     private bool _disposed;
 
     private Ring(int fd, in RingParams p)
@@ -166,7 +165,6 @@ internal sealed unsafe class Ring : IDisposable
         var sqe = &_sqes[_sqLocalTail & _sqMask];
         *sqe = default;
         _sqLocalTail++;
-        _unsubmitted++;
         return sqe;
     }
 
@@ -181,7 +179,8 @@ internal sealed unsafe class Ring : IDisposable
             return;
         }
 
-        for (var index = _sqLocalTail - _unsubmitted; index != _sqLocalTail; index++)
+        var head = Volatile.Read(ref *_sqHead);
+        for (var index = head; index != _sqLocalTail; index++)
         {
             ref var sqe = ref _sqes[index & _sqMask];
             // A slot's close (file_index set) needs nothing: the table goes with the ring.
@@ -191,18 +190,22 @@ internal sealed unsafe class Ring : IDisposable
             }
         }
 
-        _unsubmitted = 0;
+        // Withdrawn: the kernel reads only what lies between its head and our tail, and only in an enter.
+        _sqLocalTail = head;
+        Volatile.Write(ref *_sqTail, head);
     }
 
-    /// <summary>Entries prepared and not yet handed to the kernel.</summary>
-    public uint Unsubmitted => _unsubmitted;
+    /// <summary>Entries prepared and not yet taken by the kernel (its head has not passed them).</summary>
+    public uint Unsubmitted => _sqLocalTail - Volatile.Read(ref *_sqHead);
 
     /// <summary>
     /// Publishes the prepared entries and enters the kernel: submits them, runs the ring's task work and,
-    /// with <paramref name="wait"/>, sleeps until a completion arrives. Returns 0 or a negative errno
-    /// (EINTR is retried; EBUSY and EAGAIN, a full completion queue, are the caller's to reap first).
+    /// with <paramref name="wait"/>, sleeps until a completion arrives, for at most
+    /// <paramref name="timeoutMs"/> when one is given (IORING_ENTER_EXT_ARG, 5.11: -ETIME when it ran out).
+    /// Returns 0 or a negative errno (EINTR is retried; EBUSY and EAGAIN, a full completion queue, are the
+    /// caller's to reap first). What the kernel took is read from its head of the queue.
     /// </summary>
-    public int Enter(bool wait)
+    public int Enter(bool wait, int timeoutMs = Timeout.Infinite)
     {
         if (_disposed)
         {
@@ -210,14 +213,27 @@ internal sealed unsafe class Ring : IDisposable
         }
 
         Volatile.Write(ref *_sqTail, _sqLocalTail);
+        var flags = RingConstants.EnterGetEvents;
+        // struct __kernel_timespec, and struct io_uring_getevents_arg { sigmask, sigmask_sz, min_wait_usec, ts }.
+        var timespec = stackalloc long[2];
+        var arg = stackalloc ulong[3];
+        long argSize = 0;
+        if (wait && timeoutMs >= 0)
+        {
+            timespec[0] = timeoutMs / 1000;
+            timespec[1] = timeoutMs % 1000 * 1_000_000L;
+            arg[0] = 0;
+            arg[1] = 0;
+            arg[2] = (ulong)timespec;
+            argSize = 24;
+            flags |= RingConstants.EnterExtArg;
+        }
+
         while (true)
         {
-            var toSubmit = _unsubmitted;
-            var result = LinuxNative.Syscall6(LinuxNative.SysIoUringEnter, _fd, toSubmit, wait ? 1 : 0, RingConstants.EnterGetEvents, 0, 0);
+            var result = LinuxNative.Syscall6(LinuxNative.SysIoUringEnter, _fd, Unsubmitted, wait ? 1 : 0, flags, argSize == 0 ? 0 : (long)arg, argSize);
             if (result >= 0)
             {
-                // The kernel consumed what it took; with SUBMIT_ALL that is everything unless it failed early.
-                _unsubmitted -= Math.Min((uint)result, _unsubmitted);
                 return 0;
             }
 

@@ -98,9 +98,11 @@ internal static class RingConstants
 
     public const uint FeatSingleMmap = 1u << 0;
     public const uint FeatNoDrop = 1u << 1;
+    public const uint FeatExtArg = 1u << 8;
     public const uint FeatCqeSkip = 1u << 11;
 
     public const uint EnterGetEvents = 1u << 0;
+    public const uint EnterExtArg = 1u << 3;
 
     public const uint RegisterProbe = 8;
     public const ushort ProbeOpSupported = 1;
