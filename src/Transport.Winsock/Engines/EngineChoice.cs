@@ -45,7 +45,7 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
         var rings = new RingThread[count];
         for (var i = 0; i < count; i++)
         {
-            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", logger, out var errno);
+            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", logger, out var failure);
             if (ring is null)
             {
                 for (var j = 0; j < i; j++)
@@ -53,7 +53,7 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
                     rings[j].Dispose();
                 }
 
-                var reason = $"sockets: making the listener's io_uring ring {i + 1} of {count} failed with {LinuxNative.ErrnoName(errno)}";
+                var reason = $"sockets: making the listener's io_uring ring {i + 1} of {count} {failure}";
                 return asked == WinsockEngine.IoUring ? Refused(reason, endPoint, logger) : Chosen(new(WinsockEngine.Sockets, reason, null), endPoint, logger);
             }
 

@@ -3,9 +3,10 @@ namespace Transport.Winsock.Engines.IoUring;
 /// <summary>
 /// Whether the io_uring engine can run in this process: a ring can be set up (Docker's default seccomp
 /// profile since 25.0, containerd 2.0 and kernel.io_uring_disabled refuse it with EPERM; old kernels
-/// have no io_uring_setup, ENOSYS), IORING_REGISTER_PROBE lists every operation the engine submits, and a
-/// loopback connection goes through every one of them on the ring (<see cref="ProbeRoundTrip"/>), each
-/// completion waited for a bounded time. Run once per process, at the first listener's bind.
+/// have no io_uring_setup, ENOSYS), the kernel is not older than <see cref="KernelFloor"/> (5.19),
+/// IORING_REGISTER_PROBE lists every operation the engine submits, and a loopback connection goes through
+/// every one of them on the ring (<see cref="ProbeRoundTrip"/>), each completion waited for a bounded time.
+/// Run once per process, at the first listener's bind.
 /// </summary>
 internal static class IoUringProbe
 {
@@ -19,6 +20,9 @@ internal static class IoUringProbe
     /// as a sandbox that holds the operation would; no kernel here does so on demand.
     /// </summary>
     internal static string? WithholdFault { get; set; }
+
+    /// <summary>The seam where tests give an operation of the round trip (by name) an older kernel's result.</summary>
+    internal static Func<string, int, int>? ResultFault { get; set; }
 
     /// <summary>Runs the probe now (the tests' entry, with a fault injected at <see cref="Ring.SetupFault"/>).</summary>
     internal static ProbeResult Run()
@@ -49,6 +53,11 @@ internal static class IoUringProbe
         using var ring = Ring.TryCreate(entries: 8, cqEntries: 16, out var errno);
         if (ring is null)
         {
+            if (errno == LinuxNative.EINVAL && KernelFloor.CheckSetupFlags() is { } older)
+            {
+                return new(false, older);
+            }
+
             var why = errno switch
             {
                 LinuxNative.EPERM => " (blocked: a seccomp profile such as Docker's default, or kernel.io_uring_disabled)",
@@ -56,6 +65,11 @@ internal static class IoUringProbe
                 _ => "",
             };
             return new(false, $"io_uring_setup failed with {LinuxNative.ErrnoName(errno)}{why}");
+        }
+
+        if (KernelFloor.CheckFeatures(ring.Features) is { } lacking)
+        {
+            return new(false, lacking);
         }
 
         var missing = ring.MissingOps(RingConstants.Required, out errno);

@@ -210,6 +210,12 @@ internal sealed unsafe class ProbeRoundTrip : IDisposable
         sqe->Fd = -1;
         sqe->OpFlags = RingConstants.CancelAny | RingConstants.CancelAll;
         var count = Await(11, "IORING_OP_ASYNC_CANCEL", out failed);
+        if (failed is null && count == -LinuxNative.EINVAL)
+        {
+            // 5.18 knows the opcode but not these flags.
+            failed = KernelFloor.CancelAllRefused;
+        }
+
         if (failed is not null || count < 1)
         {
             return failed ?? $"IORING_OP_ASYNC_CANCEL with IORING_ASYNC_CANCEL_ANY | ALL returned {Describe(count)}";
@@ -280,7 +286,7 @@ internal sealed unsafe class ProbeRoundTrip : IDisposable
             if (_completions.Remove(userData, out var result))
             {
                 failed = null;
-                return result;
+                return IoUringProbe.ResultFault?.Invoke(op, result) ?? result;
             }
 
             var left = deadline - Environment.TickCount64;
@@ -320,9 +326,25 @@ internal sealed unsafe class ProbeRoundTrip : IDisposable
     {
         if (_inFlight.Count > 0)
         {
-            var sqe = Next(14, RingConstants.OpAsyncCancel, expectCompletion: false);
-            sqe->Fd = -1;
-            sqe->OpFlags = RingConstants.CancelAny | RingConstants.CancelAll;
+            // Each by its user_data, which every kernel with io_uring cancels (not ANY | ALL, which 5.18 refuses).
+            foreach (var userData in _inFlight)
+            {
+                var sqe = _ring.TryGetSqe();
+                if (sqe is null)
+                {
+                    _ring.Enter(wait: false);
+                    sqe = _ring.TryGetSqe();
+                }
+
+                if (sqe is not null)
+                {
+                    sqe->Opcode = RingConstants.OpAsyncCancel;
+                    sqe->Fd = -1;
+                    sqe->Addr = userData;
+                    sqe->Flags = RingConstants.SqeCqeSkipSuccess;
+                }
+            }
+
             var deadline = Environment.TickCount64 + WaitMs;
             while (_inFlight.Count > 0)
             {

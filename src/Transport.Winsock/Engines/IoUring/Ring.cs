@@ -30,7 +30,7 @@ internal sealed unsafe class Ring : IDisposable
     private Ring(int fd, in RingParams p)
     {
         _fd = fd;
-        Features = p.Features;
+        Features = FeaturesFault?.Invoke(p.Features) ?? p.Features;
         Flags = p.Flags;
         _sqRingSize = p.SqArray + p.SqEntries * sizeof(uint);
         _cqRingSize = p.CqCqes + p.CqEntries * (uint)sizeof(Cqe);
@@ -119,12 +119,29 @@ internal sealed unsafe class Ring : IDisposable
         return null;
     }
 
-    /// <summary>The seam where tests inject a refused setup (seccomp, io_uring_disabled, an old kernel).</summary>
-    internal static Func<int>? SetupFault { get; set; }
+    /// <summary>Whether a ring of two entries can be set up with exactly <paramref name="flags"/> (closed at once).</summary>
+    public static bool SetsUpWith(uint flags)
+    {
+        var p = new RingParams { Flags = flags, CqEntries = 4 };
+        var fd = Setup(2, &p, out _);
+        if (fd < 0)
+        {
+            return false;
+        }
+
+        LinuxNative.Close((int)fd);
+        return true;
+    }
+
+    /// <summary>The seam where tests make a ring report an older kernel's features (IORING_FEAT_*).</summary>
+    internal static Func<uint, uint>? FeaturesFault { get; set; }
+
+    /// <summary>The seam where tests inject a refused setup (seccomp, io_uring_disabled, an old kernel): the errno for the flags asked for, or 0.</summary>
+    internal static Func<uint, int>? SetupFault { get; set; }
 
     private static long Setup(uint entries, RingParams* p, out int errno)
     {
-        if (SetupFault?.Invoke() is int fault and not 0)
+        if (SetupFault?.Invoke(p->Flags) is int fault and not 0)
         {
             errno = fault;
             return -1;

@@ -41,6 +41,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     private readonly ulong* _wakeBuffer;
     private Ring? _ring;
     private int _setupErrno;
+    private string? _setupRefusal;
     private int _eventFd = -1;
     private RingOperation?[] _operations = new RingOperation?[64];
     private int _registered = FirstIndex;
@@ -62,15 +63,16 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
 
     /// <summary>
     /// Starts a ring thread, which makes its ring itself: with SINGLE_ISSUER the ring belongs to the
-    /// thread that set it up, and only that one may submit. Null, with the errno, when the kernel refuses.
+    /// thread that set it up, and only that one may submit. Null when the kernel refuses, with why: "failed
+    /// with" the errno, or "was refused:" a kernel below <see cref="KernelFloor"/>.
     /// </summary>
-    public static RingThread? TryStart(string name, ILogger logger, out int errno)
+    public static RingThread? TryStart(string name, ILogger logger, out string failure)
     {
         var thread = new RingThread(name, logger);
         thread._thread.Start();
         thread._ready.Wait();
         thread._ready.Dispose();
-        errno = thread._setupErrno;
+        failure = thread._setupRefusal is { } refusal ? $"was refused: {refusal}" : $"failed with {LinuxNative.ErrnoName(thread._setupErrno)}";
         if (thread._ring is null)
         {
             NativeMemory.Free(thread._wakeBuffer);
@@ -87,6 +89,16 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
             _ring = Ring.TryCreate(entries: 1024, cqEntries: 16384, out _setupErrno);
             if (_ring is null)
             {
+                return false;
+            }
+
+            // The process's probe checked the floor once; each ring's own setup answers again (a test's seam
+            // makes them differ).
+            if (KernelFloor.CheckFeatures(_ring.Features) is { } lacking)
+            {
+                _setupRefusal = lacking;
+                _ring.Dispose();
+                _ring = null;
                 return false;
             }
 
