@@ -93,4 +93,7 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(27, LogLevel.Error, "Work run on an io_uring thread threw.", EventName = "RingWorkFailed")]
     public static partial void RingWorkFailed(this ILogger logger, Exception exception);
+
+    [LoggerMessage(29, LogLevel.Warning, "The io_uring thread {Thread} ended with {Count} operations the kernel had not completed within {Bound} of cancels (its eventfd read among what was left: {WakeReadLeft}). They are kept for good, with the memory they hold, never reused; descriptors they use stay open. A kernel fault; nothing of theirs was released.", EventName = "RingOperationsQuarantined")]
+    public static partial void RingOperationsQuarantined(this ILogger logger, string thread, int count, bool wakeReadLeft, TimeSpan bound);
 }

@@ -64,6 +64,9 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
         return true;
     }
 
+    // A poll holds no memory: a quarantined one may end its waiter. A receive holds the pipe's buffer.
+    protected override bool HoldsCallerMemory => !_poll;
+
     protected override void Complete(int result, uint flags)
     {
         // A poll's result is the event mask, not a byte count; the receive that follows reads the data.

@@ -200,7 +200,11 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         _ring.Unregister(_receive);
         _ring.Unregister(_send);
-        _send.Dispose();
+        // A retired send may still be in the kernel, reading its iovecs: they are never freed.
+        if (!_send.Retired)
+        {
+            _send.Dispose();
+        }
     }
 
     private sealed class FinRequest(IoUringConnectionIo io, int attached)

@@ -186,30 +186,27 @@ internal sealed unsafe class Ring : IDisposable
     }
 
     /// <summary>
-    /// For a ring about to be abandoned: close(2) of the descriptor of every IORING_OP_CLOSE entry that was
-    /// prepared and never submitted, so no descriptor leaks with them.
+    /// For a ring about to be closed: the entries prepared and never taken by the kernel, withdrawn (the
+    /// kernel reads only what lies between its head and our tail, and only in an enter), so that their
+    /// owners can end them as never submitted.
     /// </summary>
-    public void CloseUnsubmittedCloses()
+    public List<Sqe> TakeUnsubmitted()
     {
+        var taken = new List<Sqe>();
         if (_disposed)
         {
-            return;
+            return taken;
         }
 
         var head = Volatile.Read(ref *_sqHead);
         for (var index = head; index != _sqLocalTail; index++)
         {
-            ref var sqe = ref _sqes[index & _sqMask];
-            // A slot's close (file_index set) needs nothing: the table goes with the ring.
-            if (sqe.Opcode == RingConstants.OpClose && sqe.FileIndex == 0)
-            {
-                LinuxNative.Close(sqe.Fd);
-            }
+            taken.Add(_sqes[index & _sqMask]);
         }
 
-        // Withdrawn: the kernel reads only what lies between its head and our tail, and only in an enter.
         _sqLocalTail = head;
         Volatile.Write(ref *_sqTail, head);
+        return taken;
     }
 
     /// <summary>Entries prepared and not yet taken by the kernel (its head has not passed them).</summary>
@@ -298,6 +295,23 @@ internal sealed unsafe class Ring : IDisposable
         reg[3] = 0;
         var result = LinuxNative.Syscall4(LinuxNative.SysIoUringRegister, _fd, RingConstants.RegisterFiles2, (long)reg, 32);
         return result < 0 ? LinuxNative.Errno : 0;
+    }
+
+    /// <summary>
+    /// IORING_REGISTER_SYNC_CANCEL (6.0) of everything in flight (IORING_ASYNC_CANCEL_ANY | ALL): the kernel
+    /// cancels what it can and waits up to <paramref name="timeoutMs"/> for what is running. 0, or a negative
+    /// errno: EINVAL before 6.0, ETIME when something was still running at the timeout.
+    /// </summary>
+    public int SyncCancelAll(int timeoutMs)
+    {
+        // struct io_uring_sync_cancel_reg: addr, fd, flags, timeout { sec, nsec }, opcode, pad[7], pad2[3]: 64 bytes.
+        var reg = stackalloc ulong[8];
+        new Span<ulong>(reg, 8).Clear();
+        reg[1] = unchecked((uint)-1) | ((ulong)(RingConstants.CancelAny | RingConstants.CancelAll) << 32);
+        reg[2] = (ulong)(timeoutMs / 1000);
+        reg[3] = (ulong)(timeoutMs % 1000 * 1_000_000L);
+        var result = LinuxNative.Syscall4(LinuxNative.SysIoUringRegister, _fd, RingConstants.RegisterSyncCancel, (long)reg, 1);
+        return result < 0 ? -LinuxNative.Errno : 0;
     }
 
     /// <summary>IORING_REGISTER_PROBE: which of <paramref name="ops"/> this kernel lacks, or null when the probe itself fails.</summary>

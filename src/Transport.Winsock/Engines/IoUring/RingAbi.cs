@@ -105,6 +105,7 @@ internal static class RingConstants
     public const uint EnterExtArg = 1u << 3;
 
     public const uint RegisterProbe = 8;
+    public const uint RegisterSyncCancel = 24;
     public const ushort ProbeOpSupported = 1;
 
     public const uint CancelAll = 1u << 0;

@@ -39,6 +39,30 @@ internal abstract class RingOperation
     /// <summary>The user_data of the submission in flight, for a cancel.</summary>
     public ulong CurrentUserData => ((ulong)_generation << 32) | (uint)Index;
 
+    /// <summary>
+    /// Set for good once the kernel may still hold this operation when nothing will ever reap its
+    /// completion (<see cref="Quarantine"/>): its owner never submits it again and replaces it, its native
+    /// memory is never freed, its index never given to another operation.
+    /// </summary>
+    public bool Retired { get; private set; }
+
+    /// <summary>
+    /// On the ring thread, as it ends with this operation still in the kernel: kept rooted for good
+    /// (<see cref="RingQuarantine"/>) with whatever it holds, and retired. It stays in flight: its waiter is
+    /// told only when the memory it would then reuse is the operation's own (<see cref="OnQuarantined"/>).
+    /// </summary>
+    public void Quarantine()
+    {
+        Retired = true;
+        RingQuarantine.Keep(this);
+        OnQuarantined();
+    }
+
+    /// <summary>What a quarantined operation does for its waiter; nothing by default.</summary>
+    protected virtual void OnQuarantined()
+    {
+    }
+
     /// <summary>On the ring thread: a completion arrived for this operation's index; false when it was stale.</summary>
     public bool OnCompletion(ulong userData, int result, uint flags)
     {
@@ -124,6 +148,21 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
         else
         {
             _source.SetException(new SocketException((int)Errors.ToSocketError(-result)));
+        }
+    }
+
+    /// <summary>
+    /// Whether a submission in flight holds memory its waiter hands back once it resumes (a receive's pipe
+    /// buffer, a send's): a quarantined one then never resumes its waiter. True unless an operation says otherwise.
+    /// </summary>
+    protected virtual bool HoldsCallerMemory => true;
+
+    /// <summary>A quarantined operation whose memory is all its own ends its waiter as a local abort; the rest never resume it.</summary>
+    protected override void OnQuarantined()
+    {
+        if (!HoldsCallerMemory)
+        {
+            Finish(-LinuxNative.ECANCELED);
         }
     }
 

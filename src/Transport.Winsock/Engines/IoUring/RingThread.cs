@@ -25,7 +25,6 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     private const int FirstIndex = 2;
     private const ulong IgnoredUserData = 0;
     private const ulong WakeUserData = 1;
-    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(2);
 
     [ThreadStatic]
     private static RingThread? t_current;
@@ -175,14 +174,15 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     }
 
     /// <summary>
-    /// Frees an operation's index for a later one: its object is retired, with nothing in flight (its
-    /// connection or listener is done), so no completion can still come for it.
+    /// Frees an operation's index for a later one: its object is done, with nothing in flight (its
+    /// connection or listener is done), so no completion can still come for it. A retired operation's
+    /// index is never freed: its completion may come yet, and must not reach another operation.
     /// </summary>
     public void Unregister(RingOperation operation)
     {
         lock (_registerLock)
         {
-            if (ReferenceEquals(_operations[operation.Index], operation))
+            if (!operation.Retired && ReferenceEquals(_operations[operation.Index], operation))
             {
                 _operations[operation.Index] = null;
                 _freeIndexes.Push(operation.Index);
@@ -280,7 +280,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
             return;
         }
 
-        sqe->Opcode = RingConstants.OpAsyncCancel;
+        sqe->Opcode = CancelFault ? RingConstants.OpNop : RingConstants.OpAsyncCancel;
         sqe->Fd = -1;
         sqe->Addr = userData;
         sqe->UserData = IgnoredUserData;
@@ -295,66 +295,9 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
         }
 
         t_current = this;
-        var clean = false;
         try
         {
-            var stopDeadline = long.MaxValue;
-            while (true)
-            {
-                RunWork(all: false);
-                if (_stopRequested && !_stopping)
-                {
-                    // Everything still in flight ends now, as a local abort.
-                    var sqe = NextSqe();
-                    sqe->Opcode = RingConstants.OpAsyncCancel;
-                    sqe->Fd = -1;
-                    sqe->OpFlags = RingConstants.CancelAny | RingConstants.CancelAll;
-                    sqe->UserData = IgnoredUserData;
-                    _stopping = true;
-                    stopDeadline = Environment.TickCount64 + (long)StopGrace.TotalMilliseconds;
-                }
-
-                if (_stopping && (_inFlight == 0 || Environment.TickCount64 > stopDeadline))
-                {
-                    clean = _inFlight == 0;
-                    break;
-                }
-
-                if (!_wakeArmed && !_stopping)
-                {
-                    ArmWake();
-                }
-
-                var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _);
-                if (wait)
-                {
-                    Interlocked.Exchange(ref _sleeping, 1);
-                    if (!_work.IsEmpty)
-                    {
-                        Volatile.Write(ref _sleeping, 0);
-                        wait = false;
-                    }
-                }
-
-                var result = _ring!.Enter(wait && !_stopping);
-                if (EnterFault?.Invoke() is int fault and not 0)
-                {
-                    result = -fault;
-                }
-
-                Volatile.Write(ref _sleeping, 0);
-                if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
-                {
-                    throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
-                }
-
-                Reap();
-                if (_stopping && _inFlight > 0)
-                {
-                    // Let cancellations land without spinning a core.
-                    Thread.Sleep(1);
-                }
-            }
+            Loop();
         }
         catch (Exception ex)
         {
@@ -363,7 +306,59 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
         }
         finally
         {
-            Exit(clean);
+            Exit();
+        }
+    }
+
+    /// <summary>Work, submissions and completions until a stop has ended everything in flight or its grace ran out.</summary>
+    private void Loop()
+    {
+        var stopDeadline = long.MaxValue;
+        while (true)
+        {
+            RunWork(all: false);
+            if (_stopRequested && !_stopping)
+            {
+                BeginStop();
+                stopDeadline = Environment.TickCount64 + (long)StopGrace.TotalMilliseconds;
+            }
+
+            if (_stopping && (_inFlight == 0 || Environment.TickCount64 > stopDeadline))
+            {
+                return;
+            }
+
+            if (!_wakeArmed && !_stopping)
+            {
+                ArmWake();
+            }
+
+            var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _);
+            if (wait)
+            {
+                Interlocked.Exchange(ref _sleeping, 1);
+                if (!_work.IsEmpty)
+                {
+                    Volatile.Write(ref _sleeping, 0);
+                    wait = false;
+                }
+            }
+
+            // Stopping, the waits are short and bounded: cancellations land without a spinning core, the
+            // grace is watched, and work posted meanwhile (which wakes no one) runs soon.
+            var result = _stopping ? _ring!.Enter(wait: true, timeoutMs: 10) : _ring!.Enter(wait);
+            if (EnterFault?.Invoke() is int fault and not 0)
+            {
+                result = -fault;
+            }
+
+            Volatile.Write(ref _sleeping, 0);
+            if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
+            {
+                throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
+            }
+
+            Reap();
         }
     }
 
@@ -394,18 +389,24 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
         _wakeArmed = true;
     }
 
-    private void Reap()
+    /// <summary>Dispatches what was set aside, then what is in the completion queue; how many there were.</summary>
+    private int Reap()
     {
+        var count = 0;
         while (_deferred.TryDequeue(out var deferred))
         {
             Dispatch(deferred);
+            count++;
         }
 
         while (_ring!.TryPeek(out var cqe))
         {
             _ring.Advance();
             Dispatch(cqe);
+            count++;
         }
+
+        return count;
     }
 
     private void Dispatch(in Cqe cqe)
