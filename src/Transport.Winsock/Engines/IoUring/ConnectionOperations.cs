@@ -82,6 +82,27 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
             _buffer = default;
         }
     }
+
+    protected override void ReleaseForResubmit()
+    {
+        if (!_poll)
+        {
+            _pin.Dispose();
+            _pin = default;
+        }
+    }
+
+    // A poll whose completion was lost consumed nothing: armed again. A receive's bytes are gone: it fails.
+    protected override void Lost()
+    {
+        if (_poll)
+        {
+            SubmitOnRing();
+            return;
+        }
+
+        base.Lost();
+    }
 }
 
 /// <summary>
@@ -210,6 +231,8 @@ internal sealed unsafe class SendOperation : AwaitableRingOperation, IDisposable
         _remaining = default;
     }
 
+    protected override void ReleaseForResubmit() => Unpin();
+
     private void Unpin()
     {
         for (var i = 0; i < _pinned; i++)
@@ -244,19 +267,29 @@ internal sealed unsafe class FinOperation(RingThread thread) : RingOperation(thr
 
     public bool Prepare(int fd, bool isFixed)
     {
+        _fd = fd;
+        _fixed = isFixed;
+        if (!TrySubmit())
+        {
+            return false;
+        }
+
+        _closeWhenDone = false;
+        Thread.OnFinPrepared(fd, isFixed, this);
+        return true;
+    }
+
+    private bool TrySubmit()
+    {
         var sqe = Thread.TryGetSqe();
         if (sqe is null)
         {
             return false;
         }
 
-        _fd = fd;
-        _fixed = isFixed;
-        _closeWhenDone = false;
-        Thread.OnFinPrepared(fd, isFixed, this);
         sqe->Opcode = RingConstants.OpShutdown;
-        sqe->Fd = fd;
-        if (isFixed)
+        sqe->Fd = _fd;
+        if (_fixed)
         {
             sqe->Flags = RingConstants.SqeFixedFile;
         }
@@ -264,6 +297,15 @@ internal sealed unsafe class FinOperation(RingThread thread) : RingOperation(thr
         sqe->Len = LinuxNative.SHUT_WR;
         sqe->UserData = NextUserData();
         return true;
+    }
+
+    /// <summary>The same shutdown again, after the resync's cancel ended it; if that cannot be, as completed.</summary>
+    protected override void Resubmit()
+    {
+        if (!TrySubmit())
+        {
+            Complete(-LinuxNative.ECANCELED, 0);
+        }
     }
 
     /// <summary>The connection's close, to run once the shutdown completed.</summary>

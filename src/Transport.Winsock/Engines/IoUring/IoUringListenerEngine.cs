@@ -80,17 +80,24 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _slots = new Task[_accepts.Length];
         for (var i = 0; i < _accepts.Length; i++)
         {
-            _slots[i] = RunSlotAsync(_accepts[i], _factories[i % _rings.Length]);
+            _slots[i] = RunSlotAsync(i, _factories[i % _rings.Length]);
         }
     }
 
-    private Task RunSlotAsync(AcceptOperation accept, WinsockConnectionFactory factory)
-        => _pause.RunSlotAsync(static slot => slot.Engine.AcceptOnceAsync(slot.Accept, slot.Factory), (Engine: this, Accept: accept, Factory: factory), () => _stopping);
+    private Task RunSlotAsync(int slot, WinsockConnectionFactory factory)
+        => _pause.RunSlotAsync(static state => state.Engine.AcceptOnceAsync(state.Slot, state.Factory), (Engine: this, Slot: slot, Factory: factory), () => _stopping);
 
     /// <summary>One accept and its outcome; continues on the ring thread that completed it.</summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask AcceptOnceAsync(AcceptOperation accept, WinsockConnectionFactory factory)
+    private async ValueTask AcceptOnceAsync(int slot, WinsockConnectionFactory factory)
     {
+        var accept = _accepts[slot];
+        if (accept.Retired)
+        {
+            // Its completion was lost: the slot goes on with a new operation (the old one is never freed).
+            accept = _accepts[slot] = new AcceptOperation(accept.Thread, _listenFd, this);
+        }
+
         if (_reserve is { } reserve)
         {
             if (reserve.IsReached(_pause.IsPaused))

@@ -22,9 +22,14 @@ namespace Transport.Winsock.Engines.IoUring;
 /// </remarks>
 internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
 {
-    private const int FirstIndex = 2;
+    // user_data: the low 32 bits an index in the table (0 ignored, 1 the eventfd's read, 2 the resync's
+    // barrier, operations from 3), the high 32 its generation; bit 31 of the low word marks the resync's
+    // cancel of that user_data (RingThread.Drops.cs).
+    private const int FirstIndex = 3;
     private const ulong IgnoredUserData = 0;
-    private const ulong WakeUserData = 1;
+    private const uint WakeIndex = 1;
+    private const uint BarrierIndex = 2;
+    private const uint ResyncBit = 1u << 31;
 
     [ThreadStatic]
     private static RingThread? t_current;
@@ -49,6 +54,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     private int _draining;
     private int _inFlight;
     private bool _wakeArmed;
+    private uint _wakeSerial;
     private volatile bool _stopRequested;
     private volatile bool _stopping;
     private int _done;
@@ -236,21 +242,20 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
         while (sqe is null)
         {
             var result = _ring.Enter(wait: false);
-            if (result == -LinuxNative.EBUSY || result == -LinuxNative.EAGAIN)
+            if (result == -LinuxNative.EBADR)
             {
-                // The completion queue is full: copy completions aside (dispatched by the loop) to make room.
-                Defer();
+                OnDropReported();
             }
-            else if (result < 0)
+            else if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN)
             {
                 throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
             }
 
+            // Completions are copied aside (dispatched by the loop) after every submission here, so that what
+            // the entries just submitted post can never add up, batch after batch, in the completion queue
+            // (see RingCapacity), and a full queue (EBUSY, EAGAIN) gets its room.
+            Defer();
             sqe = _ring.TryGetSqe();
-            if (sqe is null)
-            {
-                Defer();
-            }
         }
 
         return sqe;
@@ -344,21 +349,37 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
                 }
             }
 
-            // Stopping, the waits are short and bounded: cancellations land without a spinning core, the
-            // grace is watched, and work posted meanwhile (which wakes no one) runs soon.
-            var result = _stopping ? _ring!.Enter(wait: true, timeoutMs: 10) : _ring!.Enter(wait);
+            // Stopping or resyncing, the waits are short and bounded: cancellations land without a spinning
+            // core, deadlines are watched, and work posted meanwhile (which wakes no one) runs soon.
+            // (A drop the seam injected is answered at once, as the kernel's EBADR ends a wait.)
+            var result = _stopping || Resyncing ? _ring!.Enter(wait: true, timeoutMs: 10) : _ring!.Enter(wait && !_dropInjected);
             if (EnterFault?.Invoke() is int fault and not 0)
             {
                 result = -fault;
             }
 
+            if (_dropInjected)
+            {
+                _dropInjected = false;
+                result = -LinuxNative.EBADR;
+            }
+
             Volatile.Write(ref _sleeping, 0);
-            if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
+            if (result == -LinuxNative.EBADR)
+            {
+                // The kernel dropped a completion (it could not allocate an overflow entry): not fatal.
+                OnDropReported();
+            }
+            else if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
             {
                 throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
             }
 
             Reap();
+            if (!_stopping)
+            {
+                StepResync();
+            }
         }
     }
 
@@ -385,9 +406,12 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
         sqe->Fd = _eventFd;
         sqe->Addr = (ulong)_wakeBuffer;
         sqe->Len = 8;
+        // A serial, as an operation's generation: a read that a resync took for lost is told from the next.
         sqe->UserData = WakeUserData;
         _wakeArmed = true;
     }
+
+    private ulong WakeUserData => ((ulong)_wakeSerial << 32) | WakeIndex;
 
     /// <summary>Dispatches what was set aside, then what is in the completion queue; how many there were.</summary>
     private int Reap()
@@ -411,15 +435,40 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
 
     private void Dispatch(in Cqe cqe)
     {
-        if (cqe.UserData == WakeUserData)
+        var low = (uint)cqe.UserData;
+        if ((low & ResyncBit) != 0)
         {
-            _wakeArmed = false;
+            OnResyncAnswer(cqe.UserData & ~(ulong)ResyncBit, cqe.Res);
             return;
         }
 
-        var index = (int)(uint)cqe.UserData;
+        if (low == WakeIndex)
+        {
+            if (cqe.UserData == WakeUserData)
+            {
+                _wakeArmed = false;
+                _wakeSerial++;
+            }
+
+            return;
+        }
+
+        if (low == BarrierIndex)
+        {
+            OnResyncBarrier();
+            return;
+        }
+
+        var index = (int)low;
         if (index < FirstIndex)
         {
+            return;
+        }
+
+        if (DropFault is { } drop && Volatile.Read(ref _operations)[index] is { } target && drop(target, cqe.Res))
+        {
+            // The seam: the kernel dropped this completion, and says so at the next wait (EBADR).
+            _dropInjected = true;
             return;
         }
 
