@@ -43,9 +43,12 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
 
         var count = options.IoUringThreadCount > 0 ? options.IoUringThreadCount : Math.Clamp(Environment.ProcessorCount / 2, 1, 16);
         var rings = new RingThread[count];
+        // Each ring's completion queue from the descriptor limit and its share of the accepts (RingCapacity).
+        var acceptsPerRing = (IoUringListenerEngine.AcceptSlots(options, count) + count - 1) / count;
+        var cqEntries = RingCapacity.ChooseCqEntries(RingCapacity.DescriptorLimit(), acceptsPerRing);
         for (var i = 0; i < count; i++)
         {
-            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", logger, out var failure);
+            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", logger, cqEntries, out var failure);
             if (ring is null)
             {
                 for (var j = 0; j < i; j++)

@@ -76,6 +76,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
         _attached++;
         _fdClosed = false;
         _closeRequested = false;
+        _ring.OnConnectionAttached();
     }
 
     public override bool CompletesOnEngineThread => true;
@@ -192,6 +193,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override void Release(bool recycle)
     {
+        // Both loops are done: nothing of this connection's is in flight any more (its FIN is counted apart).
+        _ring.OnConnectionReleased();
+
         // Descriptors are not recycled: the kernel gives the next accept the lowest free number, much as
         // a fixed-file slot would be taken again. A connection its Close ended has its close under way.
         if (_closeRequested)

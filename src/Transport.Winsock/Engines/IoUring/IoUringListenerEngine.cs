@@ -32,6 +32,7 @@ internal sealed class IoUringListenerEngine : ListenerEngine
     private readonly Func<WinsockConnection, bool> _offer;
     private readonly Func<Exception, bool> _fail;
     private readonly IPEndPoint? _sharedLocal;
+    private readonly int _acceptsPerRing;
     private Task[] _slots = [];
     private volatile bool _stopping;
 
@@ -63,7 +64,8 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         }
 
         _sharedLocal = _factories[0].LocalEndPoint as IPEndPoint;
-        _accepts = new AcceptOperation[Math.Max(options.PendingAccepts, rings.Length)];
+        _accepts = new AcceptOperation[AcceptSlots(options, rings.Length)];
+        _acceptsPerRing = (_accepts.Length + rings.Length - 1) / rings.Length;
         for (var i = 0; i < _accepts.Length; i++)
         {
             _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd, this);
@@ -71,6 +73,9 @@ internal sealed class IoUringListenerEngine : ListenerEngine
 
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, _accepts.Length);
     }
+
+    /// <summary>The accepts a listener keeps posted: PendingAccepts, and at least one a ring.</summary>
+    public static int AcceptSlots(WinsockTransportOptions options, int rings) => Math.Max(options.PendingAccepts, rings);
 
     /// <summary>Set when the listener stops (or its ring failed): no accept may be posted any more.</summary>
     public bool IsStopping => _stopping;
@@ -96,6 +101,16 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         {
             // Its completion was lost: the slot goes on with a new operation (the old one is never freed).
             accept = _accepts[slot] = new AcceptOperation(accept.Thread, _listenFd, this);
+        }
+
+        var ring = accept.Thread;
+        if (!ring.HasRoomForConnection(_acceptsPerRing))
+        {
+            // Its completion queue could overflow with one more (RingCapacity): the listener waits, as when
+            // out of descriptors, until a connection ends. Only where the descriptor limit exceeds what the
+            // largest queue covers.
+            _pause.OnFault($"its io_uring ring \"{ring.Name}\" serves {ring.Connections} connections, as many as its completion queue of {ring.CqEntries} entries can take", reserve: false);
+            return;
         }
 
         if (_reserve is { } reserve)

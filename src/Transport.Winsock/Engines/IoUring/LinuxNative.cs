@@ -85,6 +85,17 @@ internal static unsafe partial class LinuxNative
     [LibraryImport(Libc, EntryPoint = "write", SetLastError = true)]
     public static partial nint Write(int fd, void* buffer, nuint count);
 
+    [LibraryImport(Libc, EntryPoint = "getrlimit", SetLastError = true)]
+    private static partial int GetRLimit(int resource, long* limits);
+
+    /// <summary>The soft RLIMIT_NOFILE (struct rlimit { rlim_cur, rlim_max }), or -1 when it cannot be read.</summary>
+    public static long SoftFileLimit()
+    {
+        const int RLIMIT_NOFILE = 7;
+        var limits = stackalloc long[2];
+        return GetRLimit(RLIMIT_NOFILE, limits) == 0 ? limits[0] : -1;
+    }
+
     /// <summary>errno of the last call above.</summary>
     public static int Errno => Marshal.GetLastPInvokeError();
 

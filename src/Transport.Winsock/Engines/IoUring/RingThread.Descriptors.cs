@@ -16,6 +16,8 @@ internal sealed unsafe partial class RingThread
     // The descriptors (plain, or slots) with an IORING_OP_SHUTDOWN in flight: see CloseDescriptor.
     private readonly Dictionary<(int Fd, bool Fixed), FinOperation> _finsInFlight = new();
     private int _openSlots;
+    // _finsInFlight.Count, for the capacity check, which may run on another thread.
+    private int _finCount;
 
     private static int* CreateZeroLinger()
     {
@@ -58,13 +60,18 @@ internal sealed unsafe partial class RingThread
     public void ReturnFin(FinOperation fin) => _fins.Push(fin);
 
     /// <summary>On the ring thread: a FIN for the descriptor is in flight, and its close waits for it.</summary>
-    public void OnFinPrepared(int fd, bool isFixed, FinOperation fin) => _finsInFlight[(fd, isFixed)] = fin;
+    public void OnFinPrepared(int fd, bool isFixed, FinOperation fin)
+    {
+        _finsInFlight[(fd, isFixed)] = fin;
+        Volatile.Write(ref _finCount, _finsInFlight.Count);
+    }
 
     public void OnFinDone(int fd, bool isFixed, FinOperation fin)
     {
         if (_finsInFlight.TryGetValue((fd, isFixed), out var current) && ReferenceEquals(current, fin))
         {
             _finsInFlight.Remove((fd, isFixed));
+            Volatile.Write(ref _finCount, _finsInFlight.Count);
         }
     }
 

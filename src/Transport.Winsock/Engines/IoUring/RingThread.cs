@@ -44,6 +44,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     private readonly ILogger _logger;
     private readonly ulong* _wakeBuffer;
     private Ring? _ring;
+    private uint _cqEntries;
     private int _setupErrno;
     private string? _setupRefusal;
     private int _eventFd = -1;
@@ -53,6 +54,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     private int _posters;
     private int _draining;
     private int _inFlight;
+    private int _connections;
     private bool _wakeArmed;
     private uint _wakeSerial;
     private volatile bool _stopRequested;
@@ -72,8 +74,13 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     /// with" the errno, or "was refused:" a kernel below <see cref="KernelFloor"/>.
     /// </summary>
     public static RingThread? TryStart(string name, ILogger logger, out string failure)
+        // A ring of its own (tests): as if it took one accept.
+        => TryStart(name, logger, RingCapacity.ChooseCqEntries(RingCapacity.DescriptorLimit(), acceptSlots: 1), out failure);
+
+    /// <summary>As <see cref="TryStart(string, ILogger, out string)"/>, with a completion queue of <paramref name="cqEntries"/> (<see cref="RingCapacity.ChooseCqEntries"/>).</summary>
+    public static RingThread? TryStart(string name, ILogger logger, uint cqEntries, out string failure)
     {
-        var thread = new RingThread(name, logger);
+        var thread = new RingThread(name, logger) { _cqEntries = cqEntries };
         thread._thread.Start();
         thread._ready.Wait();
         thread._ready.Dispose();
@@ -91,7 +98,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     {
         try
         {
-            _ring = Ring.TryCreate(entries: 1024, cqEntries: 16384, out _setupErrno);
+            _ring = Ring.TryCreate(RingCapacity.SqEntries, _cqEntries, out _setupErrno);
             if (_ring is null)
             {
                 return false;
@@ -275,6 +282,26 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
 
     /// <summary>On the ring thread: a counted submission that never reached the kernel (tests make such).</summary>
     internal void OnAbandoned() => _inFlight--;
+
+    /// <summary>The thread's name (its listener's endpoint and number), for messages.</summary>
+    public string Name => _thread.Name ?? "io_uring";
+
+    /// <summary>The completion queue's size, as the kernel set it up.</summary>
+    public uint CqEntries => _ring?.CqEntries ?? 0;
+
+    /// <summary>Connections of this ring from their accept to their release (when nothing of theirs is in flight).</summary>
+    public int Connections => Volatile.Read(ref _connections);
+
+    public void OnConnectionAttached() => Interlocked.Increment(ref _connections);
+
+    public void OnConnectionReleased() => Interlocked.Decrement(ref _connections);
+
+    /// <summary>
+    /// Whether another accept may be posted on this ring with <paramref name="acceptSlots"/> accepts of its
+    /// listener on it, so that completions can never exceed its queue (<see cref="RingCapacity"/>).
+    /// </summary>
+    public bool HasRoomForConnection(int acceptSlots)
+        => RingCapacity.HasRoom(Connections, Volatile.Read(ref _finCount), acceptSlots, RingCapacity.MaxInFlight(CqEntries));
 
     /// <summary>On the ring thread: cancels the submission with <paramref name="userData"/>, if still in flight.</summary>
     public void Cancel(ulong userData)
