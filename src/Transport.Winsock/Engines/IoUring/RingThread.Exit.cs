@@ -206,17 +206,4 @@ internal sealed unsafe partial class RingThread
     }
 
     private static bool IsFatal(int entered) => entered < 0 && entered is not (-LinuxNative.ETIME or -LinuxNative.EBUSY or -LinuxNative.EAGAIN or -LinuxNative.EBADR);
-
-    private void DrainAfterExit()
-    {
-        while (true)
-        {
-            RunWork(all: true);
-            Volatile.Write(ref _draining, 0);
-            if (_work.IsEmpty || Interlocked.Exchange(ref _draining, 1) != 0)
-            {
-                return;
-            }
-        }
-    }
 }
