@@ -89,6 +89,32 @@ public sealed class RingExitTests
     }
 
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed).", SkipUnless = nameof(IoUringRuns))]
+    public async Task A_plain_stop_ends_what_is_in_flight_quarantines_nothing_and_logs_nothing_above_Debug()
+    {
+        for (var i = 0; i < 20; i++)
+        {
+            var log = new CapturedLog();
+            var thread = StartThread(log);
+            using var pair = SocketPair.Create();
+            var io = new IoUringConnectionIo(thread);
+            io.Attach((int)pair.Server.Handle, isFixed: false, null, null);
+            var receiveMemory = new TrackedMemory(4096);
+            var receive = io.ReceiveAsync(receiveMemory.Memory).AsTask();
+            Assert.True(await Eventually.TrueAsync(() => receiveMemory.Held == 1, TimeSpan.FromSeconds(10)));
+
+            var watch = Stopwatch.StartNew();
+            await thread.StopAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(1), $"a stop took {watch.Elapsed}");
+            var error = await Assert.ThrowsAsync<SocketException>(() => receive);
+            Assert.Equal(SocketError.OperationAborted, error.SocketErrorCode);
+            Assert.Equal(0, receiveMemory.Held);
+            Assert.Equal(0, thread.QuarantinedOperations);
+            Assert.Null(thread.FinalCancel);
+            Assert.True(log.Entries.All(e => e.Level <= LogLevel.Debug), string.Join(" | ", log.Entries.Select(e => $"{e.Level} {e.EventId.Name}: {e.Message}")));
+        }
+    }
+
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed).", SkipUnless = nameof(IoUringRuns))]
     public async Task What_the_stops_first_cancel_missed_the_second_ends_and_its_memory_is_released_after_the_kernel_let_go()
     {
         var thread = StartThread(new CapturedLog());

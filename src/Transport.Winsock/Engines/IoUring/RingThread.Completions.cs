@@ -162,15 +162,15 @@ internal sealed unsafe partial class RingThread
             return;
         }
 
-        if (DropFault is { } drop && Volatile.Read(ref _operations)[index] is { } target && drop(target, cqe.Res))
+        // Read for every completion: the table may have grown under an earlier one's continuation.
+        var operations = Volatile.Read(ref _operations);
+        if (DropFault is { } drop && index < operations.Length && operations[index] is { } target && drop(target, cqe.Res))
         {
-            // The seam: the kernel dropped this completion, and says so at the next wait (EBADR).
+            // The seam: the kernel dropped this completion, and says so at the next enter (EBADR).
             _dropInjected = true;
             return;
         }
 
-        // Read for every completion: the table may have grown under an earlier one's continuation.
-        var operations = Volatile.Read(ref _operations);
         if (index < operations.Length && operations[index]?.OnCompletion(cqe.UserData, cqe.Res, cqe.Flags) == true)
         {
             _inFlight--;

@@ -148,7 +148,24 @@ internal sealed unsafe partial class RingThread
 
             if (Reap() == 0 && _ring!.Unsubmitted == 0)
             {
-                return;
+                break;
+            }
+        }
+
+        // The eventfd's read: a stop's cancel ended it, and its completion may come a moment later where task
+        // work does not run in the enter itself (COOP_TASKRUN, plain); after a fault nothing canceled it yet.
+        if (_wakeArmed && !_ringBroken && !CancelFault)
+        {
+            var sqe = NextSqe();
+            sqe->Opcode = RingConstants.OpAsyncCancel;
+            sqe->Fd = -1;
+            sqe->Addr = WakeUserData;
+            sqe->UserData = IgnoredUserData;
+            var deadline = Environment.TickCount64 + 100;
+            while (_wakeArmed && !_ringBroken && Environment.TickCount64 < deadline)
+            {
+                _ringBroken = IsFatal(_ring!.Enter(wait: true, timeoutMs: 10));
+                Reap();
             }
         }
     }

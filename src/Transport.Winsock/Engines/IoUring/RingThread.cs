@@ -228,7 +228,8 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
                 ArmWake();
             }
 
-            var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _);
+            // No sleep while a drop waits for its resync (one NextSqe met), or the seam's drop for its EBADR.
+            var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _) && !_resyncWanted && !_dropInjected;
             if (wait)
             {
                 Interlocked.Exchange(ref _sleeping, 1);
@@ -241,8 +242,7 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
 
             // Stopping or resyncing, the waits are short and bounded: cancellations land without a spinning
             // core, deadlines are watched, and work posted meanwhile (which wakes no one) runs soon.
-            // (A drop the seam injected is answered at once, as the kernel's EBADR ends a wait.)
-            var result = _stopping || Resyncing ? _ring!.Enter(wait: true, timeoutMs: 10) : _ring!.Enter(wait && !_dropInjected);
+            var result = _stopping || Resyncing ? _ring!.Enter(wait: true, timeoutMs: 10) : _ring!.Enter(wait);
             if (EnterFault?.Invoke() is int fault and not 0)
             {
                 result = -fault;
