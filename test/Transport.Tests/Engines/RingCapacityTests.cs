@@ -14,7 +14,7 @@ namespace Transport.Tests.Engines;
 /// entry (whose failed allocation is a dropped completion): the queue is chosen from the descriptor limit,
 /// large enough for three operations a descriptor, and where the limit is beyond what the largest queue
 /// covers, a full ring pauses accepting until a connection ends. A full ring is a seam
-/// (<see cref="RingCapacity.MaxInFlightFault"/>): filling a real 65536-entry queue would take some 21000
+/// (<see cref="RingCapacity.MaxInFlightFault"/>): filling a real 65536-entry queue would take some 32000
 /// connections, more than this machine's descriptor limit.
 /// </summary>
 [Collection(nameof(ProcessWideTests))]

@@ -13,7 +13,9 @@ namespace Transport.Winsock.Engines.IoUring;
 /// The io_uring engine's listener side: <see cref="WinsockTransportOptions.PendingAccepts"/> accepts kept
 /// posted on the listening descriptor, spread over the listener's ring threads; each accepted descriptor
 /// becomes a connection on the ring that accepted it, whose pipes use that ring as their transport
-/// scheduler. Out of descriptors, the listener pauses as the sockets engine's does (<see cref="AcceptPause"/>).
+/// scheduler. Out of descriptors, the listener pauses as the sockets engine's does (<see cref="AcceptPause"/>),
+/// and so it does when a ring has as many connections as its completion queue can take
+/// (<see cref="RingCapacity"/>). A slot whose accept was retired (a lost completion) goes on with a new one.
 /// </summary>
 internal sealed class IoUringListenerEngine : ListenerEngine
 {
