@@ -93,4 +93,13 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(27, LogLevel.Error, "Work run on an io_uring thread threw.", EventName = "RingWorkFailed")]
     public static partial void RingWorkFailed(this ILogger logger, Exception exception);
+
+    [LoggerMessage(29, LogLevel.Warning, "The io_uring thread {Thread} ended with {Count} operations the kernel had not completed within {Bound} of cancels (its eventfd read among what was left: {WakeReadLeft}). They are kept for good, with the memory they hold, never reused; descriptors they use stay open. A kernel fault; nothing of theirs was released.", EventName = "RingOperationsQuarantined")]
+    public static partial void RingOperationsQuarantined(this ILogger logger, string thread, int count, bool wakeReadLeft, TimeSpan bound);
+
+    [LoggerMessage(30, LogLevel.Warning, "The kernel dropped {Count} completions of the io_uring thread {Thread} ({Total} in all): it could not allocate an overflow entry (memory pressure). The ring goes on; a resync finds the operations whose completion was lost, and their connections end. At most one such warning a minute per thread.", EventName = "RingCompletionsDropped")]
+    public static partial void RingCompletionsDropped(this ILogger logger, string thread, int count, int total);
+
+    [LoggerMessage(31, LogLevel.Debug, "The io_uring thread {Thread} resynced after a dropped completion: {Lost} operations were lost ({Total} in all); the others go on.", EventName = "RingResynced")]
+    public static partial void RingResynced(this ILogger logger, string thread, int lost, int total);
 }

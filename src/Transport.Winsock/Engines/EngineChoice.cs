@@ -45,9 +45,12 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
         var rings = new RingThread[count];
         // What a ring thread logs (its own failure, a posted work item's) is written off the ring.
         var ringLogger = new EngineThreadLogger(logger);
+        // Each ring's completion queue from the descriptor limit and its share of the accepts (RingCapacity).
+        var acceptsPerRing = (IoUringListenerEngine.AcceptSlots(options, count) + count - 1) / count;
+        var cqEntries = RingCapacity.ChooseCqEntries(RingCapacity.DescriptorLimit(), acceptsPerRing);
         for (var i = 0; i < count; i++)
         {
-            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", ringLogger, out var errno);
+            var ring = RingThread.TryStart($"io_uring {endPoint} #{i}", ringLogger, cqEntries, out var failure);
             if (ring is null)
             {
                 for (var j = 0; j < i; j++)
@@ -55,7 +58,7 @@ internal sealed record EngineChoice(WinsockEngine Engine, string Reason, RingThr
                     rings[j].Dispose();
                 }
 
-                var reason = $"sockets: making the listener's io_uring ring {i + 1} of {count} failed with {LinuxNative.ErrnoName(errno)}";
+                var reason = $"sockets: making the listener's io_uring ring {i + 1} of {count} {failure}";
                 return asked == WinsockEngine.IoUring ? Refused(reason, endPoint, logger) : Chosen(new(WinsockEngine.Sockets, reason, null), endPoint, logger);
             }
 

@@ -110,6 +110,95 @@ public sealed class EngineChoiceTests
         }
     }
 
+    // IORING_FEAT_CQE_SKIP (5.17), IORING_FEAT_EXT_ARG (5.11).
+    private const uint FeatCqeSkip = 1u << 11;
+    private const uint FeatExtArg = 1u << 8;
+    private const int EINVAL = 22;
+
+    [Theory(Skip = "io_uring cannot run in this process (not Linux, or the probe failed), so an older kernel's answers cannot be made to follow a passing probe.", SkipUnless = nameof(IoUringRuns))]
+    [InlineData(FeatCqeSkip, "kernel older than 5.19: no IORING_FEAT_CQE_SKIP (5.17)")]
+    [InlineData(FeatExtArg, "kernel older than 5.19: no IORING_FEAT_EXT_ARG (5.11)")]
+    public void A_ring_without_a_feature_of_the_floor_fails_the_probe_with_the_floor(uint feature, string reason)
+    {
+        _ = IoUringProbe.Result;
+        Ring.FeaturesFault = features => features & ~feature;
+        try
+        {
+            var probe = IoUringProbe.Run();
+            Assert.False(probe.Passed);
+            Assert.Equal(reason, probe.Reason);
+        }
+        finally
+        {
+            Ring.FeaturesFault = null;
+        }
+    }
+
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed), so an older kernel's answers cannot be made to follow a passing probe.", SkipUnless = nameof(IoUringRuns))]
+    public void A_setup_that_refuses_SUBMIT_ALL_as_5_15_does_fails_the_probe_with_the_floor()
+    {
+        // IORING_SETUP_SUBMIT_ALL: 5.10 and 5.15 answer EINVAL to it, and set up a plain ring.
+        _ = IoUringProbe.Result;
+        Ring.SetupFault = flags => (flags & (1u << 7)) != 0 ? EINVAL : 0;
+        try
+        {
+            var probe = IoUringProbe.Run();
+            Assert.False(probe.Passed);
+            Assert.Equal("kernel older than 5.19: io_uring_setup refuses IORING_SETUP_SUBMIT_ALL (5.18)", probe.Reason);
+        }
+        finally
+        {
+            Ring.SetupFault = null;
+        }
+    }
+
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed), so an older kernel's answers cannot be made to follow a passing probe.", SkipUnless = nameof(IoUringRuns))]
+    public void A_cancel_of_everything_refused_as_on_5_18_fails_the_probe_with_the_floor()
+    {
+        // 5.18 sets the ring up (SUBMIT_ALL) but refuses IORING_ASYNC_CANCEL_ANY | ALL with EINVAL, so every stop
+        // would wait out its grace.
+        _ = IoUringProbe.Result;
+        IoUringProbe.ResultFault = (op, result) => op == "IORING_OP_ASYNC_CANCEL" ? -EINVAL : result;
+        try
+        {
+            var probe = IoUringProbe.Run();
+            Assert.False(probe.Passed);
+            Assert.Equal("kernel older than 5.19: IORING_OP_ASYNC_CANCEL refuses IORING_ASYNC_CANCEL_ANY | ALL (5.19)", probe.Reason);
+        }
+        finally
+        {
+            IoUringProbe.ResultFault = null;
+        }
+    }
+
+    [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed), so an older kernel's answers cannot be made to follow a passing probe.", SkipUnless = nameof(IoUringRuns))]
+    public async Task Below_the_floor_Auto_falls_back_to_the_sockets_engine_and_IoUring_fails_the_start_both_naming_the_floor()
+    {
+        // The probe passed for the process; the listener's own rings report a kernel without CQE_SKIP.
+        _ = IoUringProbe.Result;
+        Ring.FeaturesFault = features => features & ~FeatCqeSkip;
+        try
+        {
+            await using (var server = await SampleServer.StartAsync(configure: options => options.Engine = WinsockEngine.Auto))
+            {
+                await server.GetPlaintextOnNewConnectionsAsync(20);
+                Assert.Equal(WinsockEngine.Sockets, server.Counters.Engine);
+                Assert.EndsWith("was refused: kernel older than 5.19: no IORING_FEAT_CQE_SKIP (5.17)", server.Counters.EngineStatus, StringComparison.Ordinal);
+            }
+
+            var error = await Assert.ThrowsAsync<NotSupportedException>(async () =>
+            {
+                await using var server = await SampleServer.StartAsync(configure: options => options.Engine = WinsockEngine.IoUring);
+            });
+            Assert.Contains("WinsockTransportOptions.Engine is IoUring", error.Message, StringComparison.Ordinal);
+            Assert.Contains("kernel older than 5.19: no IORING_FEAT_CQE_SKIP (5.17)", error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Ring.FeaturesFault = null;
+        }
+    }
+
     /// <summary>
     /// Every ring setup from now on fails with EPERM. The process's probe verdict is taken first, so that
     /// the fault does not become the verdict cached for the tests that run after these.
@@ -117,7 +206,7 @@ public sealed class EngineChoiceTests
     private static void InjectRefusedSetup()
     {
         _ = IoUringProbe.Result;
-        Ring.SetupFault = () => EPERM;
+        Ring.SetupFault = _ => EPERM;
     }
 
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or the probe failed: see the Auto test's diagnostic message).", SkipUnless = nameof(IoUringRuns))]

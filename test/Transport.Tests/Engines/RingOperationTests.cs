@@ -14,8 +14,8 @@ public sealed class RingOperationTests
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed).", SkipUnless = nameof(IoUringRuns))]
     public async Task A_completion_of_an_earlier_submission_is_dropped_and_the_current_one_completes()
     {
-        var thread = RingThread.TryStart("io_uring test", Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, out var errno);
-        Assert.True(thread is not null, $"no ring: errno {errno}");
+        var thread = RingThread.TryStart("io_uring test", Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, out var failure);
+        Assert.True(thread is not null, $"no ring: {failure}");
         try
         {
             // On the ring thread, which alone submits and completes.

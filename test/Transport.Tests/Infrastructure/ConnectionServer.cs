@@ -32,10 +32,12 @@ public sealed class ConnectionServer : IAsyncDisposable
     public static async Task<ConnectionServer> StartAsync(
         TransportKind transport,
         Func<ConnectionContext, Task> handler,
-        Action<WinsockTransportOptions>? configure = null)
+        Action<WinsockTransportOptions>? configure = null,
+        Action<WebApplicationBuilder>? configureBuilder = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
+        configureBuilder?.Invoke(builder);
         if (transport == TransportKind.Winsock)
         {
             builder.WebHost.UseWinsockReuseTransport(configure ?? (static _ => { }));

@@ -102,9 +102,16 @@ internal sealed unsafe class AcceptOperation : AwaitableRingOperation, IDisposab
         return LinuxNative.GetSockName(fd, address, &length) == 0 ? Parse(address, length) : null;
     }
 
+    // The sockaddr is the operation's own, never the waiter's: a quarantined accept may end its waiter.
+    protected override bool HoldsCallerMemory => false;
+
     public void Dispose()
     {
-        Thread.Unregister(this);
-        NativeMemory.Free(_address);
+        // A retired accept may still be in the kernel, writing the peer's address: its block is never freed.
+        if (!Retired)
+        {
+            Thread.Unregister(this);
+            NativeMemory.Free(_address);
+        }
     }
 }

@@ -65,6 +65,9 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
         return true;
     }
 
+    // A poll holds no memory: a quarantined one may end its waiter. A receive holds the pipe's buffer.
+    protected override bool HoldsCallerMemory => !_poll;
+
     protected override void Complete(int result, uint flags)
     {
         // A poll's result is the event mask, not a byte count; the receive that follows reads the data.
@@ -79,6 +82,27 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
             _pin = default;
             _buffer = default;
         }
+    }
+
+    protected override void ReleaseForResubmit()
+    {
+        if (!_poll)
+        {
+            _pin.Dispose();
+            _pin = default;
+        }
+    }
+
+    // A poll whose completion was lost consumed nothing: armed again. A receive's bytes are gone: it fails.
+    protected override void Lost()
+    {
+        if (_poll)
+        {
+            SubmitOnRing();
+            return;
+        }
+
+        base.Lost();
     }
 }
 
@@ -192,6 +216,8 @@ internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionI
         _remaining = default;
     }
 
+    protected override void ReleaseForResubmit() => Unpin();
+
     /// <summary>The kernel is done with the submission (or never had it): its pins and gather list go.</summary>
     private void Unpin()
     {
@@ -275,19 +301,29 @@ internal sealed unsafe class FinOperation(RingThread thread) : RingOperation(thr
 
     public bool Prepare(int fd, bool isFixed)
     {
+        _fd = fd;
+        _fixed = isFixed;
+        if (!TrySubmit())
+        {
+            return false;
+        }
+
+        _closeWhenDone = false;
+        Thread.OnFinPrepared(fd, isFixed, this);
+        return true;
+    }
+
+    private bool TrySubmit()
+    {
         var sqe = Thread.TryGetSqe();
         if (sqe is null)
         {
             return false;
         }
 
-        _fd = fd;
-        _fixed = isFixed;
-        _closeWhenDone = false;
-        Thread.OnFinPrepared(fd, isFixed, this);
         sqe->Opcode = RingConstants.OpShutdown;
-        sqe->Fd = fd;
-        if (isFixed)
+        sqe->Fd = _fd;
+        if (_fixed)
         {
             sqe->Flags = RingConstants.SqeFixedFile;
         }
@@ -295,6 +331,15 @@ internal sealed unsafe class FinOperation(RingThread thread) : RingOperation(thr
         sqe->Len = LinuxNative.SHUT_WR;
         sqe->UserData = NextUserData();
         return true;
+    }
+
+    /// <summary>The same shutdown again, after the resync's cancel ended it; if that cannot be, as completed.</summary>
+    protected override void Resubmit()
+    {
+        if (!TrySubmit())
+        {
+            Complete(-LinuxNative.ECANCELED, 0);
+        }
     }
 
     /// <summary>The connection's close, to run once the shutdown completed.</summary>

@@ -21,8 +21,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     private static readonly Action<object?> s_fin = static state => ((FinRequest)state!).Run();
 
     private readonly RingThread _ring;
-    private readonly ReceiveOperation _receive;
-    private readonly SendOperation _send;
+    // Replaced when retired (a lost completion, or one the kernel still held as its ring ended).
+    private ReceiveOperation _receive;
+    private SendOperation _send;
     private bool _fixed;
     // Set on the ring thread once this connection's FIN went to the ring: a second SendFin (an abort
     // with FinOnError after the FIN) must not put another shutdown beside it (ring thread only).
@@ -59,6 +60,18 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public void Attach(int fd, bool isFixed, EndPoint? local, EndPoint? remote)
     {
+        // A retired operation is never used again: it stays registered (and what it pinned, a send's
+        // gather list included, rooted) for good, and this object carries its next connection on new ones.
+        if (_receive.Retired)
+        {
+            _receive = new ReceiveOperation(_ring, this);
+        }
+
+        if (_send.Retired)
+        {
+            _send = new SendOperation(_ring, this);
+        }
+
         _fd = fd;
         _fixed = isFixed;
         _finPrepared = false;
@@ -67,6 +80,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
         _attached++;
         _fdClosed = false;
         _closeRequested = false;
+        _ring.OnConnectionAttached();
     }
 
     public override bool CompletesOnEngineThread => true;
@@ -226,6 +240,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override void Release(bool recycle)
     {
+        // Both loops are done: nothing of this connection's is in flight any more (its FIN is counted apart).
+        _ring.OnConnectionReleased();
+
         // Descriptors are not recycled: the kernel gives the next accept the lowest free number, much as
         // a fixed-file slot would be taken again. A connection its Close ended has its close under way.
         if (_closeRequested)

@@ -13,7 +13,9 @@ namespace Transport.Winsock.Engines.IoUring;
 /// The io_uring engine's listener side: <see cref="WinsockTransportOptions.PendingAccepts"/> accepts kept
 /// posted on the listening descriptor, spread over the listener's ring threads; each accepted descriptor
 /// becomes a connection on the ring that accepted it, whose pipes use that ring as their transport
-/// scheduler. Out of descriptors, the listener pauses as the sockets engine's does (<see cref="AcceptPause"/>).
+/// scheduler. Out of descriptors, the listener pauses as the sockets engine's does (<see cref="AcceptPause"/>),
+/// and so it does when a ring has as many connections as its completion queue can take
+/// (<see cref="RingCapacity"/>). A slot whose accept was retired (a lost completion) goes on with a new one.
 /// </summary>
 internal sealed class IoUringListenerEngine : ListenerEngine
 {
@@ -32,6 +34,7 @@ internal sealed class IoUringListenerEngine : ListenerEngine
     private readonly Func<WinsockConnection, bool> _offer;
     private readonly Func<Exception, bool> _fail;
     private readonly IPEndPoint? _sharedLocal;
+    private readonly int _acceptsPerRing;
     private Task[] _slots = [];
     private volatile bool _stopping;
 
@@ -55,7 +58,7 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _counters = counters;
         _logger = logger;
         _offer = offer;
-        var acceptCount = Math.Max(options.PendingAccepts, rings.Length);
+        var acceptCount = AcceptSlots(options, rings.Length);
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, acceptCount);
         _factories = new WinsockConnectionFactory[rings.Length];
         for (var i = 0; i < rings.Length; i++)
@@ -69,11 +72,15 @@ internal sealed class IoUringListenerEngine : ListenerEngine
 
         _sharedLocal = _factories[0].LocalEndPoint as IPEndPoint;
         _accepts = new AcceptOperation[acceptCount];
+        _acceptsPerRing = (_accepts.Length + rings.Length - 1) / rings.Length;
         for (var i = 0; i < _accepts.Length; i++)
         {
             _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd, this);
         }
     }
+
+    /// <summary>The accepts a listener keeps posted: PendingAccepts, and at least one a ring.</summary>
+    public static int AcceptSlots(WinsockTransportOptions options, int rings) => Math.Max(options.PendingAccepts, rings);
 
     /// <summary>Set when the listener stops (or its ring failed): no accept may be posted any more.</summary>
     public bool IsStopping => _stopping;
@@ -83,17 +90,34 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _slots = new Task[_accepts.Length];
         for (var i = 0; i < _accepts.Length; i++)
         {
-            _slots[i] = RunSlotAsync(_accepts[i], _factories[i % _rings.Length]);
+            _slots[i] = RunSlotAsync(i, _factories[i % _rings.Length]);
         }
     }
 
-    private Task RunSlotAsync(AcceptOperation accept, WinsockConnectionFactory factory)
-        => _pause.RunSlotAsync(static slot => slot.Engine.AcceptOnceAsync(slot.Accept, slot.Factory), (Engine: this, Accept: accept, Factory: factory), () => _stopping);
+    private Task RunSlotAsync(int slot, WinsockConnectionFactory factory)
+        => _pause.RunSlotAsync(static state => state.Engine.AcceptOnceAsync(state.Slot, state.Factory), (Engine: this, Slot: slot, Factory: factory), () => _stopping);
 
     /// <summary>One accept and its outcome; continues on the ring thread that completed it.</summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask AcceptOnceAsync(AcceptOperation accept, WinsockConnectionFactory factory)
+    private async ValueTask AcceptOnceAsync(int slot, WinsockConnectionFactory factory)
     {
+        var accept = _accepts[slot];
+        if (accept.Retired)
+        {
+            // Its completion was lost: the slot goes on with a new operation (the old one is never freed).
+            accept = _accepts[slot] = new AcceptOperation(accept.Thread, _listenFd, this);
+        }
+
+        var ring = accept.Thread;
+        if (!ring.HasRoomForConnection(_acceptsPerRing))
+        {
+            // Its completion queue could overflow with one more (RingCapacity): the listener waits, as when
+            // out of descriptors, until a connection ends. Only where the descriptor limit exceeds what the
+            // largest queue covers.
+            _pause.OnFault($"its io_uring ring \"{ring.Name}\" serves {ring.Connections} connections, as many as its completion queue of {ring.CqEntries} entries can take", reserve: false);
+            return;
+        }
+
         if (_reserve is { } reserve)
         {
             if (reserve.IsReached(_pause.IsPaused))

@@ -16,6 +16,7 @@ internal static unsafe partial class LinuxNative
     public const long SysIoUringEnter = 426;
     public const long SysIoUringRegister = 427;
 
+    public const int ENOENT = 2;
     public const int EINTR = 4;
     public const int EIO = 5;
     public const int EBADF = 9;
@@ -34,6 +35,8 @@ internal static unsafe partial class LinuxNative
     public const int ECANCELED = 125;
     public const int EPERM = 1;
     public const int ETIME = 62;
+    public const int EBADR = 74;
+    public const int EALREADY = 114;
 
     public const int SOL_SOCKET = 1;
     public const int SO_LINGER = 13;
@@ -90,6 +93,17 @@ internal static unsafe partial class LinuxNative
     [LibraryImport(Libc, EntryPoint = "write", SetLastError = true)]
     public static partial nint Write(int fd, void* buffer, nuint count);
 
+    [LibraryImport(Libc, EntryPoint = "getrlimit", SetLastError = true)]
+    private static partial int GetRLimit(int resource, long* limits);
+
+    /// <summary>The soft RLIMIT_NOFILE (struct rlimit { rlim_cur, rlim_max }), or -1 when it cannot be read.</summary>
+    public static long SoftFileLimit()
+    {
+        const int RLIMIT_NOFILE = 7;
+        var limits = stackalloc long[2];
+        return GetRLimit(RLIMIT_NOFILE, limits) == 0 ? limits[0] : -1;
+    }
+
     /// <summary>errno of the last call above.</summary>
     public static int Errno => Marshal.GetLastPInvokeError();
 
@@ -105,6 +119,7 @@ internal static unsafe partial class LinuxNative
     public static string ErrnoName(int errno) => errno switch
     {
         EPERM => "EPERM",
+        ENOENT => "ENOENT",
         EINTR => "EINTR",
         EBADF => "EBADF",
         EAGAIN => "EAGAIN",
@@ -120,6 +135,9 @@ internal static unsafe partial class LinuxNative
         ECONNABORTED => "ECONNABORTED",
         ECONNRESET => "ECONNRESET",
         ECANCELED => "ECANCELED",
+        ETIME => "ETIME",
+        EBADR => "EBADR",
+        EALREADY => "EALREADY",
         _ => $"errno {errno}",
     };
 }

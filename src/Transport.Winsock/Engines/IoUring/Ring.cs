@@ -1,119 +1,4 @@
-using System.Runtime.InteropServices;
-
 namespace Transport.Winsock.Engines.IoUring;
-
-/// <summary>io_uring's submission queue entry (struct io_uring_sqe, 64 bytes).</summary>
-[StructLayout(LayoutKind.Explicit, Size = 64)]
-internal struct Sqe
-{
-    [FieldOffset(0)] public byte Opcode;
-    [FieldOffset(1)] public byte Flags;
-    [FieldOffset(2)] public ushort IoPrio;
-    [FieldOffset(4)] public int Fd;
-    [FieldOffset(8)] public ulong Off;
-    [FieldOffset(16)] public ulong Addr;
-    [FieldOffset(24)] public uint Len;
-    [FieldOffset(28)] public uint OpFlags;
-    [FieldOffset(32)] public ulong UserData;
-    [FieldOffset(40)] public ushort BufIndex;
-    [FieldOffset(42)] public ushort Personality;
-    [FieldOffset(44)] public uint FileIndex;
-    [FieldOffset(48)] public ulong Addr3;
-    [FieldOffset(56)] public ulong Pad;
-}
-
-/// <summary>io_uring's completion queue entry (struct io_uring_cqe, 16 bytes).</summary>
-[StructLayout(LayoutKind.Sequential)]
-internal struct Cqe
-{
-    public ulong UserData;
-    public int Res;
-    public uint Flags;
-}
-
-/// <summary>struct io_uring_params (120 bytes): what setup is asked for and what the kernel answers.</summary>
-[StructLayout(LayoutKind.Sequential)]
-internal unsafe struct RingParams
-{
-    public uint SqEntries;
-    public uint CqEntries;
-    public uint Flags;
-    public uint SqThreadCpu;
-    public uint SqThreadIdle;
-    public uint Features;
-    public uint WqFd;
-    public fixed uint Resv[3];
-    // struct io_sqring_offsets
-    public uint SqHead, SqTail, SqRingMask, SqRingEntries, SqFlags, SqDropped, SqArray, SqResv1;
-    public ulong SqResv2;
-    // struct io_cqring_offsets
-    public uint CqHead, CqTail, CqRingMask, CqRingEntries, CqOverflow, CqCqes, CqFlags, CqResv1;
-    public ulong CqResv2;
-}
-
-/// <summary>The constants of linux/io_uring.h the engine uses.</summary>
-internal static class RingConstants
-{
-    public const byte OpNop = 0;
-    public const byte OpPollAdd = 6;
-    public const byte OpSendMsg = 9;
-    public const byte OpAccept = 13;
-    public const byte OpAsyncCancel = 14;
-    public const byte OpClose = 19;
-    public const byte OpRead = 22;
-    public const byte OpSend = 26;
-    public const byte OpRecv = 27;
-    public const byte OpShutdown = 34;
-    public const byte OpUringCmd = 46;
-    public const byte OpFixedFdInstall = 54;
-
-    /// <summary>Every opcode the engine submits; the probe requires each.</summary>
-    public static ReadOnlySpan<byte> Required => [OpPollAdd, OpSendMsg, OpAccept, OpAsyncCancel, OpClose, OpRead, OpSend, OpRecv];
-
-    public static string OpName(byte op) => op switch
-    {
-        OpPollAdd => "IORING_OP_POLL_ADD",
-        OpSendMsg => "IORING_OP_SENDMSG",
-        OpAccept => "IORING_OP_ACCEPT",
-        OpAsyncCancel => "IORING_OP_ASYNC_CANCEL",
-        OpClose => "IORING_OP_CLOSE",
-        OpRead => "IORING_OP_READ",
-        OpSend => "IORING_OP_SEND",
-        OpRecv => "IORING_OP_RECV",
-        _ => $"opcode {op}",
-    };
-
-    public const byte SqeFixedFile = 1 << 0;
-    public const byte SqeCqeSkipSuccess = 1 << 6;
-    public const uint FileIndexAlloc = uint.MaxValue;
-    public const uint RegisterFiles2 = 13;
-    public const uint RsrcRegisterSparse = 1;
-    public const uint SocketUringOpSetsockopt = 3;
-
-    public const uint SetupCqSize = 1u << 3;
-    public const uint SetupSubmitAll = 1u << 7;
-    public const uint SetupCoopTaskrun = 1u << 8;
-    public const uint SetupSingleIssuer = 1u << 12;
-    public const uint SetupDeferTaskrun = 1u << 13;
-
-    public const uint FeatSingleMmap = 1u << 0;
-    public const uint FeatNoDrop = 1u << 1;
-    public const uint FeatCqeSkip = 1u << 11;
-
-    public const uint EnterGetEvents = 1u << 0;
-
-    public const uint RegisterProbe = 8;
-    public const ushort ProbeOpSupported = 1;
-
-    public const uint CancelAll = 1u << 0;
-    public const uint CancelAny = 1u << 2;
-
-    public const ulong OffSqRing = 0;
-    public const ulong OffCqRing = 0x8000000;
-    public const ulong OffSqes = 0x10000000;
-
-    public const uint PollIn = 0x0001;
-}
 
 /// <summary>
 /// One io_uring instance: the mapped submission and completion rings. Not thread-safe: one thread (the
@@ -121,7 +6,7 @@ internal static class RingConstants
 /// each ring index is read with acquire and ours published with release semantics (Volatile), as
 /// liburing's smp_load_acquire / smp_store_release do.
 /// </summary>
-internal sealed unsafe class Ring : IDisposable
+internal sealed unsafe partial class Ring : IDisposable
 {
     private readonly int _fd;
     private readonly nint _sqRing;
@@ -140,13 +25,12 @@ internal sealed unsafe class Ring : IDisposable
     private readonly uint _cqMask;
     private readonly Cqe* _cqes;
     private uint _sqLocalTail;
-    private uint _unsubmitted;
     private bool _disposed;
 
     private Ring(int fd, in RingParams p)
     {
         _fd = fd;
-        Features = p.Features;
+        Features = FeaturesFault?.Invoke(p.Features) ?? p.Features;
         Flags = p.Flags;
         _sqRingSize = p.SqArray + p.SqEntries * sizeof(uint);
         _cqRingSize = p.CqCqes + p.CqEntries * (uint)sizeof(Cqe);
@@ -235,12 +119,29 @@ internal sealed unsafe class Ring : IDisposable
         return null;
     }
 
-    /// <summary>The seam where tests inject a refused setup (seccomp, io_uring_disabled, an old kernel).</summary>
-    internal static Func<int>? SetupFault { get; set; }
+    /// <summary>Whether a ring of two entries can be set up with exactly <paramref name="flags"/> (closed at once).</summary>
+    public static bool SetsUpWith(uint flags)
+    {
+        var p = new RingParams { Flags = flags, CqEntries = 4 };
+        var fd = Setup(2, &p, out _);
+        if (fd < 0)
+        {
+            return false;
+        }
+
+        LinuxNative.Close((int)fd);
+        return true;
+    }
+
+    /// <summary>The seam where tests make a ring report an older kernel's features (IORING_FEAT_*).</summary>
+    internal static Func<uint, uint>? FeaturesFault { get; set; }
+
+    /// <summary>The seam where tests inject a refused setup (seccomp, io_uring_disabled, an old kernel): the errno for the flags asked for, or 0.</summary>
+    internal static Func<uint, int>? SetupFault { get; set; }
 
     private static long Setup(uint entries, RingParams* p, out int errno)
     {
-        if (SetupFault?.Invoke() is int fault and not 0)
+        if (SetupFault?.Invoke(p->Flags) is int fault and not 0)
         {
             errno = fault;
             return -1;
@@ -281,43 +182,44 @@ internal sealed unsafe class Ring : IDisposable
         var sqe = &_sqes[_sqLocalTail & _sqMask];
         *sqe = default;
         _sqLocalTail++;
-        _unsubmitted++;
         return sqe;
     }
 
     /// <summary>
-    /// For a ring about to be abandoned: close(2) of the descriptor of every IORING_OP_CLOSE entry that was
-    /// prepared and never submitted, so no descriptor leaks with them.
+    /// For a ring about to be closed: the entries prepared and never taken by the kernel, withdrawn (the
+    /// kernel reads only what lies between its head and our tail, and only in an enter), so that their
+    /// owners can end them as never submitted.
     /// </summary>
-    public void CloseUnsubmittedCloses()
+    public List<Sqe> TakeUnsubmitted()
     {
+        var taken = new List<Sqe>();
         if (_disposed)
         {
-            return;
+            return taken;
         }
 
-        for (var index = _sqLocalTail - _unsubmitted; index != _sqLocalTail; index++)
+        var head = Volatile.Read(ref *_sqHead);
+        for (var index = head; index != _sqLocalTail; index++)
         {
-            ref var sqe = ref _sqes[index & _sqMask];
-            // A slot's close (file_index set) needs nothing: the table goes with the ring.
-            if (sqe.Opcode == RingConstants.OpClose && sqe.FileIndex == 0)
-            {
-                LinuxNative.Close(sqe.Fd);
-            }
+            taken.Add(_sqes[index & _sqMask]);
         }
 
-        _unsubmitted = 0;
+        _sqLocalTail = head;
+        Volatile.Write(ref *_sqTail, head);
+        return taken;
     }
 
-    /// <summary>Entries prepared and not yet handed to the kernel.</summary>
-    public uint Unsubmitted => _unsubmitted;
+    /// <summary>Entries prepared and not yet taken by the kernel (its head has not passed them).</summary>
+    public uint Unsubmitted => _sqLocalTail - Volatile.Read(ref *_sqHead);
 
     /// <summary>
     /// Publishes the prepared entries and enters the kernel: submits them, runs the ring's task work and,
-    /// with <paramref name="wait"/>, sleeps until a completion arrives. Returns 0 or a negative errno
-    /// (EINTR is retried; EBUSY and EAGAIN, a full completion queue, are the caller's to reap first).
+    /// with <paramref name="wait"/>, sleeps until a completion arrives, for at most
+    /// <paramref name="timeoutMs"/> when one is given (IORING_ENTER_EXT_ARG, 5.11: -ETIME when it ran out).
+    /// Returns 0 or a negative errno (EINTR is retried; EBUSY and EAGAIN, a full completion queue, are the
+    /// caller's to reap first). What the kernel took is read from its head of the queue.
     /// </summary>
-    public int Enter(bool wait)
+    public int Enter(bool wait, int timeoutMs = Timeout.Infinite)
     {
         if (_disposed)
         {
@@ -325,14 +227,27 @@ internal sealed unsafe class Ring : IDisposable
         }
 
         Volatile.Write(ref *_sqTail, _sqLocalTail);
+        var flags = RingConstants.EnterGetEvents;
+        // struct __kernel_timespec, and struct io_uring_getevents_arg { sigmask, sigmask_sz, min_wait_usec, ts }.
+        var timespec = stackalloc long[2];
+        var arg = stackalloc ulong[3];
+        long argSize = 0;
+        if (wait && timeoutMs >= 0)
+        {
+            timespec[0] = timeoutMs / 1000;
+            timespec[1] = timeoutMs % 1000 * 1_000_000L;
+            arg[0] = 0;
+            arg[1] = 0;
+            arg[2] = (ulong)timespec;
+            argSize = 24;
+            flags |= RingConstants.EnterExtArg;
+        }
+
         while (true)
         {
-            var toSubmit = _unsubmitted;
-            var result = LinuxNative.Syscall6(LinuxNative.SysIoUringEnter, _fd, toSubmit, wait ? 1 : 0, RingConstants.EnterGetEvents, 0, 0);
+            var result = LinuxNative.Syscall6(LinuxNative.SysIoUringEnter, _fd, Unsubmitted, wait ? 1 : 0, flags, argSize == 0 ? 0 : (long)arg, argSize);
             if (result >= 0)
             {
-                // The kernel consumed what it took; with SUBMIT_ALL that is everything unless it failed early.
-                _unsubmitted -= Math.Min((uint)result, _unsubmitted);
                 return 0;
             }
 
@@ -368,47 +283,6 @@ internal sealed unsafe class Ring : IDisposable
 
     /// <summary>Consumes the completion <see cref="TryPeek"/> returned, freeing its slot for the kernel.</summary>
     public void Advance() => Volatile.Write(ref *_cqHead, *_cqHead + 1);
-
-    /// <summary>IORING_REGISTER_FILES2 with IORING_RSRC_REGISTER_SPARSE: an empty table of <paramref name="count"/> direct descriptors.</summary>
-    public int RegisterSparseFiles(uint count)
-    {
-        // struct io_uring_rsrc_register: nr, flags, resv2, data, tags.
-        var reg = stackalloc ulong[4];
-        reg[0] = count | ((ulong)RingConstants.RsrcRegisterSparse << 32);
-        reg[1] = 0;
-        reg[2] = 0;
-        reg[3] = 0;
-        var result = LinuxNative.Syscall4(LinuxNative.SysIoUringRegister, _fd, RingConstants.RegisterFiles2, (long)reg, 32);
-        return result < 0 ? LinuxNative.Errno : 0;
-    }
-
-    /// <summary>IORING_REGISTER_PROBE: which of <paramref name="ops"/> this kernel lacks, or null when the probe itself fails.</summary>
-    public string? MissingOps(ReadOnlySpan<byte> ops, out int errno)
-    {
-        // struct io_uring_probe (16 bytes) followed by 256 struct io_uring_probe_op (8 bytes each).
-        const int Count = 256;
-        var buffer = stackalloc byte[16 + Count * 8];
-        new Span<byte>(buffer, 16 + Count * 8).Clear();
-        var result = LinuxNative.Syscall4(LinuxNative.SysIoUringRegister, _fd, RingConstants.RegisterProbe, (long)buffer, Count);
-        errno = result < 0 ? LinuxNative.Errno : 0;
-        if (result < 0)
-        {
-            return null;
-        }
-
-        var lastOp = buffer[0];
-        var missing = new List<string>();
-        foreach (var op in ops)
-        {
-            var flags = *(ushort*)(buffer + 16 + op * 8 + 2);
-            if (op > lastOp || (flags & RingConstants.ProbeOpSupported) == 0)
-            {
-                missing.Add(RingConstants.OpName(op));
-            }
-        }
-
-        return string.Join(", ", missing);
-    }
 
     private void Unmap()
     {

@@ -13,6 +13,7 @@ namespace Transport.Winsock.Engines.IoUring;
 internal abstract class RingOperation
 {
     private uint _generation;
+    private bool _resync;
 
     protected RingOperation(RingThread thread)
     {
@@ -39,6 +40,41 @@ internal abstract class RingOperation
     /// <summary>The user_data of the submission in flight, for a cancel.</summary>
     public ulong CurrentUserData => ((ulong)_generation << 32) | (uint)Index;
 
+    /// <summary>
+    /// Set for good once this object must not be used again: the kernel may still hold it when nothing
+    /// will ever reap its completion (<see cref="Quarantine"/>), or its completion was lost
+    /// (<see cref="OnLost"/>). Its owner replaces it, its native memory is never freed, its index never
+    /// given to another operation.
+    /// </summary>
+    public bool Retired { get; private set; }
+
+    /// <summary>Retires this object (see <see cref="Retired"/>).</summary>
+    protected void Retire() => Retired = true;
+
+    /// <summary>
+    /// On the ring thread, as it ends with this operation still in the kernel: kept rooted for good
+    /// (<see cref="RingQuarantine"/>) with whatever it holds, and retired. It stays in flight: its waiter is
+    /// told only when the memory it would then reuse is the operation's own (<see cref="OnQuarantined"/>).
+    /// </summary>
+    public void Quarantine()
+    {
+        Retired = true;
+        RingQuarantine.Keep(this);
+        OnQuarantined();
+    }
+
+    /// <summary>What a quarantined operation does for its waiter; nothing by default.</summary>
+    protected virtual void OnQuarantined()
+    {
+    }
+
+    /// <summary>
+    /// On the ring thread: the submission in flight gets a cancel of the ring's resync after a dropped
+    /// completion (<see cref="RingThread"/>), which only asks whether the kernel still holds it: if that
+    /// cancel ends it, it is submitted again (<see cref="Resubmit"/>) rather than completed.
+    /// </summary>
+    public void MarkResync() => _resync = true;
+
     /// <summary>On the ring thread: a completion arrived for this operation's index; false when it was stale.</summary>
     public bool OnCompletion(ulong userData, int result, uint flags)
     {
@@ -48,9 +84,35 @@ internal abstract class RingOperation
         }
 
         InFlight = false;
+        var resync = _resync;
+        _resync = false;
+        if (resync && result == -LinuxNative.ECANCELED)
+        {
+            Resubmit();
+            return true;
+        }
+
         Complete(result, flags);
         return true;
     }
+
+    /// <summary>
+    /// On the ring thread: the kernel no longer holds the submission in flight and its completion never
+    /// came (the kernel dropped it): the kernel is done with it, and so is this operation, as
+    /// <see cref="Lost"/> decides.
+    /// </summary>
+    public void OnLost()
+    {
+        InFlight = false;
+        _resync = false;
+        Lost();
+    }
+
+    /// <summary>A submission the resync's cancel ended goes again; by default it completes as canceled.</summary>
+    protected virtual void Resubmit() => Complete(-LinuxNative.ECANCELED, 0);
+
+    /// <summary>What a lost completion means; by default a failure (EIO) through <see cref="Complete"/>.</summary>
+    protected virtual void Lost() => Complete(-LinuxNative.EIO, 0);
 
     protected abstract void Complete(int result, uint flags);
 }
@@ -111,6 +173,29 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
     /// <summary>On the ring thread: fills a submission entry, or says why the operation cannot start.</summary>
     protected abstract bool TryPrepare(out int errno);
 
+    /// <summary>The same submission again, after the resync's cancel ended it (it transferred nothing).</summary>
+    protected override void Resubmit()
+    {
+        ReleaseForResubmit();
+        SubmitOnRing();
+    }
+
+    /// <summary>Lets go of what the ended submission pinned, keeping what the next one needs.</summary>
+    protected virtual void ReleaseForResubmit()
+    {
+    }
+
+    /// <summary>
+    /// The completion was lost: what it carried (bytes received or sent, a descriptor accepted) is unknown,
+    /// so the waiter fails (EIO, which ends a connection) and this object is retired, its owner making
+    /// another for the next use.
+    /// </summary>
+    protected override void Lost()
+    {
+        Retire();
+        Finish(-LinuxNative.EIO);
+    }
+
     protected override void Complete(int result, uint flags) => Finish(result);
 
     /// <summary>Ends the awaited operation with the kernel's result.</summary>
@@ -124,6 +209,21 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
         else
         {
             _source.SetException(new SocketException((int)Errors.ToSocketError(-result)));
+        }
+    }
+
+    /// <summary>
+    /// Whether a submission in flight holds memory its waiter hands back once it resumes (a receive's pipe
+    /// buffer, a send's): a quarantined one then never resumes its waiter. True unless an operation says otherwise.
+    /// </summary>
+    protected virtual bool HoldsCallerMemory => true;
+
+    /// <summary>A quarantined operation whose memory is all its own ends its waiter as a local abort; the rest never resume it.</summary>
+    protected override void OnQuarantined()
+    {
+        if (!HoldsCallerMemory)
+        {
+            Finish(-LinuxNative.ECANCELED);
         }
     }
 

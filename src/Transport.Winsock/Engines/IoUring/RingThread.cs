@@ -20,14 +20,16 @@ namespace Transport.Winsock.Engines.IoUring;
 /// descriptor the entry is for). A full submission queue is submitted; completions the kernel cannot post
 /// meanwhile are copied aside and dispatched by the loop.
 /// </remarks>
-internal sealed unsafe class RingThread : PipeScheduler, IDisposable
+internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
 {
-    private const int FirstIndex = 2;
+    // user_data: the low 32 bits an index in the table (0 ignored, 1 the eventfd's read, 2 the resync's
+    // barrier, operations from 3), the high 32 its generation; bit 31 of the low word marks the resync's
+    // cancel of that user_data (RingThread.Drops.cs).
+    private const int FirstIndex = 3;
     private const ulong IgnoredUserData = 0;
-    private const ulong WakeUserData = 1;
-    // struct linger { l_onoff = 1, l_linger = 0 }, for IORING_OP_URING_CMD's setsockopt; never freed.
-    private static readonly int* s_zeroLinger = CreateZeroLinger();
-    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(2);
+    private const uint WakeIndex = 1;
+    private const uint BarrierIndex = 2;
+    private const uint ResyncBit = 1u << 31;
 
     [ThreadStatic]
     private static RingThread? t_current;
@@ -38,14 +40,13 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private readonly Lock _registerLock = new();
     private readonly Stack<int> _freeIndexes = new();
     private readonly Queue<Cqe> _deferred = new();
-    private readonly Stack<FinOperation> _fins = new();
-    // The descriptors (plain, or slots) with an IORING_OP_SHUTDOWN in flight: see CloseDescriptor.
-    private readonly Dictionary<(int Fd, bool Fixed), FinOperation> _finsInFlight = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ILogger _logger;
     private readonly ulong* _wakeBuffer;
     private Ring? _ring;
+    private uint _cqEntries;
     private int _setupErrno;
+    private string? _setupRefusal;
     private int _eventFd = -1;
     private RingOperation?[] _operations = new RingOperation?[64];
     private int _registered = FirstIndex;
@@ -53,18 +54,12 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     private int _posters;
     private int _draining;
     private int _inFlight;
-    private int _openSlots;
+    private int _connections;
     private bool _wakeArmed;
+    private uint _wakeSerial;
     private volatile bool _stopRequested;
     private volatile bool _stopping;
     private int _done;
-
-    private static int* CreateZeroLinger()
-    {
-        var linger = (int*)NativeMemory.AllocZeroed(8);
-        linger[0] = 1;
-        return linger;
-    }
 
     private RingThread(string name, ILogger logger)
     {
@@ -75,15 +70,21 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
 
     /// <summary>
     /// Starts a ring thread, which makes its ring itself: with SINGLE_ISSUER the ring belongs to the
-    /// thread that set it up, and only that one may submit. Null, with the errno, when the kernel refuses.
+    /// thread that set it up, and only that one may submit. Null when the kernel refuses, with why: "failed
+    /// with" the errno, or "was refused:" a kernel below <see cref="KernelFloor"/>.
     /// </summary>
-    public static RingThread? TryStart(string name, ILogger logger, out int errno)
+    public static RingThread? TryStart(string name, ILogger logger, out string failure)
+        // A ring of its own (tests): as if it took one accept.
+        => TryStart(name, logger, RingCapacity.ChooseCqEntries(RingCapacity.DescriptorLimit(), acceptSlots: 1), out failure);
+
+    /// <summary>As <see cref="TryStart(string, ILogger, out string)"/>, with a completion queue of <paramref name="cqEntries"/> (<see cref="RingCapacity.ChooseCqEntries"/>).</summary>
+    public static RingThread? TryStart(string name, ILogger logger, uint cqEntries, out string failure)
     {
-        var thread = new RingThread(name, logger);
+        var thread = new RingThread(name, logger) { _cqEntries = cqEntries };
         thread._thread.Start();
         thread._ready.Wait();
         thread._ready.Dispose();
-        errno = thread._setupErrno;
+        failure = thread._setupRefusal is { } refusal ? $"was refused: {refusal}" : $"failed with {LinuxNative.ErrnoName(thread._setupErrno)}";
         if (thread._ring is null)
         {
             NativeMemory.Free(thread._wakeBuffer);
@@ -97,9 +98,19 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     {
         try
         {
-            _ring = Ring.TryCreate(entries: 1024, cqEntries: 16384, out _setupErrno);
+            _ring = Ring.TryCreate(RingCapacity.SqEntries, _cqEntries, out _setupErrno);
             if (_ring is null)
             {
+                return false;
+            }
+
+            // The process's probe checked the floor once; each ring's own setup answers again (a test's seam
+            // makes them differ).
+            if (KernelFloor.CheckFeatures(_ring.Features) is { } lacking)
+            {
+                _setupRefusal = lacking;
+                _ring.Dispose();
+                _ring = null;
                 return false;
             }
 
@@ -151,266 +162,25 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
     /// <summary>Set when the thread ended on an exception rather than a stop.</summary>
     public Exception? Fault { get; private set; }
 
-    /// <summary>Gives an operation its index in the table completions are dispatched by.</summary>
-    public int Register(RingOperation operation)
-    {
-        lock (_registerLock)
-        {
-            if (_freeIndexes.TryPop(out var free))
-            {
-                _operations[free] = operation;
-                return free;
-            }
+    /// <summary>The thread's name (its listener's endpoint and number), for messages.</summary>
+    public string Name => _thread.Name ?? "io_uring";
 
-            var index = _registered++;
-            if (index >= _operations.Length)
-            {
-                var grown = new RingOperation?[_operations.Length * 2];
-                _operations.CopyTo(grown, 0);
-                Volatile.Write(ref _operations, grown);
-            }
+    /// <summary>The completion queue's size, as the kernel set it up.</summary>
+    public uint CqEntries => _ring?.CqEntries ?? 0;
 
-            _operations[index] = operation;
-            return index;
-        }
-    }
+    /// <summary>Connections of this ring from their accept to their release (when nothing of theirs is in flight).</summary>
+    public int Connections => Volatile.Read(ref _connections);
+
+    public void OnConnectionAttached() => Interlocked.Increment(ref _connections);
+
+    public void OnConnectionReleased() => Interlocked.Decrement(ref _connections);
 
     /// <summary>
-    /// Frees an operation's index for a later one: its object is retired, with nothing in flight (its
-    /// connection or listener is done), so no completion can still come for it.
+    /// Whether another accept may be posted on this ring with <paramref name="acceptSlots"/> accepts of its
+    /// listener on it, so that completions can never exceed its queue (<see cref="RingCapacity"/>).
     /// </summary>
-    public void Unregister(RingOperation operation)
-    {
-        lock (_registerLock)
-        {
-            if (ReferenceEquals(_operations[operation.Index], operation))
-            {
-                _operations[operation.Index] = null;
-                _freeIndexes.Push(operation.Index);
-            }
-        }
-    }
-
-    public override void Schedule(Action<object?> action, object? state) => Post(action, state);
-
-    /// <summary>Runs <paramref name="action"/> on the ring thread, soon; wakes the thread if it sleeps.</summary>
-    public void Post(Action<object?> action, object? state)
-    {
-        // Enqueue is a full fence (an interlocked operation), so the reads below see a stop that came first.
-        _work.Enqueue((action, state));
-        if (Volatile.Read(ref _done) != 0)
-        {
-            // The thread has ended: the thread pool runs what comes now (every entry point fails fast),
-            // one drainer at a time, never the caller, which may hold a connection's lock.
-            if (Interlocked.Exchange(ref _draining, 1) == 0)
-            {
-                System.Threading.ThreadPool.UnsafeQueueUserWorkItem(static thread => thread.DrainAfterExit(), this, preferLocal: false);
-            }
-
-            return;
-        }
-
-        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.CompareExchange(ref _sleeping, 0, 1) == 1)
-        {
-            // Counted, so that the thread's end cannot close the eventfd under this write (its number
-            // could be another socket's by then).
-            Interlocked.Increment(ref _posters);
-            if (Volatile.Read(ref _done) == 0)
-            {
-                ulong one = 1;
-                LinuxNative.Write(_eventFd, &one, 8);
-            }
-
-            Interlocked.Decrement(ref _posters);
-        }
-    }
-
-    /// <summary>
-    /// On the ring thread: a zeroed submission entry, after submitting what is queued if the queue is full;
-    /// null when the ring is stopping. Never runs completions.
-    /// </summary>
-    public Sqe* TryGetSqe() => _stopping || Volatile.Read(ref _done) != 0 ? null : NextSqe();
-
-    private Sqe* NextSqe()
-    {
-        var sqe = _ring!.TryGetSqe();
-        while (sqe is null)
-        {
-            var result = _ring.Enter(wait: false);
-            if (result == -LinuxNative.EBUSY || result == -LinuxNative.EAGAIN)
-            {
-                // The completion queue is full: copy completions aside (dispatched by the loop) to make room.
-                Defer();
-            }
-            else if (result < 0)
-            {
-                throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
-            }
-
-            sqe = _ring.TryGetSqe();
-            if (sqe is null)
-            {
-                Defer();
-            }
-        }
-
-        return sqe;
-    }
-
-    private void Defer()
-    {
-        while (_ring!.TryPeek(out var cqe))
-        {
-            _ring.Advance();
-            _deferred.Enqueue(cqe);
-        }
-    }
-
-    /// <summary>Counts a submission in flight (see <see cref="RingOperation"/>).</summary>
-    public void OnSubmitted() => _inFlight++;
-
-    /// <summary>On the ring thread: a counted submission that never reached the kernel (tests make such).</summary>
-    internal void OnAbandoned() => _inFlight--;
-
-    /// <summary>On the ring thread: cancels the submission with <paramref name="userData"/>, if still in flight.</summary>
-    public void Cancel(ulong userData)
-    {
-        var sqe = TryGetSqe();
-        if (sqe is null)
-        {
-            return;
-        }
-
-        sqe->Opcode = RingConstants.OpAsyncCancel;
-        sqe->Fd = -1;
-        sqe->Addr = userData;
-        sqe->UserData = IgnoredUserData;
-        sqe->Flags = RingConstants.SqeCqeSkipSuccess;
-    }
-
-    /// <summary>
-    /// On the ring thread: closes <paramref name="fd"/> in submission order, after every entry already
-    /// prepared for it (IORING_OP_CLOSE), so none of them can meet a descriptor number reused meanwhile.
-    /// </summary>
-    public void Close(int fd)
-    {
-        var sqe = TryGetSqe();
-        if (sqe is null)
-        {
-            // Stopping: what is prepared goes to the kernel first, then the descriptor closes.
-            if (Volatile.Read(ref _done) == 0)
-            {
-                _ring!.Enter(wait: false);
-            }
-
-            LinuxNative.Close(fd);
-            return;
-        }
-
-        sqe->Opcode = RingConstants.OpClose;
-        sqe->Fd = fd;
-        sqe->UserData = IgnoredUserData;
-        sqe->Flags = RingConstants.SqeCqeSkipSuccess;
-    }
-
-    /// <summary>Whether the ring has a table of direct descriptors accepts allocate from (<see cref="IoUringVariants.RegisteredFiles"/>).</summary>
-    public bool HasFileTable { get; private set; }
-
-    /// <summary>On the ring thread: a FIN operation (<see cref="IoUringVariants.RingFin"/>) from the ring's pool.</summary>
-    public FinOperation RentFin() => _fins.TryPop(out var fin) ? fin : new FinOperation(this);
-
-    public void ReturnFin(FinOperation fin) => _fins.Push(fin);
-
-    /// <summary>On the ring thread: a FIN for the descriptor is in flight, and its close waits for it.</summary>
-    public void OnFinPrepared(int fd, bool isFixed, FinOperation fin) => _finsInFlight[(fd, isFixed)] = fin;
-
-    public void OnFinDone(int fd, bool isFixed, FinOperation fin)
-    {
-        if (_finsInFlight.TryGetValue((fd, isFixed), out var current) && ReferenceEquals(current, fin))
-        {
-            _finsInFlight.Remove((fd, isFixed));
-        }
-    }
-
-    /// <summary>
-    /// On the ring thread: closes a plain or direct descriptor, with SO_LINGER 0 first for a direct one's
-    /// abort (<paramref name="slotAbort"/>). A descriptor whose IORING_OP_SHUTDOWN is in flight closes when
-    /// that completes: the kernel runs the shutdown on an io-wq worker, which looks the descriptor up
-    /// there, so a close before it would let the worker shut down whichever socket got the number next.
-    /// </summary>
-    public void CloseDescriptor(int fd, bool isFixed, bool slotAbort)
-    {
-        if (_finsInFlight.Count != 0 && _finsInFlight.TryGetValue((fd, isFixed), out var fin))
-        {
-            fin.CloseWhenDone(slotAbort);
-            return;
-        }
-
-        if (isFixed)
-        {
-            if (slotAbort)
-            {
-                ZeroLingerSlot(fd);
-            }
-
-            CloseSlot(fd);
-        }
-        else
-        {
-            Close(fd);
-        }
-    }
-
-    /// <summary>Slots of the file table that hold a connection's descriptor (accepted, close not yet submitted); for tests.</summary>
-    public int OpenSlots => Volatile.Read(ref _openSlots);
-
-    /// <summary>On the ring thread: an accept took a slot.</summary>
-    public void OnSlotAccepted() => Volatile.Write(ref _openSlots, _openSlots + 1);
-
-    /// <summary>On the ring thread: closes direct descriptor <paramref name="slot"/> in submission order.</summary>
-    public void CloseSlot(int slot)
-    {
-        Volatile.Write(ref _openSlots, _openSlots - 1);
-        var sqe = TryGetSqe();
-        if (sqe is null)
-        {
-            // Stopping: the table goes with the ring.
-            return;
-        }
-
-        sqe->Opcode = RingConstants.OpClose;
-        sqe->FileIndex = (uint)slot + 1;
-        sqe->UserData = IgnoredUserData;
-        sqe->Flags = RingConstants.SqeCqeSkipSuccess;
-    }
-
-
-    /// <summary>On the ring thread: SO_LINGER 0 on direct descriptor <paramref name="slot"/> (IORING_OP_URING_CMD setsockopt).</summary>
-    public void ZeroLingerSlot(int slot)
-    {
-        var sqe = TryGetSqe();
-        if (sqe is null)
-        {
-            return;
-        }
-
-        sqe->Opcode = RingConstants.OpUringCmd;
-        sqe->Fd = slot;
-        sqe->Flags = RingConstants.SqeFixedFile | RingConstants.SqeCqeSkipSuccess;
-        sqe->Off = RingConstants.SocketUringOpSetsockopt;
-        sqe->Addr = LinuxNative.SOL_SOCKET | ((ulong)LinuxNative.SO_LINGER << 32);
-        sqe->FileIndex = 8;
-        sqe->Addr3 = (ulong)s_zeroLinger;
-        sqe->UserData = IgnoredUserData;
-    }
-
-    /// <summary>Asks the thread to stop: what is in flight is canceled, then the thread ends and closes the ring.</summary>
-    public Task StopAsync()
-    {
-        _stopRequested = true;
-        Post(static _ => { }, null);
-        return _exited.Task;
-    }
+    public bool HasRoomForConnection(int acceptSlots)
+        => RingCapacity.HasRoom(Connections, Volatile.Read(ref _finCount), acceptSlots, RingCapacity.MaxInFlight(CqEntries));
 
     private void Run()
     {
@@ -421,66 +191,9 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
 
         t_current = this;
         EngineThread.MarkCurrent();
-        var clean = false;
         try
         {
-            var stopDeadline = long.MaxValue;
-            while (true)
-            {
-                RunWork(all: false);
-                if (_stopRequested && !_stopping)
-                {
-                    // Everything still in flight ends now, as a local abort.
-                    var sqe = NextSqe();
-                    sqe->Opcode = RingConstants.OpAsyncCancel;
-                    sqe->Fd = -1;
-                    sqe->OpFlags = RingConstants.CancelAny | RingConstants.CancelAll;
-                    sqe->UserData = IgnoredUserData;
-                    _stopping = true;
-                    stopDeadline = Environment.TickCount64 + (long)StopGrace.TotalMilliseconds;
-                }
-
-                if (_stopping && (_inFlight == 0 || Environment.TickCount64 > stopDeadline))
-                {
-                    clean = _inFlight == 0;
-                    break;
-                }
-
-                if (!_wakeArmed && !_stopping)
-                {
-                    ArmWake();
-                }
-
-                var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _);
-                if (wait)
-                {
-                    Interlocked.Exchange(ref _sleeping, 1);
-                    if (!_work.IsEmpty)
-                    {
-                        Volatile.Write(ref _sleeping, 0);
-                        wait = false;
-                    }
-                }
-
-                var result = _ring!.Enter(wait && !_stopping);
-                if (EnterFault?.Invoke() is int fault and not 0)
-                {
-                    result = -fault;
-                }
-
-                Volatile.Write(ref _sleeping, 0);
-                if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
-                {
-                    throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
-                }
-
-                Reap();
-                if (_stopping && _inFlight > 0)
-                {
-                    // Let cancellations land without spinning a core.
-                    Thread.Sleep(1);
-                }
-            }
+            Loop();
         }
         catch (Exception ex)
         {
@@ -489,125 +202,75 @@ internal sealed unsafe class RingThread : PipeScheduler, IDisposable
         }
         finally
         {
-            Exit(clean);
+            Exit();
         }
     }
 
-    private void Exit(bool clean)
+    /// <summary>Work, submissions and completions until a stop has ended everything in flight or its grace ran out.</summary>
+    private void Loop()
     {
-        _stopping = true;
-        // Entries prepared and never submitted die with the ring: the loop can end (nothing in flight)
-        // right after a connection's close was prepared. Those descriptors close here, on every exit.
-        _ring!.CloseUnsubmittedCloses();
-        if (!clean)
-        {
-            // Past the grace, or after a fault: closing the ring makes the kernel cancel and let go of
-            // whatever it still holds, before anything is told it ended.
-            _ring.Dispose();
-            Thread.Sleep(50);
-        }
-
-        // Whatever is still in flight ends as a local abort, so no connection's loop is left waiting on a
-        // ring that is gone; their descriptors then close directly.
-        var operations = Volatile.Read(ref _operations);
-        for (var i = FirstIndex; i < operations.Length; i++)
-        {
-            if (operations[i] is { InFlight: true } operation)
-            {
-                _inFlight--;
-                _ = operation.OnCompletion(operation.CurrentUserData, -LinuxNative.ECANCELED, 0);
-            }
-        }
-
-        Interlocked.Exchange(ref _done, 1);
-        RunWork(all: true);
-        t_current = null;
-        _ring!.Dispose();
-        // No Post may be writing to the eventfd when it closes (see Post).
-        var spin = new SpinWait();
-        while (Volatile.Read(ref _posters) != 0)
-        {
-            spin.SpinOnce();
-        }
-
-        LinuxNative.Close(_eventFd);
-        NativeMemory.Free(_wakeBuffer);
-        _exited.TrySetResult();
-    }
-
-    private void DrainAfterExit()
-    {
+        var stopDeadline = long.MaxValue;
         while (true)
         {
-            RunWork(all: true);
-            Volatile.Write(ref _draining, 0);
-            if (_work.IsEmpty || Interlocked.Exchange(ref _draining, 1) != 0)
+            RunWork(all: false);
+            if (_stopRequested && !_stopping)
+            {
+                BeginStop();
+                stopDeadline = Environment.TickCount64 + (long)StopGrace.TotalMilliseconds;
+            }
+
+            if (_stopping && (_inFlight == 0 || Environment.TickCount64 > stopDeadline))
             {
                 return;
             }
-        }
-    }
 
-    private void RunWork(bool all)
-    {
-        // Bounded while running, so that completions are reaped between bursts of posted work.
-        for (var i = 0; (all || i < 1024) && _work.TryDequeue(out var item); i++)
-        {
-            try
+            if (!_wakeArmed && !_stopping)
             {
-                item.Action(item.State);
+                ArmWake();
             }
-            catch (Exception ex)
+
+            // No sleep while a drop waits for its resync (one NextSqe met), or the seam's drop for its EBADR.
+            var wait = _wakeArmed && _work.IsEmpty && _deferred.Count == 0 && !_ring!.TryPeek(out _) && !_resyncWanted && !_dropInjected;
+            if (wait)
             {
-                _logger.RingWorkFailed(ex);
+                Interlocked.Exchange(ref _sleeping, 1);
+                if (!_work.IsEmpty)
+                {
+                    Volatile.Write(ref _sleeping, 0);
+                    wait = false;
+                }
             }
-        }
-    }
 
-    private void ArmWake()
-    {
-        var sqe = NextSqe();
-        sqe->Opcode = RingConstants.OpRead;
-        sqe->Fd = _eventFd;
-        sqe->Addr = (ulong)_wakeBuffer;
-        sqe->Len = 8;
-        sqe->UserData = WakeUserData;
-        _wakeArmed = true;
-    }
+            // Stopping or resyncing, the waits are short and bounded: cancellations land without a spinning
+            // core, deadlines are watched, and work posted meanwhile (which wakes no one) runs soon.
+            var result = _stopping || Resyncing ? _ring!.Enter(wait: true, timeoutMs: 10) : _ring!.Enter(wait);
+            if (EnterFault?.Invoke() is int fault and not 0)
+            {
+                result = -fault;
+            }
 
-    private void Reap()
-    {
-        while (_deferred.TryDequeue(out var deferred))
-        {
-            Dispatch(deferred);
-        }
+            if (_dropInjected)
+            {
+                _dropInjected = false;
+                result = -LinuxNative.EBADR;
+            }
 
-        while (_ring!.TryPeek(out var cqe))
-        {
-            _ring.Advance();
-            Dispatch(cqe);
-        }
-    }
+            Volatile.Write(ref _sleeping, 0);
+            if (result == -LinuxNative.EBADR)
+            {
+                // The kernel dropped a completion (it could not allocate an overflow entry): not fatal.
+                OnDropReported();
+            }
+            else if (result < 0 && result != -LinuxNative.EBUSY && result != -LinuxNative.EAGAIN && result != -LinuxNative.ETIME)
+            {
+                throw new IOException($"io_uring_enter failed: {LinuxNative.ErrnoName(-result)}.");
+            }
 
-    private void Dispatch(in Cqe cqe)
-    {
-        if (cqe.UserData == WakeUserData)
-        {
-            _wakeArmed = false;
-            return;
-        }
-
-        var index = (int)(uint)cqe.UserData;
-        if (index < FirstIndex)
-        {
-            return;
-        }
-
-        // Read for every completion: the table may have grown under an earlier one's continuation.
-        var operations = Volatile.Read(ref _operations);
-        if (index < operations.Length && operations[index]?.OnCompletion(cqe.UserData, cqe.Res, cqe.Flags) == true)
-        {
-            _inFlight--;
+            Reap();
+            if (!_stopping)
+            {
+                StepResync();
+            }
         }
     }
 
