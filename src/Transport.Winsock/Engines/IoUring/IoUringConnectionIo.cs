@@ -110,12 +110,16 @@ internal sealed class IoUringConnectionIo : ConnectionIo
                 return null;
             }
 
+            var handle = new SafeSocketHandle(duplicate, ownsHandle: true);
             try
             {
-                _exposed = new Socket(new SafeSocketHandle(duplicate, ownsHandle: true));
+                _exposed = new Socket(handle);
             }
             catch (SocketException)
             {
+                // Not Dispose (abortive, and its finalizer would close the number again, by then maybe
+                // another connection's): the handle lets go, and the duplicate closes here, once.
+                handle.SetHandleAsInvalid();
                 LinuxNative.Close(duplicate);
                 return null;
             }
@@ -125,7 +129,32 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     }
 
     /// <summary>Disposes the application's socket, if it asked for one, before the descriptor's close.</summary>
-    private void DisposeExposed() => Interlocked.Exchange(ref _exposed, null)?.Dispose();
+    /// <remarks>
+    /// On a graceful end the send side is shut down through it first: .NET closes a socket with a call
+    /// still in flight on it by unblocking that call, abortively (SO_LINGER 0, shared with the connection's
+    /// descriptor) unless a shutdown of the send side was recorded, which would turn the connection's FIN
+    /// into an RST and cut its response short.
+    /// </remarks>
+    private void DisposeExposed(bool abortive = false)
+    {
+        if (Interlocked.Exchange(ref _exposed, null) is not { } exposed)
+        {
+            return;
+        }
+
+        if (!abortive)
+        {
+            try
+            {
+                exposed.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+            }
+        }
+
+        exposed.Dispose();
+    }
 
     public override EndPoint? LocalEndPoint => _local;
 
@@ -169,7 +198,7 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         // Called once per connection, before its Release (the connection's close state sees to both).
         _closeRequested = true;
-        DisposeExposed();
+        DisposeExposed(abortive);
         if (abortive && !_fixed)
         {
             // Now, from whichever thread: the descriptor stays open until the ring closes it below.

@@ -76,13 +76,30 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
         {
             recycler.Recycle(_reusable);
         }
-        else if (_reusable is null)
-        {
-            _socket.Dispose();
-        }
         else
         {
-            _reusable.Dispose();
+            if (_exposed)
+            {
+                // The application may have a call in flight on it: with the send side's shutdown recorded,
+                // .NET unblocks that call without an abortive close (see IoUringConnectionIo.DisposeExposed).
+                // After our FIN or an abort this changes nothing on the wire.
+                try
+                {
+                    _socket.Shutdown(SocketShutdown.Send);
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                }
+            }
+
+            if (_reusable is null)
+            {
+                _socket.Dispose();
+            }
+            else
+            {
+                _reusable.Dispose();
+            }
         }
 
         _socket = null!;
