@@ -46,6 +46,11 @@ record() {
   if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
   if [ "$total" -eq 0 ]; then failed=$((failed + 1)); fi
   summary+=("$label: $passed passed, $failed failed, $skipped skipped")
+  # The names of the failed tests go in the totals too, so that the last lines of a run say what failed.
+  local name
+  while IFS= read -r name; do
+    [ -n "$name" ] && summary+=("  failed: $name")
+  done < <(grep -o '<test [^>]*result="Fail"[^>]*' "$report" | grep -o ' name="[^"]*"' | sed 's/^ name="//; s/"$//; s/\\&quot;/"/g; s/&quot;/"/g' | head -20 || true)
   total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed)); total_skipped=$((total_skipped + skipped))
 }
 
