@@ -71,6 +71,15 @@ internal sealed partial class DescriptorReserve : IDisposable
     /// <summary>How the last count was taken, for tests: the thread it ran on, and whether /proc/self/fd was listed.</summary>
     internal static Action<bool>? Counted { get; set; }
 
+    /// <summary>For tests: runs as a count starts, after the accepts so far were read, before the descriptors are.</summary>
+    internal static Action? CountStarting { get; set; }
+
+    /// <summary>For tests: count by listing /proc/self/fd, as on kernels before 6.2, whatever statx says.</summary>
+    internal static bool ForceListing { get; set; }
+
+    /// <summary>For tests: the open descriptors as <see cref="IsReached"/> sees them now.</summary>
+    internal static int Estimate => Volatile.Read(ref s_lastCount) + Volatile.Read(ref s_acceptsSinceCount) - Volatile.Read(ref s_closesSinceCount);
+
     /// <summary>
     /// Null where there is nothing to keep: not Linux, no readable limit, descriptors that cannot be
     /// counted, or a reserve of 0. At most half of what is left when the listener starts is held back
@@ -96,6 +105,9 @@ internal sealed partial class DescriptorReserve : IDisposable
         {
             if (s_instances++ == 0)
             {
+                // A timer disposed while it counted often leaves the flag set, which would keep the next one
+                // from ever being asked to count at once.
+                Volatile.Write(ref s_fast, 0);
                 using (ExecutionContext.SuppressFlow())
                 {
                     s_timer = new Timer(static _ => OnTimer(), null, SlowInterval, Timeout.InfiniteTimeSpan);
@@ -119,7 +131,7 @@ internal sealed partial class DescriptorReserve : IDisposable
         }
 
         var bar = Limit - Reserve - Volatile.Read(ref s_postedAccepts) - (paused ? _hysteresis : 0);
-        var estimate = Volatile.Read(ref s_lastCount) + Volatile.Read(ref s_acceptsSinceCount) - Volatile.Read(ref s_closesSinceCount);
+        var estimate = Estimate;
         if (estimate >= bar - (4 * Reserve))
         {
             AskForFastCounts();
@@ -167,7 +179,18 @@ internal sealed partial class DescriptorReserve : IDisposable
 
     private static void OnTimer()
     {
-        Recount();
+        try
+        {
+            Recount();
+        }
+        catch (Exception)
+        {
+            // Anything Recount does not expect (it handles what /proc and statx can say) must not end the
+            // process from a timer callback: no reserve rather than no process.
+            s_uncountable = true;
+            return;
+        }
+
         var fast = Stopwatch.GetTimestamp() - Volatile.Read(ref s_fastAsked) < FastFor;
         Volatile.Write(ref s_fast, fast ? 1 : 0);
         var interval = fast ? FastInterval : SlowInterval;
@@ -181,7 +204,8 @@ internal sealed partial class DescriptorReserve : IDisposable
 
     private static readonly Lock s_countLock = new();
 
-    private static void Recount()
+    /// <summary>Counts the open descriptors now (internal for tests; the timer and <see cref="Create"/> call it).</summary>
+    internal static void Recount()
     {
         if (!s_countLock.TryEnter())
         {
@@ -191,14 +215,20 @@ internal sealed partial class DescriptorReserve : IDisposable
         try
         {
             var started = Stopwatch.GetTimestamp();
+            // The accepts are read before the count and the closes after it, so that whatever happens while
+            // it runs (a listing takes ~50 ms at 15,000 descriptors) errs high: an accept in that time may
+            // be counted twice, a close never (once as missing from the count and again as a close).
             var accepts = Volatile.Read(ref s_acceptsSinceCount);
-            var closes = Volatile.Read(ref s_closesSinceCount);
+            CountStarting?.Invoke();
             var listed = false;
-            var count = s_noStatSize ? 0 : (int)Math.Min(StatCount(), int.MaxValue);
-            if (count <= 0)
+            var size = s_noStatSize || ForceListing ? 0 : StatCount();
+            var count = (int)Math.Min(Math.Max(size, 0), int.MaxValue);
+            if (count == 0)
             {
-                // Before Linux 6.2 the folder's size is 0: list it, an entry per descriptor, without a string each.
-                s_noStatSize = true;
+                // Before Linux 6.2 the folder's size is 0 (or this libc has no statx): list it, an entry per
+                // descriptor, without a string each. Only that answer is kept for good; a statx that failed
+                // (-1, say ENOMEM) is tried again next time.
+                s_noStatSize |= !ForceListing && (size == 0 || size == NoStatx);
                 listed = true;
                 foreach (var _ in new FileSystemEnumerable<bool>("/proc/self/fd", static (ref FileSystemEntry _) => true, ListingOptions))
                 {
@@ -206,6 +236,7 @@ internal sealed partial class DescriptorReserve : IDisposable
                 }
             }
 
+            var closes = Volatile.Read(ref s_closesSinceCount);
             Volatile.Write(ref s_lastCount, count);
             Interlocked.Add(ref s_acceptsSinceCount, -accepts);
             Interlocked.Add(ref s_closesSinceCount, -closes);
@@ -228,7 +259,7 @@ internal sealed partial class DescriptorReserve : IDisposable
         }
     }
 
-    /// <summary>The size statx(2) gives /proc/self/fd: its open descriptors from Linux 6.2 on, 0 before; -1 on failure.</summary>
+    /// <summary>The size statx(2) gives /proc/self/fd: its open descriptors from Linux 6.2 on, 0 before; -1 on failure, <see cref="NoStatx"/> without statx.</summary>
     private static unsafe long StatCount()
     {
         // struct statx is 256 bytes on every architecture; stx_size is the u64 at offset 40.
@@ -239,10 +270,12 @@ internal sealed partial class DescriptorReserve : IDisposable
         }
         catch (EntryPointNotFoundException)
         {
-            // A libc without statx (glibc before 2.28): the listing it is.
-            return -1;
+            // A libc without statx (glibc before 2.28): the listing it is, for good.
+            return NoStatx;
         }
     }
+
+    private const long NoStatx = -2;
 
     private const int AtFdCwd = -100;
     private const uint StatxSize = 0x200;

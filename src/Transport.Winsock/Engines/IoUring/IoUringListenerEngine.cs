@@ -60,22 +60,32 @@ internal sealed class IoUringListenerEngine : ListenerEngine
         _offer = offer;
         var acceptCount = AcceptSlots(options, rings.Length);
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, acceptCount);
-        _factories = new WinsockConnectionFactory[rings.Length];
-        for (var i = 0; i < rings.Length; i++)
+        try
         {
-            var ring = rings[i];
-            _factories[i] = new WinsockConnectionFactory(_endPoint, memoryPool, options, () => new IoUringConnectionIo(ring), counters, logger, pause, transportScheduler: ring)
+            _factories = new WinsockConnectionFactory[rings.Length];
+            for (var i = 0; i < rings.Length; i++)
             {
-                CountsDescriptors = _reserve is not null,
-            };
-        }
+                var ring = rings[i];
+                _factories[i] = new WinsockConnectionFactory(_endPoint, memoryPool, options, () => new IoUringConnectionIo(ring), counters, logger, pause, transportScheduler: ring)
+                {
+                    CountsDescriptors = _reserve is not null,
+                };
+            }
 
-        _sharedLocal = _factories[0].LocalEndPoint as IPEndPoint;
-        _accepts = new AcceptOperation[acceptCount];
-        _acceptsPerRing = (_accepts.Length + rings.Length - 1) / rings.Length;
-        for (var i = 0; i < _accepts.Length; i++)
+            _sharedLocal = _factories[0].LocalEndPoint as IPEndPoint;
+            _accepts = new AcceptOperation[acceptCount];
+            _acceptsPerRing = (_accepts.Length + rings.Length - 1) / rings.Length;
+            for (var i = 0; i < _accepts.Length; i++)
+            {
+                _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd, this);
+            }
+        }
+        catch
         {
-            _accepts[i] = new AcceptOperation(rings[i % rings.Length], _listenFd, this);
+            // Nobody will dispose an engine that was never made: its share of the reserve (and the
+            // process's count timer, if it was the last) ends here.
+            _reserve?.Dispose();
+            throw;
         }
     }
 

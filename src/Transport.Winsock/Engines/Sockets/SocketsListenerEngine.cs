@@ -41,11 +41,23 @@ internal sealed class SocketsListenerEngine : ListenerEngine
         _recycler = new SocketRecycler(_pool, options, reuse, endPoint, counters, logger);
         var inline = options.UnsafePreferInlineScheduling;
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts);
-        _connections = new WinsockConnectionFactory(endPoint, memoryPool, options, () => new SocketConnectionIo(_recycler, inline), counters, logger, pause)
+        try
         {
-            CountsDescriptors = _reserve is not null,
-        };
-        _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, _reserve);
+            _connections = new WinsockConnectionFactory(endPoint, memoryPool, options, () => new SocketConnectionIo(_recycler, inline), counters, logger, pause)
+            {
+                CountsDescriptors = _reserve is not null,
+            };
+            _accepts = new PostedAccepts(listenSocket, _pool, _recycler, OnAccepted, options.NoDelay, counters, logger, pause, _reserve);
+        }
+        catch
+        {
+            // Nobody will dispose an engine that was never made: its share of the reserve (and the
+            // process's count timer, if it was the last) ends here.
+            _reserve?.Dispose();
+            _recycler.Dispose();
+            _pool.Dispose();
+            throw;
+        }
     }
 
     public override void Start() => _accepts.Start(_pendingAccepts);
