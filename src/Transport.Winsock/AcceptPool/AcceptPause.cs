@@ -25,6 +25,7 @@ internal sealed class AcceptPause
     private readonly EndPoint? _endPoint;
     private readonly WinsockTransportCounters _counters;
     private readonly ILogger _logger;
+    private readonly AcceptedQueue? _queue;
     private readonly Lock _lock = new();
     // Non-null while paused: completes when the pause ends.
     private TaskCompletionSource? _resumed;
@@ -41,11 +42,16 @@ internal sealed class AcceptPause
     private long _quietPauses;
     private bool _warned;
 
-    public AcceptPause(EndPoint? endPoint, WinsockTransportCounters counters, ILogger logger)
+    /// <param name="endPoint">The listener's address, for the log.</param>
+    /// <param name="counters">Where pauses are counted.</param>
+    /// <param name="logger">Where pauses are logged.</param>
+    /// <param name="queue">The listener's queue of accepted connections: while it is full, no slot accepts.</param>
+    public AcceptPause(EndPoint? endPoint, WinsockTransportCounters counters, ILogger logger, AcceptedQueue? queue = null)
     {
         _endPoint = endPoint;
         _counters = counters;
         _logger = logger;
+        _queue = queue;
     }
 
     public bool IsPaused => Volatile.Read(ref _resumed) is not null;
@@ -53,12 +59,23 @@ internal sealed class AcceptPause
     /// <summary>
     /// One accept slot's loop, the same for every engine: while paused, wait for this slot's turn (one
     /// slot probes after a back-off, the others wait for the pause to end), then one attempt; a slot that
-    /// held the probe gives it back whatever the attempt's outcome. Ends once <paramref name="stopping"/> is true.
+    /// held the probe gives it back whatever the attempt's outcome. Before each attempt, while the
+    /// listener's queue holds as many connections as it may, the slot waits for the server to take one.
+    /// Ends once <paramref name="stopping"/> is true.
     /// </summary>
     public async Task RunSlotAsync<TState>(Func<TState, ValueTask> acceptOnce, TState state, Func<bool> stopping)
     {
         while (!stopping())
         {
+            if (_queue is { } queue)
+            {
+                await queue.WaitForRoomAsync().ConfigureAwait(false);
+                if (stopping())
+                {
+                    break;
+                }
+            }
+
             var probing = false;
             if (IsPaused)
             {
@@ -228,6 +245,7 @@ internal sealed class AcceptPause
             _stopped = true;
         }
 
+        _queue?.Stop();
         End();
     }
 

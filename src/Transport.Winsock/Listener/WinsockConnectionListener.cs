@@ -21,7 +21,7 @@ namespace Transport.Winsock.Listener;
 /// </summary>
 internal sealed class WinsockConnectionListener : IConnectionListener
 {
-    private readonly Channel<WinsockConnection> _accepted;
+    private readonly AcceptedQueue _accepted;
 
     private readonly MemoryPool<byte> _memoryPool;
     private readonly ListenerEngine _engine;
@@ -53,16 +53,20 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         // An accept on io_uring completes on a ring thread, where Kestrel's accept loop must not run (its
         // connection setup, logging, metrics and EventSource listeners), unless the application asked for
         // everything inline.
-        _accepted = CreateAcceptQueue<WinsockConnection>(synchronousContinuations: !onRings || options.UnsafePreferInlineScheduling);
+        // Bounded at twice the pending accepts: the slots stop accepting while that many wait for the server.
+        _accepted = new AcceptedQueue(QueueBound(options), synchronousContinuations: !onRings || options.UnsafePreferInlineScheduling);
         var engineLogger = onRings ? new EngineThreadLogger(logger) : logger;
-        var pause = new AcceptPause(EndPoint, counters, engineLogger);
-        Func<WinsockConnection, bool> offer = _accepted.Writer.TryWrite;
+        var pause = new AcceptPause(EndPoint, counters, engineLogger, _accepted);
+        Func<WinsockConnection, bool> offer = _accepted.TryOffer;
         _engine = onRings
-            ? new IoUringListenerEngine(listenSocket, memoryPool, options, engine.Rings!, counters, engineLogger, pause, offer, _accepted.Writer.TryComplete)
+            ? new IoUringListenerEngine(listenSocket, memoryPool, options, engine.Rings!, counters, engineLogger, pause, offer, _accepted.TryComplete)
             : new SocketsListenerEngine(listenSocket, memoryPool, options, reuse, counters, logger, pause, offer);
     }
 
     public EndPoint EndPoint { get; }
+
+    /// <summary>How many accepted connections may wait for the server before the accept slots stop posting.</summary>
+    internal static int QueueBound(WinsockTransportOptions options) => 2 * options.PendingAccepts;
 
     /// <summary>
     /// The queue between the posted accepts and the server's accept loop (internal for the benchmarks).
@@ -96,7 +100,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     {
         while (await _accepted.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
         {
-            if (_accepted.Reader.TryRead(out var connection))
+            if (_accepted.TryTake(out var connection))
             {
                 connection.Start();
                 return connection;
@@ -124,7 +128,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
     private async Task UnbindCoreAsync()
     {
         await _engine.StopAsync().ConfigureAwait(false);
-        _accepted.Writer.TryComplete();
+        _accepted.TryComplete();
     }
 
     public async ValueTask DisposeAsync()
@@ -137,7 +141,7 @@ internal sealed class WinsockConnectionListener : IConnectionListener
         await UnbindAsync().ConfigureAwait(false);
 
         // Accepted but never taken by the server: nobody will serve these, so close them.
-        while (_accepted.Reader.TryRead(out var connection))
+        while (_accepted.TryTake(out var connection))
         {
             connection.Abort(new ConnectionAbortedException("The listener was disposed before the connection was accepted by the server."));
             connection.Start();

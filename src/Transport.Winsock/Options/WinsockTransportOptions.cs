@@ -30,6 +30,8 @@ public sealed class WinsockTransportOptions
     /// <summary>
     /// The number of accepts kept posted on each listening socket at once (AcceptEx on Windows).
     /// More pending accepts absorb bigger bursts of new connections without waiting for a repost.
+    /// Accepted connections that the server has not taken yet are held to twice this number: beyond it the
+    /// listener stops accepting until the server takes one, and clients wait in the listen backlog.
     /// Defaults to 4 per processor, at least 8 and at most 64. Valid range: 1 to 1024.
     /// </summary>
     public int PendingAccepts { get; set; } = Math.Clamp(Environment.ProcessorCount * 4, 8, 64);
