@@ -192,13 +192,24 @@ internal sealed partial class WinsockConnection :
     {
         get
         {
+            // Under the close lock, so that the socket is made or marked before a close decides what to do
+            // with the descriptor (one fcntl at most, on io_uring).
             lock (_closeLock)
             {
-                return (_handedOff ? null : _io.ExposeSocket())
-                    ?? throw new ObjectDisposedException(nameof(System.Net.Sockets.Socket), "The connection has ended, and its socket with it.");
+                // A connection that has ended answers as Kestrel's Sockets transport does: with a socket
+                // that is disposed, whose every use throws ObjectDisposedException, not with a throw here.
+                return (_handedOff ? null : _io.ExposeSocket()) ?? EndedSocket.Value;
             }
         }
     }
+
+    /// <summary>A disposed socket, for connections that have ended: disposed, it owns nothing and can be shared.</summary>
+    private static readonly Lazy<System.Net.Sockets.Socket> EndedSocket = new(static () =>
+    {
+        var socket = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        socket.Dispose();
+        return socket;
+    });
 
     EndPoint? IConnectionEndPointFeature.RemoteEndPoint
     {

@@ -75,6 +75,54 @@ public sealed class SocketFeatureTests
     }
 
     /// <summary>
+    /// Asked for after its connection was aborted (an application logging a connection the client reset),
+    /// the feature answers as Kestrel's Sockets transport does: a socket, disposed once the connection's
+    /// is, never a throw from the property itself (on io_uring it threw ObjectDisposedException).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task After_an_abort_the_feature_gives_a_disposed_socket_rather_than_throwing(string engine)
+    {
+        var outcome = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = await ConnectionServer.StartAsync(TransportKind.Winsock, async context =>
+        {
+            var feature = context.Features.Get<IConnectionSocketFeature>()!;
+            try
+            {
+                context.Abort(new ConnectionAbortedException("The test aborts."));
+                var until = DateTime.UtcNow + Timeout;
+                while (DateTime.UtcNow < until)
+                {
+                    var socket = feature.Socket;
+                    try
+                    {
+                        _ = socket.Available;
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        outcome.TrySetResult("disposed");
+                        return;
+                    }
+                    catch (SocketException)
+                    {
+                    }
+
+                    await Task.Delay(10);
+                }
+
+                outcome.TrySetResult("the socket was never disposed");
+            }
+            catch (Exception ex)
+            {
+                outcome.TrySetResult($"the property threw {ex.GetType().Name}: {ex.Message}");
+            }
+        }, options => options.Engine = Enum.Parse<WinsockEngine>(engine));
+
+        using var client = await RawClient.ConnectAsync(server.EndPoint);
+        Assert.Equal("disposed", await outcome.Task.WaitAsync(Timeout, TestContext.Current.CancellationToken));
+    }
+
+    /// <summary>
     /// The first connection's handler keeps the socket it was given; the client closes first (on the
     /// sockets engine with reuse forced, a socket that would be recycled); then a second connection comes,
     /// and a send on the kept socket must fail as disposed and never reach the second client.

@@ -107,7 +107,9 @@ internal sealed class IoUringConnectionIo : ConnectionIo
             var duplicate = LinuxNative.DuplicateDescriptor(_fd);
             if (duplicate < 0)
             {
-                return null;
+                // The connection is alive, only out of descriptors (EMFILE) or the like: say that, not "ended".
+                var errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"The connection's socket could not be duplicated for IConnectionSocketFeature (fcntl F_DUPFD_CLOEXEC): {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
             }
 
             var handle = new SafeSocketHandle(duplicate, ownsHandle: true);
