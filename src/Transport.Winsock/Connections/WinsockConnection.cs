@@ -22,7 +22,7 @@ namespace Transport.Winsock.Connections;
 /// allocates next to nothing here.
 /// </para>
 /// </summary>
-internal sealed partial class WinsockConnection : ConnectionContext
+internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem
 {
     private static long s_lastId = DateTime.UtcNow.Ticks;
 
@@ -212,6 +212,9 @@ internal sealed partial class WinsockConnection : ConnectionContext
         return _finished.WaitWithoutResultAsync();
     }
 
+    /// <summary>Queued by <see cref="OnLoopDone"/> from a ring thread: DisposeAsync completes on the thread pool.</summary>
+    void IThreadPoolWorkItem.Execute() => _finished.Set();
+
     /// <summary>Both loops are done with this connection: hand the socket off and let DisposeAsync complete.</summary>
     private void OnLoopDone()
     {
@@ -222,7 +225,8 @@ internal sealed partial class WinsockConnection : ConnectionContext
             {
                 // Kestrel's continuation after DisposeAsync (its connection's end: logs, metrics, EventSource
                 // and their listeners) must not run on a ring thread, unless the application chose inline.
-                ThreadPool.UnsafeQueueUserWorkItem(static connection => connection._finished.Set(), this, preferLocal: false);
+                // The connection is the work item: no allocation per connection for the hop.
+                ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
             }
             else
             {

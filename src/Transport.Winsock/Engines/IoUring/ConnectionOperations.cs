@@ -174,12 +174,13 @@ internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionI
                 }
 
                 gather.Pins[count] = memory.Pin();
+                // Counted at once: a Pin that throws further on leaves these to Unpin, not pinned for good.
+                _pinned = count + 1;
                 iovecs[count * 2] = (nint)gather.Pins[count].Pointer;
                 iovecs[(count * 2) + 1] = memory.Length;
                 count++;
             }
 
-            _pinned = count;
             sqe->Opcode = RingConstants.OpSendMsg;
             sqe->Addr = (ulong)gather.MessageHeader(count);
             sqe->Len = 1;
@@ -243,14 +244,17 @@ internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionI
 /// struct msghdr in an array on the pinned object heap (the kernel reads both until the send completes;
 /// the GC never moves or frees them while the block is rooted). A send rents one from the pool of the
 /// thread it is prepared on (a ring thread: every send is prepared and completed there) and returns it at
-/// its completion; the pool keeps a few for the next sends and lets the rest go, so it holds what a burst
+/// its completion; the pool keeps up to 64 for the next sends and lets the rest go, so it holds what a burst
 /// of concurrent sends needed only until the GC takes it.
 /// </summary>
 internal sealed unsafe class GatherBlock
 {
     /// <summary>Segments per submission; a longer sequence goes in several.</summary>
     public const int MaxSegments = 64;
-    private const int MaxIdle = 16;
+    // 64 a ring thread (~170 KB): enough for the sends of several segments that a ring has in flight at
+    // once under load, so that they do not make and drop pinned arrays at every burst (each dropped one
+    // leaves a hole in the pinned object heap until a gen2 collection).
+    private const int MaxIdle = 64;
     private const int MessageHeaderSize = 56;
 
     [ThreadStatic]
