@@ -1,0 +1,140 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Microsoft.AspNetCore.Connections;
+using Transport.Tests.Infrastructure;
+using Transport.Winsock;
+
+namespace Transport.Tests.Outbound;
+
+/// <summary>
+/// What a connect on a recycled outbound socket must get right, against bare loopback servers that close
+/// first (so every socket goes back to the pool): the endpoints it reports, and which socket it takes.
+/// Reuse is forced on (on Linux .NET only emulates it, a new descriptor after each reuse disconnect, but
+/// the pool and the connect path are the same); under Wine the reuse disconnect never completes, so
+/// nothing would be recycled there.
+/// </summary>
+[Collection(nameof(ProcessWideTests))]
+public sealed class RecycledConnectTests
+{
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
+    public async Task A_recycled_connection_reports_its_own_local_endpoint_not_the_previous_connections()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // Two servers taken in turn, so each socket the pool holds suits the next connect.
+        await using var first = ServerThatClosesFirst.Start();
+        await using var second = ServerThatClosesFirst.Start();
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        var servers = new[] { first, second };
+        for (var i = 0; i < 10; i++)
+        {
+            var server = servers[i % 2];
+            var connection = await factory.ConnectAsync(server.EndPoint, ct);
+            var seenByServer = await server.Accepted.ReadAsync(ct);
+
+            Assert.Equal(seenByServer, connection.LocalEndPoint);
+            Assert.Equal(server.EndPoint, connection.RemoteEndPoint);
+            await EndAsync(connection, factory, i + 1, ct);
+        }
+
+        Assert.True(factory.Counters.SocketsReused >= 5, Describe(factory.Counters));
+    }
+
+    /// <summary>Reads to the server's FIN, then disposes (so the close is passive) and waits for the socket to reach the pool.</summary>
+    internal static async Task EndAsync(ConnectionContext connection, WinsockOutboundConnectionFactory factory, int closes, CancellationToken ct)
+    {
+        var input = connection.Transport.Input;
+        while (true)
+        {
+            var result = await input.ReadAsync(ct);
+            input.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted)
+            {
+                break;
+            }
+        }
+
+        await connection.DisposeAsync();
+        var c = factory.Counters;
+        Assert.True(
+            await Eventually.TrueAsync(() => c.GracefulCloses == closes && c.PendingDisconnects == 0, TimeSpan.FromSeconds(10)),
+            Describe(c));
+    }
+
+    internal static string Describe(WinsockOutboundCounters c)
+        => $"connects={c.Connects} connectFailures={c.ConnectFailures} created={c.SocketsCreated} reused={c.SocketsReused} pooled={c.PooledSockets} " +
+           $"reuseDisconnects={c.ReuseDisconnects} pending={c.PendingDisconnects} disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts} " +
+           $"recycledConnectFailures={c.RecycledConnectFailures} graceful={c.GracefulCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
+
+    /// <summary>
+    /// A bare loopback listener that sends its FIN as soon as it accepts, then reads to the client's FIN
+    /// and closes: every connection to it is a passive close on the client. Hands out each connection's
+    /// remote endpoint as the server sees it.
+    /// </summary>
+    internal sealed class ServerThatClosesFirst : IAsyncDisposable
+    {
+        private readonly Socket _listener;
+        private readonly Channel<IPEndPoint> _accepted = Channel.CreateUnbounded<IPEndPoint>();
+        private readonly CancellationTokenSource _stop = new();
+        private readonly Task _loop;
+
+        private ServerThatClosesFirst()
+        {
+            _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            _listener.Listen(64);
+            EndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+            _loop = AcceptLoopAsync();
+        }
+
+        public IPEndPoint EndPoint { get; }
+
+        /// <summary>Each accepted connection's remote endpoint, in the order accepted.</summary>
+        public ChannelReader<IPEndPoint> Accepted => _accepted.Reader;
+
+        public static ServerThatClosesFirst Start() => new();
+
+        private async Task AcceptLoopAsync()
+        {
+            try
+            {
+                while (true)
+                {
+                    var socket = await _listener.AcceptAsync(_stop.Token);
+                    _accepted.Writer.TryWrite((IPEndPoint)socket.RemoteEndPoint!);
+                    _ = ServeAsync(socket);
+                }
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+                // Stopped.
+            }
+        }
+
+        private async Task ServeAsync(Socket socket)
+        {
+            using (socket)
+            {
+                try
+                {
+                    socket.Shutdown(SocketShutdown.Send);
+                    var buffer = new byte[256];
+                    while (await socket.ReceiveAsync(buffer, SocketFlags.None, _stop.Token) > 0)
+                    {
+                    }
+                }
+                catch (Exception ex) when (ex is OperationCanceledException or SocketException or ObjectDisposedException)
+                {
+                }
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            _listener.Dispose();
+            await _loop;
+            _stop.Dispose();
+        }
+    }
+}
