@@ -40,6 +40,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     // IPv4 and IPv6: each made on its first connect, so a family never used costs no self-test.
     private readonly OutboundRoute?[] _routes = new OutboundRoute?[2];
     private volatile bool _disposed;
+    private long _recycledOntoLastRemote;
 
     /// <summary>Makes a factory with <paramref name="options"/> (checked here: bad values throw, naming the option).</summary>
     /// <param name="options">The options; null for the defaults.</param>
@@ -178,7 +179,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             // After a few recycled sockets that could not connect, a new one: a pool of bad sockets (reuse
             // forced on where it does not work) costs each address tried at most that many tries.
             cancellationToken.ThrowIfCancellationRequested();
-            socket = route.RentOrCreate(allowRecycled: recycledFailures < MaxRecycledTries, out reusable, out recycled);
+            socket = route.RentOrCreate(endpoint, allowRecycled: recycledFailures < MaxRecycledTries, out reusable, out recycled);
+            if (recycled && endpoint.Equals(reusable!.LastRemoteEndPoint))
+            {
+                Interlocked.Increment(ref _recycledOntoLastRemote);
+            }
+
             try
             {
                 await socket.ConnectAsync(endpoint, cancellationToken).ConfigureAwait(false);
@@ -241,7 +247,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             Counters.Connections.SocketCreated();
         }
 
-        reusable?.OnAccepted();
+        if (reusable is not null)
+        {
+            reusable.OnAccepted();
+            reusable.LastRemoteEndPoint = endpoint;
+        }
+
         var connection = (forStream ? route.StreamConnections : route.Connections).Rent();
         ((SocketConnectionIo)connection.Io).Attach(socket, reusable);
         connection.Attach();
@@ -279,6 +290,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _streamConnectionOptions, _memoryPool, Counters.Connections, _logger);
         }
     }
+
+    /// <summary>
+    /// For tests: connects that took a recycled socket whose last connection went to the same endpoint,
+    /// so that (where the socket kept its local port) it went out on the 4-tuple the server held in TIME_WAIT.
+    /// </summary>
+    internal long RecycledOntoLastRemoteForTests => Interlocked.Read(ref _recycledOntoLastRemote);
 
     /// <summary>For tests: the pool of IPv4 sockets, where a fault only the platform could make is put.</summary>
     internal SocketPool IPv4PoolForTests => Route(0, IPv4).Pool;

@@ -40,6 +40,82 @@ public sealed class RecycledConnectTests
         Assert.True(factory.Counters.SocketsReused >= 5, Describe(factory.Counters));
     }
 
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
+    public async Task Against_one_server_a_connect_never_takes_a_socket_whose_last_connection_went_there()
+    {
+        // A recycled socket that kept its local port (Windows keeps it) would connect on the 4-tuple the
+        // server holds in TIME_WAIT: within milliseconds here, one connect after another.
+        var ct = TestContext.Current.CancellationToken;
+        await using var server = ServerThatClosesFirst.Start();
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        for (var i = 0; i < 10; i++)
+        {
+            var connection = await factory.ConnectAsync(server.EndPoint, ct);
+            await server.Accepted.ReadAsync(ct);
+            await EndAsync(connection, factory, i + 1, ct);
+        }
+
+        var c = factory.Counters;
+        Assert.Equal(0, factory.RecycledOntoLastRemoteForTests);
+        Assert.Equal(10, c.Connects);
+        Assert.Equal(0, c.ConnectFailures);
+        // Every socket went back to the pool; none of them suited this one server again.
+        Assert.Equal(0, c.SocketsReused);
+        Assert.Equal(10, c.SocketsCreated);
+        Assert.Equal(10, c.PooledSockets);
+    }
+
+    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
+    public async Task Between_two_servers_sockets_are_reused_each_for_the_other_server()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var first = ServerThatClosesFirst.Start();
+        await using var second = ServerThatClosesFirst.Start();
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        var servers = new[] { first, second };
+        for (var i = 0; i < 20; i++)
+        {
+            // Two to each in turn: the pool then holds sockets last used for either.
+            var server = servers[i / 2 % 2];
+            var connection = await factory.ConnectAsync(server.EndPoint, ct);
+            await server.Accepted.ReadAsync(ct);
+            await EndAsync(connection, factory, i + 1, ct);
+        }
+
+        var c = factory.Counters;
+        Assert.Equal(0, factory.RecycledOntoLastRemoteForTests);
+        Assert.True(c.SocketsReused >= 15, Describe(c));
+        Assert.Equal(20, c.SocketsCreated + c.SocketsReused);
+    }
+
+    [Fact]
+    public void The_pool_hands_an_outbound_connect_the_oldest_socket_last_used_elsewhere()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new Winsock.AcceptPool.SocketPool(capacity: 8, counters);
+        var a = new IPEndPoint(IPAddress.Loopback, 1001);
+        var b = new IPEndPoint(IPAddress.Loopback, 1002);
+        using var toA = Pooled(a);
+        using var toB = Pooled(b);
+        using var toBAgain = Pooled(b);
+        using var fresh = Pooled(null);
+        foreach (var socket in new[] { toA, toB, toBAgain, fresh })
+        {
+            Assert.True(pool.TryReturn(socket));
+        }
+
+        Assert.Same(toB, pool.TryRentFor(a));
+        Assert.Same(toBAgain, pool.TryRentFor(a));
+        Assert.Same(fresh, pool.TryRentFor(a));
+        Assert.Null(pool.TryRentFor(new IPEndPoint(IPAddress.Loopback, 1001)));
+        Assert.Equal(1, counters.PooledSockets);
+        Assert.Same(toA, pool.TryRentFor(b));
+        Assert.Equal(0, counters.PooledSockets);
+
+        static Winsock.AcceptPool.ReusableSocket Pooled(IPEndPoint? last)
+            => new(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)) { LastRemoteEndPoint = last };
+    }
+
     /// <summary>Reads to the server's FIN, then disposes (so the close is passive) and waits for the socket to reach the pool.</summary>
     internal static async Task EndAsync(ConnectionContext connection, WinsockOutboundConnectionFactory factory, int closes, CancellationToken ct)
     {
