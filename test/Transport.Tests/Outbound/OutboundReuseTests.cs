@@ -239,5 +239,5 @@ public sealed class OutboundReuseTests
     private static string Describe(WinsockOutboundCounters c)
         => $"connects={c.Connects} connectFailures={c.ConnectFailures} created={c.SocketsCreated} reused={c.SocketsReused} pooled={c.PooledSockets} " +
            $"reuseDisconnects={c.ReuseDisconnects} pending={c.PendingDisconnects} disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts} " +
-           $"recycledConnectFailures={c.RecycledConnectFailures} graceful={c.GracefulCloses} timeWaitCloses={c.TimeWaitCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
+           $"recycledConnectFailures={c.RecycledConnectFailures} recycledConnectRetries={c.RecycledConnectRetries} graceful={c.GracefulCloses} timeWaitCloses={c.TimeWaitCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
 }

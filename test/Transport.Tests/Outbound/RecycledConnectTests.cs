@@ -89,6 +89,60 @@ public sealed class RecycledConnectTests
     }
 
     [Fact]
+    public async Task A_recycled_socket_whose_connect_is_refused_is_closed_and_the_connect_goes_on_once_on_a_new_socket()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var server = ServerThatClosesFirst.Start();
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        // A socket in the pool, never connected, so any endpoint suits it; its connect is refused, as a
+        // server may refuse a recycled socket's SYN while a new socket's goes through.
+        var pooled = new Winsock.AcceptPool.ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
+        Assert.True(factory.IPv4PoolForTests.TryReturn(pooled));
+        factory.RecycledConnectFaultForTests = _ => new SocketException((int)SocketError.ConnectionRefused);
+
+        var connection = await factory.ConnectAsync(server.EndPoint, ct);
+        await server.Accepted.ReadAsync(ct);
+
+        var c = factory.Counters;
+        Assert.Equal(1, c.RecycledConnectRetries);
+        Assert.Equal(1, c.Connects);
+        Assert.Equal(0, c.ConnectFailures);
+        Assert.Equal(1, c.SocketsCreated);
+        Assert.Equal(0, c.SocketsReused);
+        // Not a sign of a bad recycle by itself (the server may refuse anyone): it does not count toward the fallback.
+        Assert.Equal(0, c.RecycledConnectFailures);
+        Assert.Throws<ObjectDisposedException>(() => pooled.Socket.Available);
+        await EndAsync(connection, factory, 1, ct);
+    }
+
+    [Fact]
+    public async Task When_the_new_socket_fails_too_its_failure_goes_to_the_caller_after_one_retry()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.True(factory.IPv4PoolForTests.TryReturn(new Winsock.AcceptPool.ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))));
+        }
+
+        factory.RecycledConnectFaultForTests = _ => new SocketException((int)SocketError.TimedOut);
+        // Nothing listens there: the new socket's connect is refused for real.
+        var closed = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        closed.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var endpoint = (IPEndPoint)closed.LocalEndPoint!;
+        closed.Dispose();
+
+        var failure = await Assert.ThrowsAsync<SocketException>(() => factory.ConnectAsync(endpoint, ct).AsTask());
+
+        Assert.Equal(SocketError.ConnectionRefused, failure.SocketErrorCode);
+        var c = factory.Counters;
+        Assert.Equal(1, c.RecycledConnectRetries);
+        Assert.Equal(1, c.ConnectFailures);
+        // One recycled socket tried, then one new one: the other two are still pooled.
+        Assert.Equal(2, c.PooledSockets);
+    }
+
+    [Fact]
     public void The_pool_hands_an_outbound_connect_the_oldest_socket_last_used_elsewhere()
     {
         var counters = new WinsockTransportCounters();
@@ -140,7 +194,7 @@ public sealed class RecycledConnectTests
     internal static string Describe(WinsockOutboundCounters c)
         => $"connects={c.Connects} connectFailures={c.ConnectFailures} created={c.SocketsCreated} reused={c.SocketsReused} pooled={c.PooledSockets} " +
            $"reuseDisconnects={c.ReuseDisconnects} pending={c.PendingDisconnects} disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts} " +
-           $"recycledConnectFailures={c.RecycledConnectFailures} graceful={c.GracefulCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
+           $"recycledConnectFailures={c.RecycledConnectFailures} recycledConnectRetries={c.RecycledConnectRetries} graceful={c.GracefulCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
 
     /// <summary>
     /// A bare loopback listener that sends its FIN as soon as it accepts, then reads to the client's FIN
