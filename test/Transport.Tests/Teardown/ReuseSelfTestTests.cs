@@ -27,12 +27,4 @@ public sealed class ReuseSelfTestTests
         Assert.StartsWith("the outbound reuse self-test (IPv4) failed: connecting the recycled socket took ", verdict.Refusal, StringComparison.Ordinal);
         Assert.False(verdict.Emulated);
     }
-
-    [NotUnderWineFact(WinePlatform.NoSocketReuse)]
-    public async Task A_recycled_connect_without_a_stall_passes_it()
-    {
-        var verdict = await ReuseSelfTest.RunConnectWithDelayForTestsAsync(IPv4, TimeSpan.Zero).WaitAsync(TestContext.Current.CancellationToken);
-
-        Assert.Null(verdict.Refusal);
-    }
 }
