@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
@@ -19,7 +20,11 @@ internal sealed class ReusableSocket : IDisposable
     public ReusableSocket(Socket socket)
     {
         Socket = socket;
+        PoolNode = new LinkedListNode<ReusableSocket>(this);
     }
+
+    /// <summary>Its place in a <see cref="SocketPool"/>, made once with the socket so that pooling it allocates nothing.</summary>
+    public LinkedListNode<ReusableSocket> PoolNode { get; }
 
     public Socket Socket { get; }
 
@@ -30,6 +35,13 @@ internal sealed class ReusableSocket : IDisposable
 
     /// <summary>When its current reuse disconnect started (a Stopwatch timestamp).</summary>
     public long DisconnectStarted { get; set; }
+
+    /// <summary>
+    /// Where this socket's last outbound connection went; null for an accepted socket, or one that has not
+    /// connected yet. A recycled socket may keep its local port (Windows does), so connecting it there
+    /// again would reuse the 4-tuple the server still holds in TIME_WAIT.
+    /// </summary>
+    public IPEndPoint? LastRemoteEndPoint { get; set; }
 
     /// <summary>How many connections this socket has carried.</summary>
     public int Connections { get; private set; }

@@ -1,12 +1,19 @@
+using System.Net;
+
 namespace Transport.Winsock.AcceptPool;
 
 /// <summary>
-/// The listener's disconnected, ready-to-accept sockets. Last in, first out, capped; once disposed it
-/// takes nothing back and the caller closes what it offered.
+/// Disconnected, ready-to-use sockets: the listener's, for its accepts, and the outbound factory's, one
+/// pool per address family, for its connects. Capped; once disposed it takes nothing back and the caller
+/// closes what it offered. An accept takes the socket returned last (any will do, and the most recent is
+/// the likeliest still in the caches). A connect takes the oldest socket whose last connection did not
+/// go to the same endpoint (<see cref="TryRentFor"/>): a recycled socket may keep its local port, and then
+/// it would connect on the 4-tuple the server still holds in TIME_WAIT.
 /// </summary>
 internal sealed class SocketPool : IDisposable
 {
-    private readonly Stack<ReusableSocket> _sockets = new();
+    // Oldest first. Each socket brings its own node, so returning one allocates nothing.
+    private readonly LinkedList<ReusableSocket> _sockets = new();
     private readonly Lock _lock = new();
     private readonly int _capacity;
     private readonly WinsockTransportCounters _counters;
@@ -18,21 +25,50 @@ internal sealed class SocketPool : IDisposable
         _counters = counters;
     }
 
+    /// <summary>The socket returned last, for an accept; null when the pool is empty.</summary>
     public ReusableSocket? TryRent()
     {
         lock (_lock)
         {
-            if (_sockets.TryPop(out var socket))
+            if (_sockets.Last is { } newest)
             {
-                _counters.PooledSocketsChanged(-1);
-                return socket;
+                return Take(newest);
             }
         }
 
         return null;
     }
 
-    /// <summary>Keeps the socket for a later accept. False when the pool is full or disposed.</summary>
+    /// <summary>
+    /// The oldest socket whose last connection did not go to <paramref name="endpoint"/>, for a connect
+    /// there; null when there is none (against a single server, once every pooled socket was last used for
+    /// it). The oldest, because the longer ago a socket was last used, the likelier whatever its earlier
+    /// connections left in TIME_WAIT has expired.
+    /// </summary>
+    public ReusableSocket? TryRentFor(IPEndPoint endpoint)
+    {
+        lock (_lock)
+        {
+            for (var node = _sockets.First; node is not null; node = node.Next)
+            {
+                if (!endpoint.Equals(node.Value.LastRemoteEndPoint))
+                {
+                    return Take(node);
+                }
+            }
+        }
+
+        return null;
+    }
+
+    private ReusableSocket Take(LinkedListNode<ReusableSocket> node)
+    {
+        _sockets.Remove(node);
+        _counters.PooledSocketsChanged(-1);
+        return node.Value;
+    }
+
+    /// <summary>Keeps the socket for a later accept or connect. False when the pool is full or disposed.</summary>
     public bool TryReturn(ReusableSocket socket)
     {
         lock (_lock)
@@ -42,7 +78,7 @@ internal sealed class SocketPool : IDisposable
                 return false;
             }
 
-            _sockets.Push(socket);
+            _sockets.AddLast(socket.PoolNode);
         }
 
         _counters.PooledSocketsChanged(1);
@@ -55,7 +91,7 @@ internal sealed class SocketPool : IDisposable
         lock (_lock)
         {
             _disposed = true;
-            sockets = _sockets.ToArray();
+            sockets = [.. _sockets];
             _sockets.Clear();
         }
 

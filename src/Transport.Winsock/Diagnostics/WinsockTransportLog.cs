@@ -102,4 +102,10 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(31, LogLevel.Debug, "The io_uring thread {Thread} resynced after a dropped completion: {Lost} operations were lost ({Total} in all); the others go on.", EventName = "RingResynced")]
     public static partial void RingResynced(this ILogger logger, string thread, int lost, int total);
+
+    [LoggerMessage(32, LogLevel.Debug, "A reuse disconnect threw unexpectedly; the socket was closed, and the failure counts as a failed disconnect.", EventName = "DisconnectThrew")]
+    public static partial void DisconnectThrew(this ILogger logger, Exception exception);
+
+    [LoggerMessage(33, LogLevel.Debug, "An outbound connect on a recycled socket failed ({Failure}); the socket was closed and the connect is tried once more on a new socket.", EventName = "RecycledConnectRetried")]
+    public static partial void RecycledConnectRetried(this ILogger logger, string failure);
 }

@@ -72,13 +72,17 @@ internal sealed class OutboundRoute : IDisposable
     public string Kind => _kind.OutboundName;
 
     /// <summary>
-    /// A recycled socket when the pool has one and <paramref name="allowRecycled"/> (<paramref name="recycled"/>),
-    /// else a new socket of this family; <paramref name="reusable"/> is its recycling state, or null while
-    /// sockets are not recycled (a socket that will only be closed needs none).
+    /// A recycled socket for a connect to <paramref name="endpoint"/> when the pool has one whose last
+    /// connection went elsewhere and <paramref name="allowRecycled"/> (<paramref name="recycled"/>), else a
+    /// new socket of this family; <paramref name="reusable"/> is its recycling state, or null while sockets
+    /// are not recycled (a socket that will only be closed needs none). One last used for the same endpoint
+    /// is never taken: where it kept its local port (Windows), it would connect again within milliseconds
+    /// on the 4-tuple the server holds in TIME_WAIT, and without TCP timestamps (Windows sends none by
+    /// default) a server may drop that SYN.
     /// </summary>
-    public Socket RentOrCreate(bool allowRecycled, out ReusableSocket? reusable, out bool recycled)
+    public Socket RentOrCreate(IPEndPoint endpoint, bool allowRecycled, out ReusableSocket? reusable, out bool recycled)
     {
-        while (allowRecycled && Pool.TryRent() is { } pooled)
+        while (allowRecycled && Pool.TryRentFor(endpoint) is { } pooled)
         {
             try
             {

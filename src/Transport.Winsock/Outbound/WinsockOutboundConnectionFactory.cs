@@ -40,6 +40,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     // IPv4 and IPv6: each made on its first connect, so a family never used costs no self-test.
     private readonly OutboundRoute?[] _routes = new OutboundRoute?[2];
     private volatile bool _disposed;
+    private long _recycledOntoLastRemote;
 
     /// <summary>Makes a factory with <paramref name="options"/> (checked here: bad values throw, naming the option).</summary>
     /// <param name="options">The options; null for the defaults.</param>
@@ -173,14 +174,26 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         ReusableSocket? reusable;
         bool recycled;
         var recycledFailures = 0;
+        var retryingOnNew = false;
         while (true)
         {
             // After a few recycled sockets that could not connect, a new one: a pool of bad sockets (reuse
-            // forced on where it does not work) costs each address tried at most that many tries.
+            // forced on where it does not work) costs each address tried at most that many tries. After a
+            // recycled socket's connect failed otherwise, a new one too.
             cancellationToken.ThrowIfCancellationRequested();
-            socket = route.RentOrCreate(allowRecycled: recycledFailures < MaxRecycledTries, out reusable, out recycled);
+            socket = route.RentOrCreate(endpoint, allowRecycled: !retryingOnNew && recycledFailures < MaxRecycledTries, out reusable, out recycled);
+            if (recycled && endpoint.Equals(reusable!.LastRemoteEndPoint))
+            {
+                Interlocked.Increment(ref _recycledOntoLastRemote);
+            }
+
             try
             {
+                if (recycled && RecycledConnectFaultForTests?.Invoke(socket) is { } fault)
+                {
+                    throw fault;
+                }
+
                 await socket.ConnectAsync(endpoint, cancellationToken).ConfigureAwait(false);
                 break;
             }
@@ -193,6 +206,19 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
                 var failure = ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message;
                 _logger.RecycledConnectFailed(failure);
                 route.Recycler.OnRecycledAcceptFailed($"a connect on a recycled socket failed: {failure}");
+            }
+            catch (Exception ex) when (recycled && ex is not OperationCanceledException && !cancellationToken.IsCancellationRequested)
+            {
+                // Refused, timed out, unreachable: the server's answer, or so it looks, yet given to a recycled
+                // socket, which a new one may not get (a recycled socket that kept its local port can meet
+                // what the server still holds of that port's last connection). The caller would lose a
+                // connect a new socket might make, so the socket is closed and the connect tried once more
+                // on a new one, whose outcome is the caller's. Not counted toward the fallback: a server
+                // that refuses everyone says nothing about recycling.
+                reusable!.Dispose();
+                retryingOnNew = true;
+                Counters.RecycledConnectRetried();
+                _logger.RecycledConnectRetried(ex is SocketException se ? se.SocketErrorCode.ToString() : ex.Message);
             }
             catch (Exception ex)
             {
@@ -241,7 +267,12 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             Counters.Connections.SocketCreated();
         }
 
-        reusable?.OnAccepted();
+        if (reusable is not null)
+        {
+            reusable.OnAccepted();
+            reusable.LastRemoteEndPoint = endpoint;
+        }
+
         var connection = (forStream ? route.StreamConnections : route.Connections).Rent();
         ((SocketConnectionIo)connection.Io).Attach(socket, reusable);
         connection.Attach();
@@ -279,6 +310,19 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _streamConnectionOptions, _memoryPool, Counters.Connections, _logger);
         }
     }
+
+    /// <summary>
+    /// For tests: connects that took a recycled socket whose last connection went to the same endpoint,
+    /// so that (where the socket kept its local port) it went out on the 4-tuple the server held in TIME_WAIT.
+    /// </summary>
+    internal long RecycledOntoLastRemoteForTests => Interlocked.Read(ref _recycledOntoLastRemote);
+
+    /// <summary>
+    /// For tests: asked before each connect on a recycled socket; an exception it returns is that
+    /// connect's failure, as the platform would report it (a refusal the server sends a recycled socket's
+    /// SYN, say). Null in production.
+    /// </summary>
+    internal Func<Socket, Exception?>? RecycledConnectFaultForTests { get; set; }
 
     /// <summary>For tests: the pool of IPv4 sockets, where a fault only the platform could make is put.</summary>
     internal SocketPool IPv4PoolForTests => Route(0, IPv4).Pool;

@@ -8,6 +8,7 @@ public sealed class WinsockOutboundCounters
 {
     private long _connects;
     private long _connectFailures;
+    private long _recycledConnectRetries;
 
     private readonly Func<string> _reuseStatus;
 
@@ -75,10 +76,18 @@ public sealed class WinsockOutboundCounters
     /// <summary>Connects on recycled sockets that failed as if the socket had not been recycled; each went on with another socket.</summary>
     public long RecycledConnectFailures => Connections.RecycledAcceptFailures;
 
+    /// <summary>
+    /// Connects on recycled sockets that failed for any other reason than the cancellation (refused, timed
+    /// out, unreachable), each tried once more on a new socket; the caller sees only how that one went.
+    /// </summary>
+    public long RecycledConnectRetries => Volatile.Read(ref _recycledConnectRetries);
+
     /// <summary>For each address family connected to so far (IPv4, IPv6): whether its sockets are recycled, and why.</summary>
     public string ReuseStatus => _reuseStatus();
 
     internal void Connected() => Interlocked.Increment(ref _connects);
 
     internal void ConnectFailed() => Interlocked.Increment(ref _connectFailures);
+
+    internal void RecycledConnectRetried() => Interlocked.Increment(ref _recycledConnectRetries);
 }

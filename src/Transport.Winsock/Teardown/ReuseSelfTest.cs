@@ -22,6 +22,17 @@ internal static class ReuseSelfTest
 {
     internal static readonly TimeSpan Timeout = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// The longest the outbound test's second connect (the recycled socket's) may take: 1 s. On loopback
+    /// a connect takes well under a millisecond; one whose SYN the server dropped, as a stack may drop a SYN
+    /// for a 4-tuple it holds in TIME_WAIT from a client without TCP timestamps, completes only after the
+    /// retransmit, one initial RTO later (1 s on Linux and on current Windows). Such a connect would pass
+    /// within <see cref="Timeout"/>, and every churning connect after it would stall as long, so it fails
+    /// the test instead. A loaded machine that is slow to run the continuation can cross it too; that only
+    /// leaves reuse off.
+    /// </summary>
+    internal static readonly TimeSpan SecondConnectStall = TimeSpan.FromSeconds(1);
+
     private static readonly Lock s_lock = new();
     private static readonly Dictionary<ListenerKind, Task<Verdict>> s_verdicts = [];
     private static readonly Dictionary<ListenerKind, Task<Verdict>> s_connectVerdicts = [];
@@ -75,7 +86,8 @@ internal static class ReuseSelfTest
     /// connects again to the same server and moves bytes both ways again. The second connect is the one a
     /// churning client makes: if the recycled socket kept its local port, it goes out on the 4-tuple the
     /// server holds in TIME_WAIT, which the server's stack must take a new SYN on; the verdict's detail
-    /// says which it was.
+    /// says which it was. That connect is timed as well: one that takes <see cref="SecondConnectStall"/> or
+    /// more passed only after a SYN retransmit, and fails the test.
     /// </summary>
     public static Task<Verdict> RunConnectOnceAsync(ListenerKind kind)
     {
@@ -91,7 +103,15 @@ internal static class ReuseSelfTest
         }
     }
 
-    private static async Task<Verdict> RunConnectAsync(ListenerKind kind)
+    /// <summary>
+    /// For tests: the outbound test with <paramref name="secondConnectDelay"/> put into the recycled
+    /// socket's connect (what a dropped SYN and its retransmit cost), carried on past the emulation check so
+    /// that it reaches that connect where .NET only emulates reuse (Linux). Never run in production.
+    /// </summary>
+    internal static Task<Verdict> RunConnectWithDelayForTestsAsync(ListenerKind kind, TimeSpan secondConnectDelay)
+        => RunConnectAsync(kind, secondConnectDelay);
+
+    private static async Task<Verdict> RunConnectAsync(ListenerKind kind, TimeSpan? secondConnectDelayForTests = null)
     {
         var step = "setting up a loopback listener";
         using var listener = new Socket(kind.Family, SocketType.Stream, ProtocolType.Tcp);
@@ -113,9 +133,20 @@ internal static class ReuseSelfTest
             {
                 step = round == 1 ? "connecting a new socket" : "connecting the recycled socket";
                 var acceptTask = listener.AcceptAsync();
-                await Within(socket.ConnectAsync(target), deadline).ConfigureAwait(false);
+                var started = System.Diagnostics.Stopwatch.GetTimestamp();
+                var connect = round == 2 && secondConnectDelayForTests is { } delay
+                    ? DelayedConnectAsync(socket, target, delay)
+                    : socket.ConnectAsync(target);
+                await Within(connect, deadline).ConfigureAwait(false);
+                var took = System.Diagnostics.Stopwatch.GetElapsedTime(started);
                 await Within(acceptTask, deadline).ConfigureAwait(false);
                 using var server = acceptTask.Result;
+                if (round == 2 && took >= SecondConnectStall)
+                {
+                    // Within the budget, but a stall: each churning connect would wait as long.
+                    return new(kind, $"the outbound reuse self-test ({kind.OutboundName}) failed: connecting the recycled socket took {took.TotalMilliseconds:0} ms, a stall of {SecondConnectStall.TotalSeconds:0} s or more on loopback (what a SYN the server dropped and the retransmit cost)");
+                }
+
                 ports[round - 1] = ((IPEndPoint)server.RemoteEndPoint!).Port;
 
                 step = round == 1 ? "sending on a new socket" : "sending on the recycled socket";
@@ -137,7 +168,7 @@ internal static class ReuseSelfTest
                     step = "the reuse disconnect (DisconnectEx with TF_REUSE_SOCKET)";
                     handle = socket.Handle;
                     await Within(disconnector.DisconnectAsync(socket).AsTask(), deadline).ConfigureAwait(false);
-                    if (socket.Handle != handle)
+                    if (socket.Handle != handle && secondConnectDelayForTests is null)
                     {
                         return new(kind, $"the runtime emulates socket reuse here (a reuse disconnect of an outbound {kind.OutboundName} socket gave it a new handle), so reuse would add system calls and save none", Emulated: true);
                     }
@@ -233,6 +264,12 @@ internal static class ReuseSelfTest
         {
             return new(kind, $"the reuse self-test ({kind}) failed: {step} failed: {ex.Message}");
         }
+    }
+
+    private static async Task DelayedConnectAsync(Socket socket, IPEndPoint target, TimeSpan delay)
+    {
+        await Task.Delay(delay).ConfigureAwait(false);
+        await socket.ConnectAsync(target).ConfigureAwait(false);
     }
 
     private static async Task Within(Task operation, Task deadline)

@@ -57,6 +57,13 @@ internal sealed class SocketRecycler : IDisposable
         _onDisconnectExpired = state => OnDisconnectExpired((ReusableSocket)state);
     }
 
+    /// <summary>
+    /// For tests: called with each socket just before its reuse disconnect starts, so a test can make the
+    /// disconnect throw what the platform would only throw after a fault (an InvalidOperationException
+    /// from .NET, say). Null in production.
+    /// </summary>
+    internal Action<ReusableSocket>? DisconnectFaultForTests { get; set; }
+
     /// <summary>Whether sockets are recycled at all; false from the start, or after a fallback.</summary>
     public bool IsActive => _active;
 
@@ -105,8 +112,10 @@ internal sealed class SocketRecycler : IDisposable
     {
         socket.DisconnectStarted = System.Diagnostics.Stopwatch.GetTimestamp();
         var error = SocketError.Success;
+        Exception? unexpected = null;
         try
         {
+            DisconnectFaultForTests?.Invoke(socket);
             var disconnect = socket.Disconnector.DisconnectAsync(socket.Socket);
             if (!disconnect.IsCompleted)
             {
@@ -126,6 +135,14 @@ internal sealed class SocketRecycler : IDisposable
         {
             error = SocketError.OperationAborted;
         }
+        catch (Exception ex)
+        {
+            // Anything else (.NET refusing the socket with an InvalidOperationException, say) ends this
+            // socket's recycle the same way: left uncaught, it would end this task with the socket still in
+            // the pending set, open, holding a slot of MaxPendingDisconnects for good.
+            error = SocketError.SocketError;
+            unexpected = ex;
+        }
 
         if (!socket.Deadline.TryDisarm() || !Release(socket))
         {
@@ -139,9 +156,17 @@ internal sealed class SocketRecycler : IDisposable
         if (error != SocketError.Success)
         {
             _counters.DisconnectFailure();
-            _logger.DisconnectFailed(error);
+            if (unexpected is null)
+            {
+                _logger.DisconnectFailed(error);
+            }
+            else
+            {
+                _logger.DisconnectThrew(unexpected);
+            }
+
             socket.Dispose();
-            OnFailure(error.ToString());
+            OnFailure(unexpected is null ? error.ToString() : $"{unexpected.GetType().Name}: {unexpected.Message}");
             return;
         }
 

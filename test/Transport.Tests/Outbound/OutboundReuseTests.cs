@@ -23,7 +23,11 @@ public sealed class OutboundReuseTests
     [Fact]
     public async Task With_forced_reuse_the_sockets_of_connections_the_server_closed_first_connect_again()
     {
+        // Two servers, the requests taking them in turn: a socket is never recycled for the server its last
+        // connection went to (that would be the 4-tuple the server holds in TIME_WAIT), so against one alone
+        // nothing would be.
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        await using var other = await SampleServer.StartAsync(TransportKind.Sockets);
         await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions
         {
             ReuseSockets = true,
@@ -31,7 +35,7 @@ public sealed class OutboundReuseTests
             DisconnectTimeout = TimeSpan.FromMilliseconds(WinePlatform.IsWine ? 200 : 2000),
         });
 
-        await ChurnAsync(server, factory, Requests, concurrency: 4);
+        await ChurnAsync([server, other], factory, Requests, concurrency: 4);
 
         var c = factory.Counters;
         Assert.True(await Eventually.TrueAsync(() => c.GracefulCloses == Requests && c.PendingDisconnects == 0, TimeSpan.FromSeconds(20)), Describe(c));
@@ -40,6 +44,7 @@ public sealed class OutboundReuseTests
         Assert.Equal(Requests, c.SocketsCreated + c.SocketsReused);
         Assert.Equal(Requests, c.PeerClosedFirst);
         Assert.Equal(0, c.RecycledConnectFailures);
+        Assert.Equal(0, factory.RecycledOntoLastRemoteForTests);
         // HttpClient passes a DnsEndPoint; the factory resolves it (here to 127.0.0.1) and connects IPv4 sockets.
         Assert.Equal("IPv4: on: forced by ReuseSockets = true", c.ReuseStatus);
         // Every one of them was a passive close, so every socket went to a reuse disconnect.
@@ -62,15 +67,17 @@ public sealed class OutboundReuseTests
     [Fact]
     public async Task A_recycled_socket_carries_bytes_both_ways_intact_on_its_next_connection()
     {
+        // Two servers in turn: each connect finds the socket of the one before, last used for the other server.
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
+        await using var other = await SampleServer.StartAsync(TransportKind.Sockets);
         await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true, DeferFinTimeout = TimeSpan.FromSeconds(2) });
-        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress };
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
         client.DefaultRequestHeaders.ConnectionClose = true;
         for (var i = 0; i < 20; i++)
         {
             var body = new byte[64 * 1024 + i];
             Random.Shared.NextBytes(body);
-            using var response = await client.PostAsync("/echo", new ByteArrayContent(body), TestContext.Current.CancellationToken);
+            using var response = await client.PostAsync(new Uri((i % 2 == 0 ? server : other).BaseAddress, "/echo"), new ByteArrayContent(body), TestContext.Current.CancellationToken);
             response.EnsureSuccessStatusCode();
             Assert.Equal(body, await response.Content.ReadAsByteArrayAsync(TestContext.Current.CancellationToken));
             // One at a time, each waiting for the last one's socket, so every connect after the first can be a recycled one.
@@ -209,16 +216,22 @@ public sealed class OutboundReuseTests
         return response[(response.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
     }
 
-    private static async Task ChurnAsync(SampleServer server, WinsockOutboundConnectionFactory factory, int requests, int concurrency)
+    private static Task ChurnAsync(SampleServer server, WinsockOutboundConnectionFactory factory, int requests, int concurrency)
+        => ChurnAsync([server], factory, requests, concurrency);
+
+    /// <summary><paramref name="requests"/> requests, <paramref name="concurrency"/> at a time, each to the next of <paramref name="servers"/> in turn.</summary>
+    private static async Task ChurnAsync(SampleServer[] servers, WinsockOutboundConnectionFactory factory, int requests, int concurrency)
     {
-        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress };
+        using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
         client.DefaultRequestHeaders.ConnectionClose = true;
         var next = 0;
         await Task.WhenAll(Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
         {
-            while (Interlocked.Increment(ref next) <= requests)
+            int request;
+            while ((request = Interlocked.Increment(ref next)) <= requests)
             {
-                Assert.Equal("Hello, World!", await client.GetStringAsync("/plaintext", TestContext.Current.CancellationToken));
+                var uri = new Uri(servers[request % servers.Length].BaseAddress, "/plaintext");
+                Assert.Equal("Hello, World!", await client.GetStringAsync(uri, TestContext.Current.CancellationToken));
             }
         })));
     }
@@ -226,5 +239,5 @@ public sealed class OutboundReuseTests
     private static string Describe(WinsockOutboundCounters c)
         => $"connects={c.Connects} connectFailures={c.ConnectFailures} created={c.SocketsCreated} reused={c.SocketsReused} pooled={c.PooledSockets} " +
            $"reuseDisconnects={c.ReuseDisconnects} pending={c.PendingDisconnects} disconnectFailures={c.DisconnectFailures} disconnectTimeouts={c.DisconnectTimeouts} " +
-           $"recycledConnectFailures={c.RecycledConnectFailures} graceful={c.GracefulCloses} timeWaitCloses={c.TimeWaitCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
+           $"recycledConnectFailures={c.RecycledConnectFailures} recycledConnectRetries={c.RecycledConnectRetries} graceful={c.GracefulCloses} timeWaitCloses={c.TimeWaitCloses} peerClosedFirst={c.PeerClosedFirst} status='{c.ReuseStatus}'";
 }

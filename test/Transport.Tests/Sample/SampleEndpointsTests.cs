@@ -97,6 +97,7 @@ public sealed class SampleEndpointsTests
         Assert.False(json.RootElement.TryGetProperty("counters", out _));
         // The outbound side is the sample's on either transport.
         Assert.Equal(JsonValueKind.Number, json.RootElement.GetProperty("outbound").GetProperty("timeWaitCloses").ValueKind);
+        Assert.Equal(JsonValueKind.Number, json.RootElement.GetProperty("outbound").GetProperty("recycledConnectRetries").ValueKind);
         // So is the process object, which build/bench.sh reads (the idle phase: the GC heap per held connection).
         var process = json.RootElement.GetProperty("process");
         Assert.True(process.GetProperty("gcHeapBytes").GetInt64() > 0);

@@ -193,6 +193,38 @@ public sealed class SocketRecyclerTests
         socket.Dispose();
     }
 
+    [Fact]
+    public async Task A_disconnect_that_throws_something_unexpected_closes_the_socket_counts_it_and_frees_its_slot()
+    {
+        // Both sides' recyclers are this class: the listener's and the outbound factory's.
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 4, counters);
+        using var recycler = CreateRecycler(pool, counters, maxPending: 1);
+        var socket = await ConnectedAndClosedBothWaysAsync();
+        recycler.DisconnectFaultForTests = s =>
+        {
+            if (ReferenceEquals(s, socket))
+            {
+                throw new InvalidOperationException("a fault only the platform could make");
+            }
+        };
+
+        recycler.Recycle(socket);
+
+        await PollAsync(() => counters.DisconnectFailures == 1 ? "failed" : null);
+        Assert.Equal(0, counters.PendingDisconnects);
+        Assert.Throws<ObjectDisposedException>(() => socket.Socket.Available);
+        Assert.Null(pool.TryRent());
+
+        // The one pending slot is free again: the next socket goes to its disconnect, not straight to a close.
+        recycler.DisconnectFaultForTests = null;
+        var next = await ConnectedAndClosedBothWaysAsync();
+        recycler.Recycle(next);
+        Assert.Equal(2, counters.ReuseDisconnects);
+        await PollAsync(() => counters.PendingDisconnects == 0 ? "done" : null);
+        next.Dispose();
+    }
+
     private static SocketRecycler CreateRecycler(SocketPool pool, WinsockTransportCounters counters, ReuseDecision? decision = null, int maxPending = 4)
         => new(
             pool,

@@ -46,13 +46,17 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
         return _socket;
     }
 
+    /// <summary>
+    /// The local endpoint is asked of the socket for each connection (<see cref="SocketNames"/>): .NET's
+    /// cached one can be a recycled socket's previous connection's.
+    /// </summary>
     private EndPoint? TryGetEndPoint(bool local)
     {
         try
         {
-            return local ? _socket.LocalEndPoint : _socket.RemoteEndPoint;
+            return local ? SocketNames.LocalEndPoint(_socket) : _socket.RemoteEndPoint;
         }
-        catch (SocketException)
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
             return null;
         }
