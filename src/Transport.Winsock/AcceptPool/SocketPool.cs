@@ -85,6 +85,23 @@ internal sealed class SocketPool : IDisposable
         return true;
     }
 
+    /// <summary>Closes every pooled socket, and goes on taking sockets back (reuse went off, and may come back).</summary>
+    public void Clear()
+    {
+        ReusableSocket[] sockets;
+        lock (_lock)
+        {
+            sockets = [.. _sockets];
+            _sockets.Clear();
+        }
+
+        _counters.PooledSocketsChanged(-sockets.Length);
+        foreach (var socket in sockets)
+        {
+            socket.Dispose();
+        }
+    }
+
     public void Dispose()
     {
         ReusableSocket[] sockets;

@@ -27,6 +27,8 @@ public sealed class WinsockTransportCounters
     private long _listenersPaused;
     private int _reuseActive;
     private string _reuseStatus = "not listening yet";
+    // Where reuse can change at run time (a fallback, a retest), the recycler holds it, and is read here.
+    private Teardown.SocketRecycler? _recycler;
     private int _engine = (int)WinsockEngine.Auto;
     private string _engineStatus = "not listening yet";
 
@@ -102,10 +104,10 @@ public sealed class WinsockTransportCounters
     public long ListenersPaused => Volatile.Read(ref _listenersPaused);
 
     /// <summary>Whether the most recently started listener recycles sockets.</summary>
-    public bool ReuseActive => Volatile.Read(ref _reuseActive) != 0;
+    public bool ReuseActive => Volatile.Read(ref _recycler) is { } recycler ? recycler.IsActive : Volatile.Read(ref _reuseActive) != 0;
 
     /// <summary>Why socket reuse is on or off (the option, the self-test's verdict, or a run-time fallback).</summary>
-    public string ReuseStatus => Volatile.Read(ref _reuseStatus);
+    public string ReuseStatus => Volatile.Read(ref _recycler) is { } recycler ? recycler.Status : Volatile.Read(ref _reuseStatus);
 
     /// <summary>The I/O engine of the most recently started listener (<see cref="WinsockEngine.Auto"/> before any).</summary>
     public WinsockEngine Engine => (WinsockEngine)Volatile.Read(ref _engine);
@@ -155,9 +157,14 @@ public sealed class WinsockTransportCounters
         Volatile.Write(ref _engine, (int)engine);
     }
 
+    /// <summary>A decision that cannot change while the listener runs (the io_uring engine never recycles).</summary>
     internal void SetReuse(bool active, string status)
     {
         Volatile.Write(ref _reuseStatus, status);
         Volatile.Write(ref _reuseActive, active ? 1 : 0);
+        Volatile.Write(ref _recycler, null);
     }
+
+    /// <summary>The listener's recycler, which holds its reuse status and changes it on a fallback or a retest.</summary>
+    internal void TrackReuse(Teardown.SocketRecycler recycler) => Volatile.Write(ref _recycler, recycler);
 }

@@ -52,8 +52,8 @@ internal static partial class WinsockTransportLog
     [LoggerMessage(14, LogLevel.Warning, "Socket reuse is off for {EndPoint}: {Reason}. Connections get fresh sockets and still end with a graceful close.", EventName = "ReuseOff")]
     public static partial void ReuseOff(this ILogger logger, EndPoint? endPoint, string reason);
 
-    [LoggerMessage(15, LogLevel.Warning, "Socket reuse turned off for {Sockets} after {Failures} failed recycles in a row; the last one: {LastFailure}.", EventName = "ReuseFallback")]
-    public static partial void ReuseFallback(this ILogger logger, object sockets, int failures, string lastFailure);
+    [LoggerMessage(15, LogLevel.Warning, "Socket reuse turned off for {Sockets}: {Failures} of the last {Window} recycles failed; the last one: {LastFailure}. The reuse self-test runs again later.", EventName = "ReuseFallback")]
+    public static partial void ReuseFallback(this ILogger logger, object sockets, int failures, int window, string lastFailure);
 
     [LoggerMessage(16, LogLevel.Debug, "Connection id \"{ConnectionId}\": the peer did not close within the deferred FIN timeout; sending FIN first.", EventName = "DeferFinTimedOut")]
     public static partial void DeferFinTimedOut(this ILogger logger, string connectionId);
@@ -108,4 +108,7 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(33, LogLevel.Debug, "An outbound connect on a recycled socket failed ({Failure}); the socket was closed and the connect is tried once more on a new socket.", EventName = "RecycledConnectRetried")]
     public static partial void RecycledConnectRetried(this ILogger logger, string failure);
+
+    [LoggerMessage(34, LogLevel.Information, "Socket reuse is on again for {Sockets}: {Status}.", EventName = "ReuseRestored")]
+    public static partial void ReuseRestored(this ILogger logger, object sockets, string status);
 }

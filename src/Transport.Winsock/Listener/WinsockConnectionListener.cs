@@ -80,7 +80,15 @@ internal sealed class WinsockConnectionListener : IConnectionListener
 
     public void Start()
     {
-        _counters.SetReuse(_reuse.Active, _reuse.Reason);
+        if (_engine is SocketsListenerEngine sockets)
+        {
+            // The recycler holds the status from now on: a fallback or a retest changes it there.
+            _counters.TrackReuse(sockets.Recycler);
+        }
+        else
+        {
+            _counters.SetReuse(_reuse.Active, _reuse.Reason);
+        }
         if (_reuse.Emulated)
         {
             _logger.ReuseNotNative(EndPoint, _reuse.Reason);

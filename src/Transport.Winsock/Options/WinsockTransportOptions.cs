@@ -132,7 +132,8 @@ public sealed class WinsockTransportOptions
     /// DisconnectEx and runs a one-off loopback self-test of accept, disconnect with reuse and accept
     /// again; it reuses only if both pass and the accept kept the given socket's handle (where the runtime
     /// only emulates reuse, as .NET does on Linux, reuse would cost system calls and save none), and turns
-    /// reuse off later if 10 recycles in a row fail. <see langword="true"/> forces reuse on (no self-test,
+    /// reuse off later if 10 of the last 20 recycles fail, until a self-test run again (after 30 s, then
+    /// with a back-off) passes. <see langword="true"/> forces reuse on (no self-test,
     /// no fallback); <see langword="false"/> turns it off: every connection gets the socket its accept made,
     /// still ends with a graceful half-close, and is closed.
     /// </summary>

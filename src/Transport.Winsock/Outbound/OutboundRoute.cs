@@ -41,7 +41,9 @@ internal sealed class OutboundRoute : IDisposable
         var initial = deciding.IsCompletedSuccessfully
             ? deciding.Result
             : new ReuseDecision(false, true, $"pending: the outbound reuse self-test ({kind.OutboundName}) is running");
-        Recycler = new SocketRecycler(Pool, connectionOptions, initial, $"outbound {kind.OutboundName} sockets", counters, logger);
+        Recycler = new SocketRecycler(
+            Pool, connectionOptions, initial, $"outbound {kind.OutboundName} sockets", counters, logger,
+            options.ReuseSockets is null && options.MaxPooledSockets > 0 ? () => ReuseDecision.RetestOutboundAsync(kind) : null);
         // No server's timeouts abort a client's connection: a disposed one whose output a stalled server
         // never reads is aborted after the drain's time.
         Connections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, connectionOptions, () => new SocketConnectionIo(Recycler, inlineContinuations: false), counters, logger)

@@ -10,6 +10,30 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
     public bool Emulated { get; init; }
 
     /// <summary>
+    /// Off by a self-test that failed on a platform that has reuse (a timeout under load, say): a verdict
+    /// that may change, so the recycler runs the test again later.
+    /// </summary>
+    public bool Retestable { get; init; }
+
+    /// <summary>The listener's decision again, with a self-test run afresh (the recycler's retest after a fallback).</summary>
+    public static async Task<ReuseDecision> RetestAsync(ReuseSelfTest.ListenerKind kind)
+    {
+        var verdict = await ReuseSelfTest.RunAgainAsync(kind).ConfigureAwait(false);
+        return verdict.Refusal is null
+            ? new(true, true, $"on: the reuse self-test ({verdict.Kind}) passed")
+            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated, Retestable = !verdict.Emulated };
+    }
+
+    /// <summary>The outbound decision again, with its self-test run afresh.</summary>
+    public static async Task<ReuseDecision> RetestOutboundAsync(ReuseSelfTest.ListenerKind kind)
+    {
+        var verdict = await ReuseSelfTest.RunConnectAgainAsync(kind).ConfigureAwait(false);
+        return verdict.Refusal is null
+            ? new(true, true, $"on: the outbound reuse self-test ({kind.OutboundName}) passed; {verdict.Detail}")
+            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated, Retestable = !verdict.Emulated };
+    }
+
+    /// <summary>
     /// For the io_uring engine, which never recycles: the options' own reason when they turn reuse off,
     /// else the engine's.
     /// </summary>
@@ -44,7 +68,7 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
         var verdict = await ReuseSelfTest.RunConnectOnceAsync(kind).ConfigureAwait(false);
         return verdict.Refusal is null
             ? new(true, true, $"on: the outbound reuse self-test ({kind.OutboundName}) passed; {verdict.Detail}")
-            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
+            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated, Retestable = !verdict.Emulated };
     }
 
     /// <summary>
@@ -66,7 +90,7 @@ internal sealed record ReuseDecision(bool Active, bool Automatic, string Reason)
         var verdict = await ReuseSelfTest.RunOnceAsync(ReuseSelfTest.ListenerKind.Of(listenSocket)).ConfigureAwait(false);
         return verdict.Refusal is null
             ? new(true, true, $"on: the reuse self-test ({verdict.Kind}) passed")
-            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated };
+            : new(false, true, $"off: {verdict.Refusal}") { Emulated = verdict.Emulated, Retestable = !verdict.Emulated };
     }
 
     /// <summary>The decision the options make by themselves, or null when it is left to the platform.</summary>

@@ -80,6 +80,28 @@ internal static class ReuseSelfTest
         }
     }
 
+    /// <summary>A fresh run of the listener's test for this kind, whose verdict replaces the one kept for the process.</summary>
+    public static Task<Verdict> RunAgainAsync(ListenerKind kind)
+    {
+        lock (s_lock)
+        {
+            var verdict = Task.Run(() => RunAsync(kind));
+            s_verdicts[kind] = verdict;
+            return verdict;
+        }
+    }
+
+    /// <summary>A fresh run of the outbound test for this family, whose verdict replaces the one kept for the process.</summary>
+    public static Task<Verdict> RunConnectAgainAsync(ListenerKind kind)
+    {
+        lock (s_lock)
+        {
+            var verdict = Task.Run(() => RunConnectAsync(kind));
+            s_connectVerdicts[kind] = verdict;
+            return verdict;
+        }
+    }
+
     /// <summary>
     /// The outbound side's verdict for sockets of this family, from the one run of its test: the same socket connects, moves bytes both ways, is closed
     /// by the server first (the only close after which it is recycled), is disconnected with reuse, and

@@ -11,15 +11,25 @@ namespace Transport.Winsock.Teardown;
 /// (DisconnectEx with TF_REUSE_SOCKET on Windows), bounded in time and in number, then back to the pool.
 /// Sockets of active closes never come here: they are in TIME_WAIT, which a reuse disconnect would wait
 /// out. Runs detached from the connection, so a slow disconnect never holds a connection, a thread or the
-/// pool; one that fails or times out only costs its socket. When reuse was decided automatically, a burst
-/// of real recycle failures in a row turns it off for the listener and closes the pooled sockets, as
-/// Apache httpd gives up AcceptEx reuse after repeated faults. The failures that count: a reuse disconnect
-/// that fails, one that does not finish in time, and an accept into a recycled socket that fails as if the
-/// socket had not been recycled (WSAEINVAL, WSAENOTSOCK). A recycled socket accepted into is a success.
+/// pool; one that fails or times out only costs its socket. When reuse was decided automatically, a run
+/// of real recycle failures (<see cref="FailuresBeforeFallback"/> of the last <see cref="FallbackWindow"/>
+/// recycles) turns it off and closes the pooled sockets, as Apache httpd gives up AcceptEx reuse after
+/// repeated faults. The failures that count: a reuse disconnect that fails, one that does not finish in
+/// time, and an accept or connect into a recycled socket that fails as if the socket had not been
+/// recycled (WSAEINVAL, WSAENOTSOCK). A disconnect that fails with a reset (the peer reset after our FIN)
+/// is that connection's, not the platform's, and does not count. A recycled socket accepted or connected
+/// into is a success. Off after a fallback, or after a self-test that failed (a timeout under startup
+/// load, say), reuse is tried again: the self-test runs again after <see cref="FirstRetest"/>, then after
+/// twice as long each time it fails, up to <see cref="MaxRetest"/>, and reuse comes back when it passes.
+/// This recycler is where the reuse status lives: the counters and /stats read it from here.
 /// </summary>
 internal sealed class SocketRecycler : IDisposable
 {
     internal const int FailuresBeforeFallback = 10;
+    internal const int FallbackWindow = 20;
+    internal static readonly TimeSpan FirstRetest = TimeSpan.FromSeconds(30);
+    internal static readonly TimeSpan MaxRetest = TimeSpan.FromMinutes(30);
+    private const ulong WindowMask = (1UL << FallbackWindow) - 1;
 
     private readonly SocketPool _pool;
     private readonly TimeSpan _disconnectTimeout;
@@ -34,7 +44,11 @@ internal sealed class SocketRecycler : IDisposable
     private volatile bool _active;
     private volatile string _status;
     private bool _fellBack;
-    private int _failuresInARow;
+    // The last recycles' outcomes, the newest in bit 0: 1 for a failure.
+    private ulong _outcomes;
+    private readonly Func<Task<ReuseDecision>>? _retest;
+    private TimeSpan _retestDelay;
+    private Timer? _retestTimer;
     private bool _disposed;
 
     public SocketRecycler(
@@ -43,9 +57,13 @@ internal sealed class SocketRecycler : IDisposable
         ReuseDecision decision,
         object subject,
         WinsockTransportCounters counters,
-        ILogger logger)
+        ILogger logger,
+        Func<Task<ReuseDecision>>? retest = null,
+        TimeSpan? firstRetest = null)
     {
         _pool = pool;
+        _retest = retest;
+        _retestDelay = firstRetest ?? FirstRetest;
         _disconnectTimeout = options.DisconnectTimeout;
         _maxPending = options.MaxPendingDisconnects;
         _active = decision.Active;
@@ -55,6 +73,8 @@ internal sealed class SocketRecycler : IDisposable
         _counters = counters;
         _logger = logger;
         _onDisconnectExpired = state => OnDisconnectExpired((ReusableSocket)state);
+        counters.TrackReuse(this);
+        ScheduleRetestIfOff(decision);
     }
 
     /// <summary>
@@ -87,6 +107,8 @@ internal sealed class SocketRecycler : IDisposable
             _status = decision.Reason;
             _active = decision.Active;
         }
+
+        ScheduleRetestIfOff(decision);
     }
 
     /// <summary>Takes ownership of a cleanly finished connection's socket: it ends up pooled or closed.</summary>
@@ -166,12 +188,16 @@ internal sealed class SocketRecycler : IDisposable
             }
 
             socket.Dispose();
-            OnFailure(unexpected is null ? error.ToString() : $"{unexpected.GetType().Name}: {unexpected.Message}");
+            if (!IsConnectionsOwn(error))
+            {
+                OnFailure(unexpected is null ? error.ToString() : $"{unexpected.GetType().Name}: {unexpected.Message}");
+            }
+
             return;
         }
 
-        // Not a success yet: that is the accept into it (OnRecycledAccept).
-        if (!_pool.TryReturn(socket))
+        // Not a success yet: that is the accept into it (OnRecycledAccept). Reuse may have gone off meanwhile.
+        if (!_active || !_pool.TryReturn(socket))
         {
             socket.Dispose();
         }
@@ -193,13 +219,34 @@ internal sealed class SocketRecycler : IDisposable
         OnFailure($"no completion within {_disconnectTimeout.TotalMilliseconds:0} ms");
     }
 
-    /// <summary>An accept into a socket from the pool succeeded: the whole recycle worked.</summary>
+    /// <summary>
+    /// A disconnect that failed because the peer reset the connection (after our FIN: a client that sent
+    /// its request and closed at once) says nothing of the platform's reuse.
+    /// </summary>
+    internal static bool IsConnectionsOwn(SocketError error)
+        => error is SocketError.ConnectionReset or SocketError.ConnectionAborted or SocketError.NetworkReset or SocketError.Shutdown;
+
+    /// <summary>An accept (or connect) into a socket from the pool succeeded: the whole recycle worked.</summary>
     public void OnRecycledAccept()
     {
-        if (Volatile.Read(ref _failuresInARow) != 0)
+        // Most often every recent outcome was a success already: then there is nothing to write.
+        if ((Volatile.Read(ref _outcomes) & WindowMask) != 0)
         {
-            Interlocked.Exchange(ref _failuresInARow, 0);
+            Record(failure: false);
         }
+    }
+
+    /// <summary>Adds an outcome to the window; returns the failures among the last <see cref="FallbackWindow"/>.</summary>
+    private int Record(bool failure)
+    {
+        ulong old, now;
+        do
+        {
+            old = Volatile.Read(ref _outcomes);
+            now = (old << 1) | (failure ? 1UL : 0UL);
+        }
+        while (Interlocked.CompareExchange(ref _outcomes, now, old) != old);
+        return System.Numerics.BitOperations.PopCount(now & WindowMask);
     }
 
     /// <summary>
@@ -214,25 +261,116 @@ internal sealed class SocketRecycler : IDisposable
 
     private void OnFailure(string failure)
     {
-        // Once off, reuse stays off: failures of sockets still on their way (a pending disconnect, a
-        // posted accept into a recycled socket) change nothing.
-        if (!_canFallBack || !_active || Interlocked.Increment(ref _failuresInARow) != FailuresBeforeFallback)
+        // Once off, failures of sockets still on their way (a pending disconnect, a posted accept into a
+        // recycled socket) change nothing.
+        if (!_canFallBack || !_active)
+        {
+            return;
+        }
+
+        var failures = Record(failure: true);
+        if (failures < FailuresBeforeFallback)
+        {
+            return;
+        }
+
+        TimeSpan retestIn;
+        lock (_lock)
+        {
+            if (_fellBack || _disposed || !_active)
+            {
+                return;
+            }
+
+            _fellBack = true;
+            _active = false;
+            retestIn = _retestDelay;
+            _status = $"off: {failures} of the last {FallbackWindow} recycles failed (the last: {failure})"
+                + (_retest is null ? "" : $"; the self-test runs again in {retestIn.TotalSeconds:0} s");
+        }
+
+        _logger.ReuseFallback(_subject, failures, FallbackWindow, failure);
+        // Nothing will be accepted into them any more: close them now, not when the listener goes. A
+        // disconnect still pending closes its socket when it ends, as reuse is off by then.
+        _pool.Clear();
+        ScheduleRetest();
+    }
+
+    /// <summary>Off by a self-test's verdict that may change (not the platform's emulation, not a missing DisconnectEx): test again later.</summary>
+    private void ScheduleRetestIfOff(ReuseDecision decision)
+    {
+        if (!decision.Active && decision.Retestable)
+        {
+            ScheduleRetest();
+        }
+    }
+
+    private void ScheduleRetest()
+    {
+        if (_retest is null)
         {
             return;
         }
 
         lock (_lock)
         {
-            _fellBack = true;
+            if (_disposed || _retestTimer is not null)
+            {
+                return;
+            }
+
+            using (ExecutionContext.SuppressFlow())
+            {
+                _retestTimer = new Timer(static state => _ = ((SocketRecycler)state!).RetestAsync(), this, _retestDelay, Timeout.InfiniteTimeSpan);
+            }
+        }
+    }
+
+    private async Task RetestAsync()
+    {
+        ReuseDecision decision;
+        try
+        {
+            decision = await _retest!().ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            decision = new ReuseDecision(false, true, $"off: the reuse self-test threw {ex.GetType().Name}: {ex.Message}") { Retestable = true };
         }
 
-        _active = false;
-        _status = $"off: {FailuresBeforeFallback} recycles in a row failed (the last: {failure})";
-        _counters.SetReuse(false, _status);
-        _logger.ReuseFallback(_subject, FailuresBeforeFallback, failure);
-        // Nothing will be accepted into them any more: close them now, not when the listener goes. A
-        // disposed pool takes nothing back, so a disconnect still pending closes its socket when it ends.
-        _pool.Dispose();
+        lock (_lock)
+        {
+            _retestTimer?.Dispose();
+            _retestTimer = null;
+            if (_disposed)
+            {
+                return;
+            }
+
+            var after = _retestDelay;
+            _retestDelay = TimeSpan.FromTicks(Math.Min(_retestDelay.Ticks * 2, MaxRetest.Ticks));
+            if (decision.Active)
+            {
+                _fellBack = false;
+                Volatile.Write(ref _outcomes, 0);
+                _canFallBack = decision.Automatic;
+                _status = $"{decision.Reason} (again, {after.TotalSeconds:0} s after reuse went off)";
+                _active = true;
+            }
+            else
+            {
+                _status = $"{decision.Reason}; the self-test runs again in {_retestDelay.TotalSeconds:0} s";
+            }
+        }
+
+        if (decision.Active)
+        {
+            _logger.ReuseRestored(_subject, _status);
+        }
+        else if (decision.Retestable)
+        {
+            ScheduleRetest();
+        }
     }
 
     private bool Release(ReusableSocket socket)
@@ -258,6 +396,8 @@ internal sealed class SocketRecycler : IDisposable
             _disposed = true;
             pending = [.. _pending];
             _pending.Clear();
+            _retestTimer?.Dispose();
+            _retestTimer = null;
         }
 
         _counters.PendingDisconnectsChanged(-pending.Length);

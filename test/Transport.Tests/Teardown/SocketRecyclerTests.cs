@@ -80,7 +80,7 @@ public sealed class SocketRecyclerTests
     }
 
     [Fact]
-    public async Task Ten_failed_recycles_in_a_row_turn_automatic_reuse_off()
+    public async Task Ten_failed_recycles_turn_automatic_reuse_off()
     {
         var counters = new WinsockTransportCounters();
         using var pool = new SocketPool(capacity: 64, counters);
@@ -95,7 +95,7 @@ public sealed class SocketRecyclerTests
 
         Assert.False(recycler.IsActive);
         Assert.False(counters.ReuseActive);
-        Assert.Contains("10 recycles in a row failed", counters.ReuseStatus, StringComparison.Ordinal);
+        Assert.Contains("10 of the last 20 recycles failed", counters.ReuseStatus, StringComparison.Ordinal);
 
         // From now on sockets are closed without a disconnect attempt.
         var socket = await ConnectedAndClosedBothWaysAsync();
@@ -105,7 +105,7 @@ public sealed class SocketRecyclerTests
     }
 
     [Fact]
-    public async Task The_fallback_closes_the_pooled_sockets_at_once_and_pools_nothing_more()
+    public async Task The_fallback_closes_the_pooled_sockets_at_once_and_pools_nothing_while_off()
     {
         var counters = new WinsockTransportCounters();
         using var pool = new SocketPool(capacity: 64, counters);
@@ -122,33 +122,133 @@ public sealed class SocketRecyclerTests
         Assert.False(recycler.IsActive);
         Assert.Equal(0, counters.PooledSockets);
         Assert.Throws<ObjectDisposedException>(() => idle.Socket.Available);
-        using var late = new ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
-        Assert.False(pool.TryReturn(late));
+        // While reuse is off (until a retest passes), a socket that ends cleanly is closed, not pooled.
+        var late = await ConnectedAndClosedBothWaysAsync();
+        recycler.Recycle(late);
+        Assert.Throws<ObjectDisposedException>(() => late.Socket.Available);
+        Assert.Null(pool.TryRent());
     }
 
     [Fact]
-    public void Only_an_accept_into_a_recycled_socket_ends_a_run_of_failures()
+    public void Failures_scattered_among_successes_keep_reuse_on_and_half_of_the_last_twenty_turn_it_off()
     {
         var counters = new WinsockTransportCounters();
         using var pool = new SocketPool(capacity: 64, counters);
         using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64);
 
-        // Nine failures, a recycled socket accepted into, then nine more: never ten in a row.
-        for (var i = 0; i < 2 * (SocketRecycler.FailuresBeforeFallback - 1); i++)
+        // One recycle in three fails, for a long time: bad luck, not a platform without reuse. Ten failures
+        // in a row used to be the rule, and ten in the whole run would have been enough for a total count.
+        for (var i = 0; i < 30; i++)
         {
-            if (i == SocketRecycler.FailuresBeforeFallback - 1)
-            {
-                recycler.OnRecycledAccept();
-            }
+            recycler.OnRecycledAcceptFailed("InvalidArgument");
+            recycler.OnRecycledAccept();
+            recycler.OnRecycledAccept();
+        }
 
+        Assert.True(recycler.IsActive, counters.ReuseStatus);
+        Assert.Equal(30, counters.RecycledAcceptFailures);
+
+        // Every other one fails: 10 of the last 20, which in a row would never have been reached.
+        for (var i = 0; i < SocketRecycler.FailuresBeforeFallback; i++)
+        {
+            Assert.True(recycler.IsActive, counters.ReuseStatus);
+            recycler.OnRecycledAccept();
+            recycler.OnRecycledAcceptFailed(i == SocketRecycler.FailuresBeforeFallback - 1 ? "NotSocket" : "InvalidArgument");
+        }
+
+        Assert.False(recycler.IsActive);
+        Assert.Contains("10 of the last 20 recycles failed", counters.ReuseStatus, StringComparison.Ordinal);
+        Assert.Contains("an accept into a recycled socket failed: NotSocket", counters.ReuseStatus, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_disconnect_that_fails_with_a_reset_is_the_connections_and_never_turns_reuse_off()
+    {
+        // A client that sends its request and closes at once resets after our FIN: DisconnectEx then fails
+        // with WSAECONNRESET, which says nothing of the platform's reuse.
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64);
+        recycler.DisconnectFaultForTests = _ => throw new SocketException((int)SocketError.ConnectionReset);
+
+        for (var i = 0; i < 2 * SocketRecycler.FailuresBeforeFallback; i++)
+        {
+            recycler.Recycle(NeverConnected());
+            await PollAsync(() => counters.DisconnectFailures == i + 1 ? "failed" : null);
+        }
+
+        Assert.True(recycler.IsActive, counters.ReuseStatus);
+        Assert.Equal(0, counters.PendingDisconnects);
+    }
+
+    [Fact]
+    public async Task After_a_fallback_the_self_test_runs_again_with_a_back_off_and_reuse_comes_back_when_it_passes()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        var retests = new List<TimeSpan>();
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        using var recycler = CreateRecycler(pool, counters, new ReuseDecision(true, Automatic: true, "on: test"), maxPending: 64,
+            retest: () =>
+            {
+                lock (retests)
+                {
+                    retests.Add(started.Elapsed);
+                    // The first retest fails again (a timeout under load, say); the second passes.
+                    return Task.FromResult(retests.Count == 1
+                        ? new ReuseDecision(false, true, "off: the reuse self-test timed out") { Retestable = true }
+                        : new ReuseDecision(true, true, "on: the reuse self-test passed"));
+                }
+            },
+            firstRetest: TimeSpan.FromMilliseconds(100));
+
+        for (var i = 0; i < SocketRecycler.FailuresBeforeFallback; i++)
+        {
             recycler.OnRecycledAcceptFailed("InvalidArgument");
         }
 
-        Assert.True(recycler.IsActive);
-        Assert.Equal(2 * (SocketRecycler.FailuresBeforeFallback - 1), counters.RecycledAcceptFailures);
-        recycler.OnRecycledAcceptFailed("NotSocket");
         Assert.False(recycler.IsActive);
-        Assert.Contains("an accept into a recycled socket failed: NotSocket", counters.ReuseStatus, StringComparison.Ordinal);
+        started.Restart();
+        Assert.Contains("the self-test runs again in", counters.ReuseStatus, StringComparison.Ordinal);
+        await PollAsync(() => recycler.IsActive ? "on" : null);
+        Assert.True(counters.ReuseActive);
+        Assert.Contains("on: the reuse self-test passed (again,", counters.ReuseStatus, StringComparison.Ordinal);
+        lock (retests)
+        {
+            Assert.Equal(2, retests.Count);
+            // The second waited twice as long as the first (timers are late, never early).
+            Assert.True(retests[1] - retests[0] >= TimeSpan.FromMilliseconds(190), $"retests at {string.Join(", ", retests)}");
+        }
+
+        // Recycling works again: a clean socket is disconnected and pooled.
+        if (!WinePlatform.IsWine)
+        {
+            var socket = await ConnectedAndClosedBothWaysAsync();
+            recycler.Recycle(socket);
+            Assert.Same(socket, await PollAsync(() => pool.TryRent()));
+            socket.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task A_self_test_that_failed_at_startup_is_run_again_and_a_platform_verdict_is_not()
+    {
+        var counters = new WinsockTransportCounters();
+        using var pool = new SocketPool(capacity: 64, counters);
+        var calls = 0;
+        Func<Task<ReuseDecision>> retest = () =>
+        {
+            Interlocked.Increment(ref calls);
+            return Task.FromResult(new ReuseDecision(true, true, "on: the reuse self-test passed"));
+        };
+        using var timedOut = CreateRecycler(pool, counters, new ReuseDecision(false, true, "off: the reuse self-test timed out") { Retestable = true }, retest: retest, firstRetest: TimeSpan.FromMilliseconds(50));
+        await PollAsync(() => timedOut.IsActive ? "on" : null);
+
+        // The platform only emulates reuse: that verdict stands.
+        using var emulated = CreateRecycler(pool, counters, new ReuseDecision(false, true, "off: emulated") { Emulated = true }, retest: retest, firstRetest: TimeSpan.FromMilliseconds(50));
+        await Task.Delay(300, TestContext.Current.CancellationToken);
+        Assert.False(emulated.IsActive);
+        Assert.Equal(1, Volatile.Read(ref calls));
     }
 
     [NotUnderWineFact(WinePlatform.NoSocketReuse)]
@@ -225,14 +325,22 @@ public sealed class SocketRecyclerTests
         next.Dispose();
     }
 
-    private static SocketRecycler CreateRecycler(SocketPool pool, WinsockTransportCounters counters, ReuseDecision? decision = null, int maxPending = 4)
+    private static SocketRecycler CreateRecycler(
+        SocketPool pool,
+        WinsockTransportCounters counters,
+        ReuseDecision? decision = null,
+        int maxPending = 4,
+        Func<Task<ReuseDecision>>? retest = null,
+        TimeSpan? firstRetest = null)
         => new(
             pool,
             new WinsockTransportOptions { DisconnectTimeout = TimeSpan.FromSeconds(5), MaxPendingDisconnects = maxPending },
             decision ?? new ReuseDecision(true, Automatic: false, "on: test"),
             new IPEndPoint(IPAddress.Loopback, 0),
             counters,
-            NullLogger.Instance);
+            NullLogger.Instance,
+            retest,
+            firstRetest);
 
     // A reuse disconnect on a socket that never connected fails for real.
     private static ReusableSocket NeverConnected()

@@ -38,7 +38,9 @@ internal sealed class SocketsListenerEngine : ListenerEngine
         _offer = offer;
         _pendingAccepts = options.PendingAccepts;
         _pool = new SocketPool(options.MaxPooledSockets, counters);
-        _recycler = new SocketRecycler(_pool, options, reuse, endPoint, counters, logger);
+        // Automatic reuse that is off, or goes off, is tried again later with a fresh self-test.
+        var kind = ReuseSelfTest.ListenerKind.Of(listenSocket);
+        _recycler = new SocketRecycler(_pool, options, reuse, endPoint, counters, logger, reuse.Automatic ? () => ReuseDecision.RetestAsync(kind) : null);
         var inline = options.UnsafePreferInlineScheduling;
         _reserve = DescriptorReserve.Create(options.DescriptorReserve, options.PendingAccepts);
         try
@@ -59,6 +61,9 @@ internal sealed class SocketsListenerEngine : ListenerEngine
             throw;
         }
     }
+
+    /// <summary>The listener's recycler, where its reuse status lives.</summary>
+    public SocketRecycler Recycler => _recycler;
 
     public override void Start() => _accepts.Start(_pendingAccepts);
 
