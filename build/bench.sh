@@ -55,7 +55,8 @@
 #   then three of the idle phase, idle-winsock/idle-sockets: idle_memory_ratio= (RSS per held connection),
 #   idle_max_latency_ratio= (the slowest timed request) and idle_p99_latency_ratio=, and the same three for
 #   ours on the sockets engine (idle-winsock-sockets/idle-sockets): idle_sockets_engine_memory_ratio=,
-#   idle_sockets_engine_max_latency_ratio=, idle_sockets_engine_p99_latency_ratio=.
+#   idle_sockets_engine_max_latency_ratio=, idle_sockets_engine_p99_latency_ratio=; last, the outbound
+#   phase's client CPU per request, ours/the default handler: outbound_cpu_ratio=.
 #   Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
 # results.tsv's idle rows: conns = connections held, requests = timed requests that succeeded, p50_ms and
 #   p99_ms of those, alloc_per_conn = the server's RSS per held connection (bytes), peak_ws_mib its VmHWM;
@@ -654,6 +655,7 @@ lines=(
   "idle_sockets_engine_memory_ratio=$(ratio "$(median idle-winsock-sockets idle 10)" "$(median idle-sockets idle 10)")"
   "idle_sockets_engine_max_latency_ratio=$(ratio "$(median idle-winsock-sockets idle 15)" "$(median idle-sockets idle 15)")"
   "idle_sockets_engine_p99_latency_ratio=$(ratio "$(median idle-winsock-sockets idle 6)" "$(median idle-sockets idle 6)")"
+  "outbound_cpu_ratio=$(ratio "$(median outbound-winsock outbound 11)" "$(median outbound-default outbound 11)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
 

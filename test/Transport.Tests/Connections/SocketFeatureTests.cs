@@ -89,6 +89,9 @@ public sealed class SocketFeatureTests
             var feature = context.Features.Get<IConnectionSocketFeature>()!;
             try
             {
+                // Once the client has sent something: its connect has finished by then, and the reset
+                // cannot reach it first.
+                await context.Transport.Input.ReadAsync();
                 context.Abort(new ConnectionAbortedException("The test aborts."));
                 var until = DateTime.UtcNow + Timeout;
                 while (DateTime.UtcNow < until)
@@ -119,6 +122,7 @@ public sealed class SocketFeatureTests
         }, options => options.Engine = Enum.Parse<WinsockEngine>(engine));
 
         using var client = await RawClient.ConnectAsync(server.EndPoint);
+        await RawClient.SendAsync(client, "x");
         Assert.Equal("disposed", await outcome.Task.WaitAsync(Timeout, TestContext.Current.CancellationToken));
     }
 
