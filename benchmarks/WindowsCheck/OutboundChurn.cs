@@ -144,7 +144,7 @@ internal static class OutboundChurn
         report.Fact(string.Create(CultureInfo.InvariantCulture,
             $"closes: server closed first {c.PeerClosedFirst:N0}, TIME_WAIT here {c.TimeWaitCloses:N0}, deferred FIN ran out {c.DeferFinTimeouts}, resets {c.ConnectionResets}, aborts {c.AbortiveCloses}"));
         report.Fact(string.Create(CultureInfo.InvariantCulture,
-            $"ports: the server saw {serverRequests:N0} requests from {distinctPorts:N0} client ports, so {Math.Max(0, serverRequests - distinctPorts):N0} came from a port an earlier connection of this run had used (a recycled socket that kept its port; Windows keeps it, .NET's emulation on Linux binds anew)"));
+            $"ports: the server saw {serverRequests:N0} requests from {distinctPorts:N0} client ports, so {Math.Max(0, serverRequests - distinctPorts):N0} came from a port an earlier connection of this run had used: a recycled socket that kept its port (Windows keeps it; .NET's emulation on Linux binds anew), or the OS handing out an ephemeral port again"));
         report.Fact($"reuse status: {c.ReuseStatus}");
         ReportEvents(report, "outbound recycle events", events);
         ReportEvents(report, "server events (the transport's recycle events, and every warning and error logged)", sample.Events);
