@@ -2,8 +2,10 @@
 # Runs the whole test suite three times: natively on Linux on the default engine (io_uring where it can
 # run) and again on the sockets engine, then on the Windows API under Wine (the
 # suite and the sample app published for win-x64, self-contained), checks that the NuGet package
-# installs into a fresh host and serves (build/package-check.sh), and runs real clients against the
-# sample (build/clients-check.sh: curl and h2load over HTTP/2, dotnet-counters). Installs wine64 (and curl) with
+# installs into a fresh host and serves (build/package-check.sh), runs real clients against the
+# sample (build/clients-check.sh: curl and h2load over HTTP/2, dotnet-counters), and runs the PowerShell
+# scripts (build/pwsh-check.sh: PowerShell as a local dotnet tool, windows-check.ps1 -Quick, test.ps1 parsed
+# and run on one test class). Installs wine64 (and curl) with
 # apt-get when missing. Ends with the combined totals alone on a line: "N passed, N failed, N skipped".
 # Exits non-zero when the build fails or any test fails on either side.
 #   WINE=0 build/test.sh       skip the Wine stage (a quick local loop; CI always runs it)
@@ -111,6 +113,8 @@ echo "== the NuGet package, installed into a fresh host"
 check Package package-check.sh "installs and serves"
 echo "== real clients against the sample: curl and h2load over HTTP/2, dotnet-counters on its meter"
 check Clients clients-check.sh "curl, h2load and dotnet-counters"
+echo "== the PowerShell scripts on Linux: windows-check.ps1 -Quick (its portable parts), test.ps1 parsed and run on one class"
+check PowerShell pwsh-check.sh "windows-check.ps1 -Quick and test.ps1 ran"
 
 if [ "${WINE:-1}" != "0" ]; then
   wine_dir="$artifacts/wine"
