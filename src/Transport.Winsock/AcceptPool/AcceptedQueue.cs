@@ -11,7 +11,7 @@ namespace Transport.Winsock.AcceptPool;
 /// takes one, and clients wait in the listen backlog, as they would with Kestrel's transport. Without it,
 /// a server starved of thread pool threads would keep accepting and every queued connection could buffer
 /// up to MaxReadBufferSize of what its client sends. The accepts already posted when it fills may still
-/// complete, so at most <see cref="Bound"/> plus the pending accepts wait here.
+/// complete, so at most <see cref="Bound"/> plus the accepts posted (PendingAccepts, at least one a ring) wait here.
 /// </summary>
 internal sealed class AcceptedQueue
 {

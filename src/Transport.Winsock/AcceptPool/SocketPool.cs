@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 
 namespace Transport.Winsock.AcceptPool;
@@ -12,12 +13,19 @@ namespace Transport.Winsock.AcceptPool;
 /// </summary>
 internal sealed class SocketPool : IDisposable
 {
+    /// <summary>
+    /// Longer than a server's TIME_WAIT lasts: Windows' default is 240 s (TcpTimedWaitDelay), Linux's 60 s.
+    /// A socket whose connection to an endpoint ended this long ago can connect there again on any tuple.
+    /// </summary>
+    internal static readonly TimeSpan TimeWaitOver = TimeSpan.FromSeconds(250);
+
     // Oldest first. Each socket brings its own node, so returning one allocates nothing.
     private readonly LinkedList<ReusableSocket> _sockets = new();
     private readonly Lock _lock = new();
     private readonly int _capacity;
     private readonly WinsockTransportCounters _counters;
     private bool _disposed;
+    private int _count;
 
     public SocketPool(int capacity, WinsockTransportCounters counters)
     {
@@ -40,9 +48,9 @@ internal sealed class SocketPool : IDisposable
     }
 
     /// <summary>
-    /// The oldest socket whose last connection did not go to <paramref name="endpoint"/>, for a connect
-    /// there; null when there is none (against a single server, once every pooled socket was last used for
-    /// it). The oldest, because the longer ago a socket was last used, the likelier whatever its earlier
+    /// The oldest socket whose last connection did not go to <paramref name="endpoint"/>, or ended there
+    /// longer ago than any TIME_WAIT lasts (<see cref="TimeWaitOver"/>), for a connect there; null when
+    /// there is none (against a single server, once every pooled socket was last used for it lately). The oldest, because the longer ago a socket was last used, the likelier whatever its earlier
     /// connections left in TIME_WAIT has expired.
     /// </summary>
     public ReusableSocket? TryRentFor(IPEndPoint endpoint)
@@ -51,7 +59,7 @@ internal sealed class SocketPool : IDisposable
         {
             for (var node = _sockets.First; node is not null; node = node.Next)
             {
-                if (!endpoint.Equals(node.Value.LastRemoteEndPoint))
+                if (!endpoint.Equals(node.Value.LastRemoteEndPoint) || (node.Value.DisconnectStarted != 0 && Stopwatch.GetElapsedTime(node.Value.DisconnectStarted) > TimeWaitOver))
                 {
                     return Take(node);
                 }
@@ -64,9 +72,13 @@ internal sealed class SocketPool : IDisposable
     private ReusableSocket Take(LinkedListNode<ReusableSocket> node)
     {
         _sockets.Remove(node);
+        Volatile.Write(ref _count, _sockets.Count);
         _counters.PooledSocketsChanged(-1);
         return node.Value;
     }
+
+    /// <summary>Whether the pool holds as many sockets as it may (read without the lock: a hint).</summary>
+    public bool IsFull => Volatile.Read(ref _count) >= _capacity;
 
     /// <summary>Keeps the socket for a later accept or connect. False when the pool is full or disposed.</summary>
     public bool TryReturn(ReusableSocket socket)
@@ -79,6 +91,7 @@ internal sealed class SocketPool : IDisposable
             }
 
             _sockets.AddLast(socket.PoolNode);
+            Volatile.Write(ref _count, _sockets.Count);
         }
 
         _counters.PooledSocketsChanged(1);
@@ -93,6 +106,7 @@ internal sealed class SocketPool : IDisposable
         {
             sockets = [.. _sockets];
             _sockets.Clear();
+            Volatile.Write(ref _count, 0);
         }
 
         _counters.PooledSocketsChanged(-sockets.Length);
@@ -110,6 +124,7 @@ internal sealed class SocketPool : IDisposable
             _disposed = true;
             sockets = [.. _sockets];
             _sockets.Clear();
+            Volatile.Write(ref _count, 0);
         }
 
         _counters.PooledSocketsChanged(-sockets.Length);

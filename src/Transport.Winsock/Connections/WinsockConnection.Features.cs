@@ -186,7 +186,7 @@ internal sealed partial class WinsockConnection :
 
     /// <summary>
     /// The connection's socket, for per-connection options and TCP_INFO; disposed once the connection has
-    /// ended (then, or where the engine cannot show one, this throws, as a disposed socket would).
+    /// ended, when this gives a disposed socket whose every use throws ObjectDisposedException.
     /// </summary>
     System.Net.Sockets.Socket IConnectionSocketFeature.Socket
     {
@@ -204,12 +204,13 @@ internal sealed partial class WinsockConnection :
     }
 
     /// <summary>A disposed socket, for connections that have ended: disposed, it owns nothing and can be shared.</summary>
+    /// Made on first use: a failure then (out of descriptors) is not kept, the next use tries again.
     private static readonly Lazy<System.Net.Sockets.Socket> EndedSocket = new(static () =>
     {
         var socket = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
         socket.Dispose();
         return socket;
-    });
+    }, LazyThreadSafetyMode.PublicationOnly);
 
     EndPoint? IConnectionEndPointFeature.RemoteEndPoint
     {

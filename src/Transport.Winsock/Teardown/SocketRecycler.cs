@@ -73,7 +73,6 @@ internal sealed class SocketRecycler : IDisposable
         _counters = counters;
         _logger = logger;
         _onDisconnectExpired = state => OnDisconnectExpired((ReusableSocket)state);
-        counters.TrackReuse(this);
         ScheduleRetestIfOff(decision);
     }
 
@@ -116,7 +115,8 @@ internal sealed class SocketRecycler : IDisposable
     {
         lock (_lock)
         {
-            if (!_active || _disposed || _pending.Count >= _maxPending)
+            // A full pool would not take the socket back: a reuse disconnect would only delay its close.
+            if (!_active || _disposed || _pending.Count >= _maxPending || _pool.IsFull)
             {
                 socket.Dispose();
                 return;
@@ -224,7 +224,7 @@ internal sealed class SocketRecycler : IDisposable
     /// its request and closed at once) says nothing of the platform's reuse.
     /// </summary>
     internal static bool IsConnectionsOwn(SocketError error)
-        => error is SocketError.ConnectionReset or SocketError.ConnectionAborted or SocketError.NetworkReset or SocketError.Shutdown;
+        => error is SocketError.ConnectionReset or SocketError.ConnectionAborted or SocketError.NetworkReset;
 
     /// <summary>An accept (or connect) into a socket from the pool succeeded: the whole recycle worked.</summary>
     public void OnRecycledAccept()

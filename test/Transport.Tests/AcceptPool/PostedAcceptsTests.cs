@@ -27,6 +27,8 @@ public sealed class PostedAcceptsTests
         using var pool = new SocketPool(capacity: 64, counters);
         var decision = new ReuseDecision(true, automatic, "on: test");
         using var recycler = new SocketRecycler(pool, new WinsockTransportOptions(), decision, new IPEndPoint(IPAddress.Loopback, 0), counters, NullLogger.Instance);
+        // As a started listener does: its counters read the reuse status from its recycler.
+        counters.TrackReuse(recycler);
         var listenSocket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listenSocket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listenSocket.Listen();

@@ -37,6 +37,8 @@ public sealed class AcceptQueueTests
         {
             options.Engine = engine;
             options.PendingAccepts = PendingAccepts;
+            // One ring: its accept slots are the pending accepts (with more rings than that, one each).
+            options.IoUringThreadCount = 1;
         });
         var counters = services.GetRequiredService<WinsockTransportCounters>();
         var listener = await ListenerTests.BindAsync(services);
@@ -52,6 +54,8 @@ public sealed class AcceptQueueTests
 
             // Nobody takes a connection: the accepts stop once the queue is full. Wait for them to settle.
             var bound = WinsockConnectionListener.QueueBound(new WinsockTransportOptions { PendingAccepts = PendingAccepts });
+            // First the queue fills (a slot may be slow to run on a loaded machine), then nothing more comes.
+            Assert.True(await Eventually.TrueAsync(() => counters.ConnectionsAccepted >= bound, TimeSpan.FromSeconds(10)), $"{counters.ConnectionsAccepted} accepted: the queue should have filled to {bound}");
             long accepted = -1;
             for (var quiet = 0; quiet < 10;)
             {
