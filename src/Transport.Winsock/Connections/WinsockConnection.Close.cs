@@ -310,10 +310,11 @@ internal sealed partial class WinsockConnection
         }
     }
 
-    private void CancelConnectionClosed(CancellationTokenSource source, string connectionId)
+    private void CompleteInputAndCancelConnectionClosed(Exception? inputError, CancellationTokenSource source, string connectionId)
     {
         try
         {
+            _input.Writer.Complete(inputError);
             source.Cancel();
         }
         catch (Exception ex)
@@ -345,15 +346,28 @@ internal sealed partial class WinsockConnection
     }
 
     /// <summary>
-    /// Cancels ConnectionClosed. The caller is the receive loop at its end, with nothing left to do until
-    /// the callbacks are done. On the sockets engine that is a thread pool thread (never an I/O completion
-    /// thread, never inside an application call), so the callbacks run right here: a hop to another work
-    /// item would only cost. On an engine thread (an io_uring ring), where no application code may run,
-    /// they go to the thread pool, as Kestrel's Sockets transport always sends them; the source then
-    /// belongs to that work item, which disposes it.
+    /// Completes the input (with the receive side's error, if any) and cancels ConnectionClosed, in that
+    /// order and on one thread, one right after the other. The caller is the receive loop at its end, with
+    /// nothing left to do until the callbacks are done. On the sockets engine that is a thread pool thread
+    /// (never an I/O completion thread, never inside an application call), so both happen right here: a
+    /// hop to another work item would only cost. On an engine thread (an io_uring ring), where no
+    /// application code may run, both go to one thread pool work item, as Kestrel's Sockets transport sends
+    /// its callbacks there; the source then belongs to that work item, which disposes it.
+    /// <para>
+    /// Why the input waits for the hop too: completing it schedules the application's pending read on the
+    /// thread pool. Completed on the ring, that read would be queued ahead of the ConnectionClosed work
+    /// item and usually run first; a read that fails with a reset before Kestrel has seen the connection
+    /// close is taken for the application's own failure. Kestrel then logs the request's
+    /// ConnectionResetException as an ApplicationError and, believing the connection alive, tries to drain
+    /// the request body, whose reader its failed read left "in progress"
+    /// (RequestBodyDrainBodyReaderInvalidState), both at Error: dozens in a few hundred clients that close
+    /// mid-upload. Completed just before the callbacks run, the read reaches Kestrel after it has marked the
+    /// request aborted, and the reset is logged at Debug, as on the sockets engine. (Kestrel's own Sockets
+    /// transport completes the input and queues the callbacks separately, and loses that race now and then.)
+    /// </para>
     /// </summary>
-    /// <returns>True when the callbacks went to a work item, which then ends the receive loop's turn (<see cref="OnLoopDone"/>).</returns>
-    private bool FireConnectionClosed()
+    /// <returns>True when both went to a work item, which then ends the receive loop's turn (<see cref="OnLoopDone"/>).</returns>
+    private bool CompleteInputAndFireConnectionClosed(Exception? inputError)
     {
         CancellationTokenSource? source;
         var hop = _io.CompletesOnEngineThread;
@@ -368,17 +382,16 @@ internal sealed partial class WinsockConnection
             }
         }
 
-        if (hop)
+        if (hop && source is not null)
         {
-            if (source is null)
-            {
-                return false;
-            }
-
-            ThreadPool.UnsafeQueueUserWorkItem(static state => state.Connection.CancelConnectionClosed(state.Source, state.Id), (Connection: this, Source: source, Id: ConnectionId), preferLocal: false);
+            ThreadPool.UnsafeQueueUserWorkItem(
+                static state => state.Connection.CompleteInputAndCancelConnectionClosed(state.Error, state.Source, state.Id),
+                (Connection: this, Error: inputError, Source: source, Id: ConnectionId),
+                preferLocal: false);
             return true;
         }
 
+        _input.Writer.Complete(inputError);
         try
         {
             // Null when nobody asked for the token: nothing to cancel.

@@ -366,8 +366,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
                 // A drain that is over in time disarms its deadline; one that expired has closed the socket.
                 _deadline.TryDisarm();
-                _input.Writer.Complete(_shutdownReason ?? error);
-                closedHandedOff = FireConnectionClosed();
+                closedHandedOff = CompleteInputAndFireConnectionClosed(_shutdownReason ?? error);
             }
 
             // Handed off: the work item that runs the callbacks ends this loop's turn after them, so that
