@@ -314,7 +314,6 @@ internal sealed partial class WinsockConnection
     {
         try
         {
-            _input.Writer.Complete(inputError);
             source.Cancel();
         }
         catch (Exception ex)
@@ -323,6 +322,7 @@ internal sealed partial class WinsockConnection
         }
         finally
         {
+            _input.Writer.Complete(inputError);
             source.Dispose();
             OnLoopDone();
         }
@@ -346,24 +346,25 @@ internal sealed partial class WinsockConnection
     }
 
     /// <summary>
-    /// Completes the input (with the receive side's error, if any) and cancels ConnectionClosed, in that
-    /// order and on one thread, one right after the other. The caller is the receive loop at its end, with
-    /// nothing left to do until the callbacks are done. On the sockets engine that is a thread pool thread
-    /// (never an I/O completion thread, never inside an application call), so both happen right here: a
-    /// hop to another work item would only cost. On an engine thread (an io_uring ring), where no
-    /// application code may run, both go to one thread pool work item, as Kestrel's Sockets transport sends
-    /// its callbacks there; the source then belongs to that work item, which disposes it.
+    /// Cancels ConnectionClosed, then completes the input (with the receive side's error, if any), on one
+    /// thread, one right after the other. The caller is the receive loop at its end, with nothing left to
+    /// do until the callbacks are done. On the sockets engine that is a thread pool thread (never an I/O
+    /// completion thread, never inside an application call), so both happen right here: a hop to another
+    /// work item would only cost. On an engine thread (an io_uring ring), where no application code may
+    /// run, both go to one thread pool work item, as Kestrel's Sockets transport sends its callbacks there;
+    /// the source then belongs to that work item, which disposes it.
     /// <para>
-    /// Why the input waits for the hop too: completing it schedules the application's pending read on the
-    /// thread pool. Completed on the ring, that read would be queued ahead of the ConnectionClosed work
-    /// item and usually run first; a read that fails with a reset before Kestrel has seen the connection
-    /// close is taken for the application's own failure. Kestrel then logs the request's
-    /// ConnectionResetException as an ApplicationError and, believing the connection alive, tries to drain
-    /// the request body, whose reader its failed read left "in progress"
-    /// (RequestBodyDrainBodyReaderInvalidState), both at Error: dozens in a few hundred clients that close
-    /// mid-upload. Completed just before the callbacks run, the read reaches Kestrel after it has marked the
-    /// request aborted, and the reset is logged at Debug, as on the sockets engine. (Kestrel's own Sockets
-    /// transport completes the input and queues the callbacks separately, and loses that race now and then.)
+    /// Why the callbacks come first: completing the input schedules the application's pending read on the
+    /// thread pool, where another thread can run it at once. A read that fails with a reset before Kestrel
+    /// has seen the connection close is taken for the application's own failure: Kestrel logs the
+    /// request's ConnectionResetException as an ApplicationError and, believing the connection alive,
+    /// tries to drain the request body, whose reader its failed read left "in progress"
+    /// (RequestBodyDrainBodyReaderInvalidState), both at Error. Completed on the ring with the callbacks
+    /// queued after it, that was dozens in a few hundred clients that close mid-upload; completed just
+    /// before the callbacks on the same thread, about one run of 200 clients in ten still lost the race.
+    /// After the callbacks, Kestrel has marked the request aborted before the read can fail, and the reset
+    /// is logged at Debug. (Kestrel's own Sockets transport completes the input and queues the callbacks
+    /// separately, and loses that race now and then.)
     /// </para>
     /// </summary>
     /// <returns>True when both went to a work item, which then ends the receive loop's turn (<see cref="OnLoopDone"/>).</returns>
@@ -391,7 +392,6 @@ internal sealed partial class WinsockConnection
             return true;
         }
 
-        _input.Writer.Complete(inputError);
         try
         {
             // Null when nobody asked for the token: nothing to cancel.
@@ -400,6 +400,10 @@ internal sealed partial class WinsockConnection
         catch (Exception ex)
         {
             Logger.ConnectionClosedCallbackFailed(ConnectionId, ex);
+        }
+        finally
+        {
+            _input.Writer.Complete(inputError);
         }
 
         return false;
