@@ -116,21 +116,14 @@ internal sealed class SocketPool : IDisposable
         }
     }
 
+    /// <summary>Closes every pooled socket and takes none back from now on.</summary>
     public void Dispose()
     {
-        ReusableSocket[] sockets;
         lock (_lock)
         {
             _disposed = true;
-            sockets = [.. _sockets];
-            _sockets.Clear();
-            Volatile.Write(ref _count, 0);
         }
 
-        _counters.PooledSocketsChanged(-sockets.Length);
-        foreach (var socket in sockets)
-        {
-            socket.Dispose();
-        }
+        Clear();
     }
 }
