@@ -49,10 +49,19 @@ record() {
   if [ "$total" -eq 0 ]; then failed=$((failed + 1)); fi
   summary+=("$label: $passed passed, $failed failed, $skipped skipped")
   # The names of the failed tests go in the totals too, so that the last lines of a run say what failed.
-  local name
-  while IFS= read -r name; do
-    [ -n "$name" ] && summary+=("  failed: $name")
-  done < <(grep -o '<test [^>]*result="Fail"[^>]*' "$report" | grep -o ' name="[^"]*"' | sed 's/^ name="//; s/"$//; s/\\&quot;/"/g; s/&quot;/"/g' | head -20 || true)
+  # Each with the first 400 characters of its failure message (perl is in every Debian: perl-base).
+  local line
+  while IFS= read -r line; do
+    [ -n "$line" ] && summary+=("  $line")
+  done < <(perl -0777 -ne '
+    while (/<test ([^>]*result="Fail"[^>]*)>(.*?)<\/test>/gs) {
+      my ($attrs, $body) = ($1, $2);
+      my ($name) = $attrs =~ /(?:^|\s)name="([^"]*)"/;
+      my ($message) = $body =~ /<message><!\[CDATA\[(.*?)\]\]><\/message>/s;
+      for ($name, $message) { next unless defined; s/\\?&quot;/"/g; s/&lt;/</g; s/&gt;/>/g; s/&amp;/&/g; s/\s+/ /g; }
+      print "failed: $name\n";
+      print "    ", substr($message, 0, 400), "\n" if defined $message;
+    }' "$report" | head -40 || true)
   total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed)); total_skipped=$((total_skipped + skipped))
 }
 

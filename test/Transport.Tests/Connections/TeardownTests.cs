@@ -67,12 +67,21 @@ public sealed class TeardownTests
     public async Task Abort_sends_an_rst_and_its_socket_is_never_reused()
     {
         var connection = 0;
+        WinsockTransportCounters? started = null;
         await using var server = await ConnectionServer.StartAsync(
             TransportKind.Winsock,
             async context =>
             {
                 var ct = TestContext.Current.CancellationToken;
-                if (Interlocked.Increment(ref connection) == 2)
+                var n = Interlocked.Increment(ref connection);
+                // A connection ends only once the slot has posted the next accept (into S2, S1 from the
+                // pool, S3): otherwise, on a loaded machine, the slot's thread can lose the CPU long enough
+                // for this connection's socket to be recycled first and taken by that very repost.
+                var counters = Volatile.Read(ref started)!;
+                Assert.True(
+                    await Eventually.TrueAsync(() => n switch { 1 => counters.SocketsCreated == 2, 2 => counters.PooledSockets == 0, _ => counters.SocketsCreated == 3 }, Timeout),
+                    $"connection {n}: the next accept was not posted: {Eventually.Describe(counters)}");
+                if (n == 2)
                 {
                     await context.Transport.Output.WriteAsync("partial"u8.ToArray(), ct);
                     // Abort only once the client has spoken: an RST that beats the client's connect
@@ -94,12 +103,12 @@ public sealed class TeardownTests
                 options.ReuseSockets = true;
             });
         var counters = server.Counters!;
+        Volatile.Write(ref started, counters);
 
         // Connection 1, graceful, into new socket S1; the slot reposts into new socket S2; S1 is recycled.
         await ExpectFinAfterOursAsync(server);
         Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets == 1 && counters.PendingDisconnects == 0, Timeout), Eventually.Describe(counters));
-        Assert.Equal(2, counters.SocketsCreated);
-        Assert.Equal(0, counters.SocketsReused);
+        Assert.True(counters is { SocketsCreated: 2, SocketsReused: 0 }, Eventually.Describe(counters));
 
         // Connection 2, aborted, on S2; the slot reposts into S1 from the pool.
         using (var aborted = await RawClient.ConnectAsync(server.EndPoint))
@@ -115,14 +124,13 @@ public sealed class TeardownTests
         // would take it instead of creating S3, and S1 coming back would make two pooled sockets.
         await ExpectFinAfterOursAsync(server);
         Assert.True(await Eventually.TrueAsync(() => counters.PooledSockets >= 1 && counters.PendingDisconnects == 0, Timeout), Eventually.Describe(counters));
-        Assert.Equal(3, counters.ConnectionsAccepted);
-        Assert.Equal(1, counters.SocketsReused);
-        Assert.Equal(3, counters.SocketsCreated);
-        Assert.Equal(1, counters.PooledSockets);
-        Assert.Equal(2, counters.GracefulCloses);
-        Assert.Equal(1, counters.AbortiveCloses);
-        Assert.Equal(0, counters.DisconnectFailures);
-        Assert.Equal(0, counters.TimeWaitCloses);
+        Assert.True(
+            counters is
+            {
+                ConnectionsAccepted: 3, SocketsReused: 1, SocketsCreated: 3, PooledSockets: 1, GracefulCloses: 2,
+                AbortiveCloses: 1, DisconnectFailures: 0, TimeWaitCloses: 0,
+            },
+            Eventually.Describe(counters));
     }
 
     [Fact]
