@@ -28,7 +28,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
     private readonly WinsockConnectionFactory _factory;
     private readonly Pipe _input;
-    private readonly Pipe _output;
+    private readonly OutputPipe _output;
     private readonly DuplexPipe _transport;
     private readonly ReusableSignal _receiveTurn = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
@@ -69,8 +69,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _io = io;
         var (inputOptions, outputOptions) = factory.NextPipeOptions();
         _input = new Pipe(inputOptions);
-        _output = new Pipe(outputOptions);
-        _transport = new DuplexPipe(_input.Reader, _output.Writer);
+        _output = new OutputPipe(outputOptions);
+        _transport = new DuplexPipe(_input.Reader, _output);
         Transport = _transport;
         // The server's continuation after DisposeAsync runs inline, on the loop that finished last, when
         // that is a thread pool thread: neither loop touches the connection after OnLoopDone, and it saves a
@@ -166,7 +166,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         }
 
         // Ends the send loop, which is waiting on the application's output.
-        _output.Reader.CancelPendingRead();
+        _output.CancelPendingRead();
     }
 
     /// <summary>
@@ -198,13 +198,13 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         }
 
         _input.Reader.Complete();
-        _output.Writer.Complete();
+        _output.Complete();
         if (!_started)
         {
             // The loops never ran (an accepted connection nobody took): their pipe ends are completed
             // here, so that the pipes can be reset for the next connection.
             _input.Writer.Complete();
-            _output.Reader.Complete();
+            _output.CompleteReader();
             Recycle();
             return ValueTask.CompletedTask;
         }
@@ -384,14 +384,14 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     {
         while (await _sendTurn.WaitAsync().ConfigureAwait(false))
         {
-            var reader = _output.Reader;
+            var output = _output;
             Exception? failure = null;
             var completed = false;
             try
             {
                 while (true)
                 {
-                    var result = await reader.ReadAsync().ConfigureAwait(false);
+                    var result = await output.ReadAsync().ConfigureAwait(false);
                     if (result.IsCanceled)
                     {
                         completed = _endSendingGracefully;
@@ -404,7 +404,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                         await _io.SendAsync(buffer).ConfigureAwait(false);
                     }
 
-                    reader.AdvanceTo(buffer.End);
+                    output.AdvanceToEnd();
                     if (result.IsCompleted)
                     {
                         completed = true;
@@ -438,7 +438,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     CloseAbortively(new ConnectionAbortedException(failure.Message, failure));
                 }
 
-                reader.Complete(failure is ConnectionResetException ? null : failure);
+                output.CompleteReader(failure is ConnectionResetException ? null : failure);
                 if (!completed)
                 {
                     // Aborted or failed: if the receive loop is held by backpressure, let it go, nobody

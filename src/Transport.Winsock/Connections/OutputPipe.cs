@@ -1,0 +1,725 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.IO.Pipelines;
+using System.Runtime.ExceptionServices;
+using System.Threading.Tasks.Sources;
+
+namespace Transport.Winsock.Connections;
+
+/// <summary>
+/// A connection's output: the application writes into it (it is the <see cref="PipeWriter"/> of
+/// <c>Transport.Output</c>) and the connection's send loop reads from it. It behaves as a
+/// <see cref="Pipe"/> with the same <see cref="PipeOptions"/> would for those two users (flushes pause at
+/// PauseWriterThreshold and resume under ResumeWriterThreshold; the reader's continuations run on the
+/// options' ReaderScheduler, the flush's on its WriterScheduler; a writer's error is thrown to the
+/// reader), but it is one object, and once everything written has been sent it holds no memory and no
+/// segment: an idle keep-alive connection carries ~200 bytes here where a Pipe with its reader, writer
+/// and segment stack carries ~500.
+/// </summary>
+/// <remarks>
+/// The reader side is the send loop's alone: it reads, sends all it got, then calls
+/// <see cref="AdvanceToEnd"/>. Memory the reader was given is never returned while the reader may still
+/// use it (a send in flight): only <see cref="AdvanceToEnd"/>, or both sides completing, returns it.
+/// </remarks>
+internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
+{
+    // Segment objects shared by every output pipe: an idle one keeps none.
+    private static readonly ConcurrentQueue<Segment> s_segments = new();
+    private static int s_pooledSegments;
+    private static readonly int MaxPooledSegments = 64 * Environment.ProcessorCount;
+
+    private static readonly Action<object?> s_cancelFlush = static state => ((OutputPipe)state!).OnFlushTokenCanceled();
+
+    private readonly PipeOptions _options;
+    private readonly Lock _lock = new();
+
+    // The unsent bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes into
+    // _tail, after its End, _buffered bytes so far.
+    private Segment? _head;
+    private int _headIndex;
+    private Segment? _readTail;
+    private int _readTailIndex;
+    private Segment? _tail;
+    private Memory<byte> _writable;
+    private int _buffered;
+    private long _unflushed;
+    private long _unsent;
+    // What the last read handed out, which AdvanceToEnd consumes.
+    private Segment? _readEnd;
+    private int _readEndIndex;
+    private long _readLength;
+    // Between the writer's GetMemory and its next flush: the reader must not return _tail.
+    private bool _writing;
+
+    private bool _writerCompleted;
+    private bool _readerCompleted;
+    private Exception? _writerError;
+    private Exception? _readerError;
+    private bool _readCancelRequested;
+    private bool _flushCancelRequested;
+
+    private Waiter _reader;
+    private Waiter _flush;
+    private CancellationTokenRegistration _flushRegistration;
+    private CancellationToken _flushToken;
+    private bool _flushTokenCanceled;
+
+    public OutputPipe(PipeOptions options) => _options = options;
+
+    // ---- The writer: the application ----
+
+    public override bool CanGetUnflushedBytes => true;
+
+    public override long UnflushedBytes => _unflushed;
+
+    public override Memory<byte> GetMemory(int sizeHint = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
+        if (!_writing || _writable.Length == 0 || _writable.Length < sizeHint)
+        {
+            EnsureWritable(sizeHint);
+        }
+
+        return _writable;
+    }
+
+    public override Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
+
+    public override void Advance(int bytes)
+    {
+        if ((uint)bytes > (uint)_writable.Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
+        }
+
+        _buffered += bytes;
+        _unflushed += bytes;
+        _writable = _writable[bytes..];
+    }
+
+    public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
+    {
+        Waiter wake;
+        ValueTask<FlushResult> result;
+        var canceledAlready = false;
+        Exception? readerError = null;
+        lock (_lock)
+        {
+            if (_writerCompleted)
+            {
+                throw new InvalidOperationException("Flushing is not allowed after the writer was completed.");
+            }
+
+            wake = CommitLocked();
+            if (_readerCompleted)
+            {
+                // Nobody will send it: what was written goes, and the writer learns the output is over
+                // (or, when the send failed, why).
+                ReturnAllLocked();
+                readerError = _readerError;
+                result = new(new FlushResult(isCanceled: false, isCompleted: true));
+            }
+            else if (_flushCancelRequested)
+            {
+                _flushCancelRequested = false;
+                result = new(new FlushResult(isCanceled: true, isCompleted: false));
+            }
+            else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold && cancellationToken.IsCancellationRequested)
+            {
+                // Thrown after the reader is woken for what this flush committed.
+                canceledAlready = true;
+                result = default;
+            }
+            else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold)
+            {
+                _flush.Begin();
+                _flushToken = cancellationToken;
+                _flushTokenCanceled = false;
+                if (cancellationToken.CanBeCanceled)
+                {
+                    // UnsafeRegister: the callback only completes the flush, which schedules its continuation.
+                    _flushRegistration = cancellationToken.UnsafeRegister(s_cancelFlush, this);
+                }
+
+                result = new(this, _flush.Token);
+            }
+            else
+            {
+                result = new(new FlushResult(isCanceled: false, isCompleted: false));
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+        if (canceledAlready)
+        {
+            throw new OperationCanceledException("The flush was canceled by its token.", cancellationToken);
+        }
+
+        if (readerError is not null)
+        {
+            ExceptionDispatchInfo.Throw(readerError);
+        }
+
+        return result;
+    }
+
+    public override void CancelPendingFlush()
+    {
+        Waiter wake = default;
+        lock (_lock)
+        {
+            _flushCancelRequested = true;
+            if (_flush.IsWaiting)
+            {
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    public override void Complete(Exception? exception = null)
+    {
+        Waiter wake;
+        lock (_lock)
+        {
+            if (_writerCompleted)
+            {
+                return;
+            }
+
+            // What was written and not flushed is still sent, as a Pipe does.
+            wake = CommitLocked();
+            _writerCompleted = true;
+            _writerError = exception;
+            _writable = default;
+            if (_readerCompleted)
+            {
+                ReturnAllLocked();
+            }
+            else if (!wake.HasContinuation && _reader.IsWaiting)
+            {
+                wake = _reader.Complete();
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    private void EnsureWritable(int sizeHint)
+    {
+        lock (_lock)
+        {
+            if (_writerCompleted)
+            {
+                throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
+            }
+
+            _writing = true;
+            if (_tail is null)
+            {
+                _tail = _head = _readTail = RentSegment(sizeHint, runningIndex: 0);
+                _headIndex = _readTailIndex = 0;
+                _writable = _tail.Block;
+                return;
+            }
+
+            var free = _tail.Block.Length - _tail.End - _buffered;
+            if (free > 0 && free >= sizeHint)
+            {
+                _writable = _tail.Block[(_tail.End + _buffered)..];
+                return;
+            }
+
+            // The tail's written bytes stay in it; the writer goes on in a new segment.
+            _tail.End += _buffered;
+            _tail.SetWritten();
+            _buffered = 0;
+            var next = RentSegment(sizeHint, _tail.RunningIndex + _tail.End);
+            _tail.SetNext(next);
+            _tail = next;
+            _writable = next.Block;
+        }
+    }
+
+    /// <summary>Makes what was written readable; returns the reader to wake, if it waits.</summary>
+    private Waiter CommitLocked()
+    {
+        _writing = false;
+        if (_unflushed == 0)
+        {
+            return default;
+        }
+
+        _tail!.End += _buffered;
+        _tail.SetWritten();
+        _buffered = 0;
+        _readTail = _tail;
+        _readTailIndex = _tail.End;
+        _unsent += _unflushed;
+        _unflushed = 0;
+        return _reader.IsWaiting ? _reader.Complete() : default;
+    }
+
+    private void OnFlushTokenCanceled()
+    {
+        Waiter wake = default;
+        lock (_lock)
+        {
+            if (_flush.IsWaiting)
+            {
+                _flushTokenCanceled = true;
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    // ---- The reader: the connection's send loop ----
+
+    /// <summary>What there is to send; waits for a flush, the writer's completion or <see cref="CancelPendingRead"/>.</summary>
+    public ValueTask<ReadResult> ReadAsync()
+    {
+        lock (_lock)
+        {
+            if (_readerCompleted)
+            {
+                throw new InvalidOperationException("Reading is not allowed after the reader was completed.");
+            }
+
+            if (_readCancelRequested || _unsent > 0 || _writerCompleted)
+            {
+                return new(GetReadResultLocked());
+            }
+
+            _reader.Begin();
+            return new(this, _reader.Token);
+        }
+    }
+
+    /// <summary>Everything the last read returned was sent: its memory goes back, and a paused flush may resume.</summary>
+    public void AdvanceToEnd()
+    {
+        Waiter wake = default;
+        lock (_lock)
+        {
+            if (_readLength == 0)
+            {
+                return;
+            }
+
+            _unsent -= _readLength;
+            _readLength = 0;
+            while (_head != _readEnd)
+            {
+                var done = _head!;
+                _head = (Segment?)done.Next;
+                ReturnSegment(done);
+            }
+
+            _headIndex = _readEndIndex;
+            _readEnd = null;
+            // A segment read to its end is returned too, unless the writer still writes into it.
+            while (_head != _tail && _headIndex == _head!.End)
+            {
+                var done = _head;
+                _head = (Segment?)done.Next;
+                _headIndex = 0;
+                ReturnSegment(done);
+            }
+
+            if (_unsent == 0 && !_writing && _buffered == 0 && _head is not null && _headIndex == _head.End)
+            {
+                // All sent and nothing being written: hold no memory while idle.
+                ReturnSegment(_head);
+                _head = _tail = _readTail = null;
+                _headIndex = _readTailIndex = 0;
+                _writable = default;
+            }
+
+            if (_flush.IsWaiting && _unsent < _options.ResumeWriterThreshold)
+            {
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    /// <summary>Ends the pending (or the next) read with IsCanceled, as PipeReader.CancelPendingRead does.</summary>
+    public void CancelPendingRead()
+    {
+        Waiter wake = default;
+        lock (_lock)
+        {
+            _readCancelRequested = true;
+            if (_reader.IsWaiting)
+            {
+                wake = _reader.Complete();
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    /// <summary>
+    /// The send loop is done: a flush that waits (or comes) says IsCompleted, or throws
+    /// <paramref name="error"/> (why sending failed); memory goes once the writer is done too.
+    /// </summary>
+    public void CompleteReader(Exception? error = null)
+    {
+        Waiter wake = default;
+        lock (_lock)
+        {
+            if (_readerCompleted)
+            {
+                return;
+            }
+
+            _readerCompleted = true;
+            _readerError = error;
+            _readLength = 0;
+            _readEnd = null;
+            if (_writerCompleted)
+            {
+                ReturnAllLocked();
+            }
+
+            if (_flush.IsWaiting)
+            {
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    /// <summary>Both sides completed: ready for the pooled connection's next use.</summary>
+    public void Reset()
+    {
+        lock (_lock)
+        {
+            if (!_writerCompleted || !_readerCompleted)
+            {
+                throw new InvalidOperationException("An output pipe can only be reset once both of its sides are completed.");
+            }
+
+            ReturnAllLocked();
+            _writerCompleted = _readerCompleted = false;
+            _writerError = _readerError = null;
+            _readCancelRequested = _flushCancelRequested = false;
+            _unflushed = _unsent = 0;
+        }
+    }
+
+    private ReadResult GetReadResultLocked()
+    {
+        if (_writerCompleted && _writerError is { } error && !_readCancelRequested)
+        {
+            ExceptionDispatchInfo.Throw(error);
+        }
+
+        var canceled = _readCancelRequested;
+        _readCancelRequested = false;
+        ReadOnlySequence<byte> buffer;
+        if (_unsent == 0)
+        {
+            buffer = default;
+            _readLength = 0;
+        }
+        else
+        {
+            buffer = new ReadOnlySequence<byte>(_head!, _headIndex, _readTail!, _readTailIndex);
+            _readEnd = _readTail;
+            _readEndIndex = _readTailIndex;
+            _readLength = _unsent;
+        }
+
+        return new ReadResult(buffer, canceled, isCompleted: _writerCompleted && !canceled);
+    }
+
+    private void ReturnAllLocked()
+    {
+        var segment = _head;
+        while (segment is not null)
+        {
+            var next = (Segment?)segment.Next;
+            ReturnSegment(segment);
+            segment = next;
+        }
+
+        _head = _tail = _readTail = _readEnd = null;
+        _headIndex = _readTailIndex = _readEndIndex = _buffered = 0;
+        _readLength = 0;
+        _writable = default;
+        _writing = false;
+        // Bytes written and dropped with their segments are no longer unflushed or unsent.
+        _unflushed = _unsent = 0;
+    }
+
+    private Segment RentSegment(int sizeHint, long runningIndex)
+    {
+        if (!s_segments.TryDequeue(out var segment))
+        {
+            segment = new Segment();
+        }
+        else
+        {
+            Interlocked.Decrement(ref s_pooledSegments);
+        }
+
+        var pool = _options.Pool;
+        var size = Math.Max(_options.MinimumSegmentSize, sizeHint);
+        if (size <= pool.MaxBufferSize)
+        {
+            segment.Attach(pool.Rent(size), runningIndex);
+        }
+        else
+        {
+            segment.Attach(ArrayPool<byte>.Shared.Rent(size), runningIndex);
+        }
+
+        return segment;
+    }
+
+    private static void ReturnSegment(Segment segment)
+    {
+        segment.Detach();
+        if (Interlocked.Increment(ref s_pooledSegments) <= MaxPooledSegments)
+        {
+            s_segments.Enqueue(segment);
+        }
+        else
+        {
+            Interlocked.Decrement(ref s_pooledSegments);
+        }
+    }
+
+    // ---- The two awaitables: the send loop's read and the application's flush ----
+
+    ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
+    {
+        lock (_lock)
+        {
+            _reader.End(token);
+            return GetReadResultLocked();
+        }
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _reader.GetStatus(token);
+
+    void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        Waiter wake;
+        lock (_lock)
+        {
+            wake = _reader.OnCompleted(continuation, state, token, flags);
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    FlushResult IValueTaskSource<FlushResult>.GetResult(short token)
+    {
+        CancellationTokenRegistration registration;
+        CancellationToken canceledToken;
+        Exception? readerError;
+        FlushResult result;
+        lock (_lock)
+        {
+            _flush.End(token);
+            registration = _flushRegistration;
+            _flushRegistration = default;
+            canceledToken = _flushTokenCanceled ? _flushToken : default;
+            _flushTokenCanceled = false;
+            _flushToken = default;
+            var canceled = _flushCancelRequested;
+            _flushCancelRequested = false;
+            readerError = _readerCompleted ? _readerError : null;
+            result = new FlushResult(canceled, isCompleted: _readerCompleted);
+        }
+
+        registration.Dispose();
+        if (readerError is not null && !canceledToken.IsCancellationRequested)
+        {
+            ExceptionDispatchInfo.Throw(readerError);
+        }
+
+        if (canceledToken.IsCancellationRequested)
+        {
+            throw new OperationCanceledException("The flush was canceled by its token.", canceledToken);
+        }
+
+        return result;
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
+
+    void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        Waiter wake;
+        lock (_lock)
+        {
+            wake = _flush.OnCompleted(continuation, state, token, flags);
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    /// <summary>
+    /// One awaited operation at a time: Begin, then Complete (by the other side) and OnCompleted (by the
+    /// awaiter) in either order, whichever comes second hands back the continuation to run; End in
+    /// GetResult. Changed only under the pipe's lock.
+    /// </summary>
+    private struct Waiter
+    {
+        private Action<object?>? _continuation;
+        private object? _state;
+        private ExecutionContext? _context;
+        private short _token;
+        private bool _waiting;
+        private bool _completed;
+
+        public readonly short Token => _token;
+
+        /// <summary>An operation is pending and not yet completed.</summary>
+        public readonly bool IsWaiting => _waiting && !_completed;
+
+        public readonly bool HasContinuation => _continuation is not null;
+
+        public void Begin()
+        {
+            _token++;
+            _waiting = true;
+            _completed = false;
+            _continuation = null;
+            _state = null;
+            _context = null;
+        }
+
+        public Waiter Complete()
+        {
+            _completed = true;
+            return TakeContinuation();
+        }
+
+        public Waiter OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        {
+            if (token != _token || !_waiting)
+            {
+                throw new InvalidOperationException("The awaited operation is not this one: a ValueTask awaited twice, or after it was consumed.");
+            }
+
+            _continuation = continuation;
+            _state = state;
+            _context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
+            return _completed ? TakeContinuation() : default;
+        }
+
+        public void End(short token)
+        {
+            if (token != _token || !_waiting || !_completed)
+            {
+                throw new InvalidOperationException("The awaited operation's result was taken twice, or before it completed.");
+            }
+
+            _waiting = false;
+            _completed = false;
+        }
+
+        public readonly ValueTaskSourceStatus GetStatus(short token)
+            => token != _token || !_waiting || _completed ? ValueTaskSourceStatus.Succeeded : ValueTaskSourceStatus.Pending;
+
+        private Waiter TakeContinuation()
+        {
+            var taken = new Waiter { _continuation = _continuation, _state = _state, _context = _context };
+            _continuation = null;
+            _state = null;
+            _context = null;
+            return taken;
+        }
+
+        /// <summary>Runs the continuation taken (if any) on <paramref name="scheduler"/>, outside the lock.</summary>
+        public readonly void Run(PipeScheduler scheduler)
+        {
+            if (_continuation is null)
+            {
+                return;
+            }
+
+            if (_context is null)
+            {
+                scheduler.Schedule(_continuation, _state);
+            }
+            else
+            {
+                scheduler.Schedule(static s => ((ContextContinuation)s!).Run(), new ContextContinuation(_context, _continuation, _state));
+            }
+        }
+    }
+
+    private sealed class ContextContinuation(ExecutionContext context, Action<object?> continuation, object? state)
+    {
+        private static readonly ContextCallback s_run = static s => ((ContextContinuation)s!).Invoke();
+
+        public void Run() => ExecutionContext.Run(context, s_run, this);
+
+        private void Invoke() => continuation(state);
+    }
+
+    /// <summary>A block of the memory pool (or, for a write larger than its blocks, of the shared array pool) in the list of unsent bytes.</summary>
+    private sealed class Segment : ReadOnlySequenceSegment<byte>
+    {
+        private IMemoryOwner<byte>? _owner;
+        private byte[]? _array;
+
+        public Memory<byte> Block { get; private set; }
+
+        /// <summary>The bytes committed to this segment so far.</summary>
+        public int End { get; set; }
+
+        public void Attach(IMemoryOwner<byte> owner, long runningIndex)
+        {
+            _owner = owner;
+            Block = owner.Memory;
+            Reset(runningIndex);
+        }
+
+        public void Attach(byte[] array, long runningIndex)
+        {
+            _array = array;
+            Block = array;
+            Reset(runningIndex);
+        }
+
+        /// <summary>Publishes what was committed to readers of the sequence.</summary>
+        public void SetWritten() => Memory = Block[..End];
+
+        public void SetNext(Segment next) => Next = next;
+
+        public void Detach()
+        {
+            _owner?.Dispose();
+            if (_array is not null)
+            {
+                ArrayPool<byte>.Shared.Return(_array);
+            }
+
+            _owner = null;
+            _array = null;
+            Block = default;
+            Memory = default;
+            Next = null;
+            End = 0;
+        }
+
+        private void Reset(long runningIndex)
+        {
+            RunningIndex = runningIndex;
+            End = 0;
+            Memory = default;
+            Next = null;
+        }
+    }
+}
