@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Collections.Concurrent;
 using System.IO.Pipelines;
 using System.Runtime.ExceptionServices;
 using System.Threading.Tasks.Sources;
@@ -23,11 +22,6 @@ namespace Transport.Winsock.Connections;
 /// </remarks>
 internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
 {
-    // Segment objects shared by every output pipe: an idle one keeps none.
-    private static readonly ConcurrentQueue<Segment> s_segments = new();
-    private static int s_pooledSegments;
-    private static readonly int MaxPooledSegments = 64 * Environment.ProcessorCount;
-
     private static readonly Action<object?> s_cancelFlush = static state => ((OutputPipe)state!).OnFlushTokenCanceled();
 
     private readonly PipeOptions _options;
@@ -35,17 +29,17 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     // The unsent bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes into
     // _tail, after its End, _buffered bytes so far.
-    private Segment? _head;
+    private PipeSegment? _head;
     private int _headIndex;
-    private Segment? _readTail;
+    private PipeSegment? _readTail;
     private int _readTailIndex;
-    private Segment? _tail;
+    private PipeSegment? _tail;
     private Memory<byte> _writable;
     private int _buffered;
     private long _unflushed;
     private long _unsent;
     // What the last read handed out, which AdvanceToEnd consumes.
-    private Segment? _readEnd;
+    private PipeSegment? _readEnd;
     private int _readEndIndex;
     private long _readLength;
     // Between the writer's GetMemory and its next flush: the reader must not return _tail.
@@ -58,8 +52,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     private bool _readCancelRequested;
     private bool _flushCancelRequested;
 
-    private Waiter _reader;
-    private Waiter _flush;
+    private PipeWaiter _reader;
+    private PipeWaiter _flush;
     private CancellationTokenRegistration _flushRegistration;
     private CancellationToken _flushToken;
     private bool _flushTokenCanceled;
@@ -99,7 +93,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
     {
-        Waiter wake;
+        PipeWaiter wake;
         ValueTask<FlushResult> result;
         var canceledAlready = false;
         Exception? readerError = null;
@@ -165,7 +159,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override void CancelPendingFlush()
     {
-        Waiter wake = default;
+        PipeWaiter wake = default;
         lock (_lock)
         {
             _flushCancelRequested = true;
@@ -180,7 +174,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override void Complete(Exception? exception = null)
     {
-        Waiter wake;
+        PipeWaiter wake;
         lock (_lock)
         {
             if (_writerCompleted)
@@ -218,7 +212,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             _writing = true;
             if (_tail is null)
             {
-                _tail = _head = _readTail = RentSegment(sizeHint, runningIndex: 0);
+                _tail = _head = _readTail = PipeSegment.Rent(_options, sizeHint, runningIndex: 0);
                 _headIndex = _readTailIndex = 0;
                 _writable = _tail.Block;
                 return;
@@ -235,7 +229,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             _tail.End += _buffered;
             _tail.SetWritten();
             _buffered = 0;
-            var next = RentSegment(sizeHint, _tail.RunningIndex + _tail.End);
+            var next = PipeSegment.Rent(_options, sizeHint, _tail.RunningIndex + _tail.End);
             _tail.SetNext(next);
             _tail = next;
             _writable = next.Block;
@@ -243,7 +237,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     }
 
     /// <summary>Makes what was written readable; returns the reader to wake, if it waits.</summary>
-    private Waiter CommitLocked()
+    private PipeWaiter CommitLocked()
     {
         _writing = false;
         if (_unflushed == 0)
@@ -263,7 +257,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     private void OnFlushTokenCanceled()
     {
-        Waiter wake = default;
+        PipeWaiter wake = default;
         lock (_lock)
         {
             if (_flush.IsWaiting)
@@ -301,7 +295,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     /// <summary>Everything the last read returned was sent: its memory goes back, and a paused flush may resume.</summary>
     public void AdvanceToEnd()
     {
-        Waiter wake = default;
+        PipeWaiter wake = default;
         lock (_lock)
         {
             if (_readLength == 0)
@@ -314,8 +308,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             while (_head != _readEnd)
             {
                 var done = _head!;
-                _head = (Segment?)done.Next;
-                ReturnSegment(done);
+                _head = (PipeSegment?)done.Next;
+                PipeSegment.Return(done);
             }
 
             _headIndex = _readEndIndex;
@@ -324,15 +318,15 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             while (_head != _tail && _headIndex == _head!.End)
             {
                 var done = _head;
-                _head = (Segment?)done.Next;
+                _head = (PipeSegment?)done.Next;
                 _headIndex = 0;
-                ReturnSegment(done);
+                PipeSegment.Return(done);
             }
 
             if (_unsent == 0 && !_writing && _buffered == 0 && _head is not null && _headIndex == _head.End)
             {
                 // All sent and nothing being written: hold no memory while idle.
-                ReturnSegment(_head);
+                PipeSegment.Return(_head);
                 _head = _tail = _readTail = null;
                 _headIndex = _readTailIndex = 0;
                 _writable = default;
@@ -350,7 +344,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     /// <summary>Ends the pending (or the next) read with IsCanceled, as PipeReader.CancelPendingRead does.</summary>
     public void CancelPendingRead()
     {
-        Waiter wake = default;
+        PipeWaiter wake = default;
         lock (_lock)
         {
             _readCancelRequested = true;
@@ -369,7 +363,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     /// </summary>
     public void CompleteReader(Exception? error = null)
     {
-        Waiter wake = default;
+        PipeWaiter wake = default;
         lock (_lock)
         {
             if (_readerCompleted)
@@ -444,8 +438,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         var segment = _head;
         while (segment is not null)
         {
-            var next = (Segment?)segment.Next;
-            ReturnSegment(segment);
+            var next = (PipeSegment?)segment.Next;
+            PipeSegment.Return(segment);
             segment = next;
         }
 
@@ -456,44 +450,6 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         _writing = false;
         // Bytes written and dropped with their segments are no longer unflushed or unsent.
         _unflushed = _unsent = 0;
-    }
-
-    private Segment RentSegment(int sizeHint, long runningIndex)
-    {
-        if (!s_segments.TryDequeue(out var segment))
-        {
-            segment = new Segment();
-        }
-        else
-        {
-            Interlocked.Decrement(ref s_pooledSegments);
-        }
-
-        var pool = _options.Pool;
-        var size = Math.Max(_options.MinimumSegmentSize, sizeHint);
-        if (size <= pool.MaxBufferSize)
-        {
-            segment.Attach(pool.Rent(size), runningIndex);
-        }
-        else
-        {
-            segment.Attach(ArrayPool<byte>.Shared.Rent(size), runningIndex);
-        }
-
-        return segment;
-    }
-
-    private static void ReturnSegment(Segment segment)
-    {
-        segment.Detach();
-        if (Interlocked.Increment(ref s_pooledSegments) <= MaxPooledSegments)
-        {
-            s_segments.Enqueue(segment);
-        }
-        else
-        {
-            Interlocked.Decrement(ref s_pooledSegments);
-        }
     }
 
     // ---- The two awaitables: the send loop's read and the application's flush ----
@@ -511,7 +467,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {
-        Waiter wake;
+        PipeWaiter wake;
         lock (_lock)
         {
             wake = _reader.OnCompleted(continuation, state, token, flags);
@@ -558,168 +514,12 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {
-        Waiter wake;
+        PipeWaiter wake;
         lock (_lock)
         {
             wake = _flush.OnCompleted(continuation, state, token, flags);
         }
 
         wake.Run(_options.WriterScheduler);
-    }
-
-    /// <summary>
-    /// One awaited operation at a time: Begin, then Complete (by the other side) and OnCompleted (by the
-    /// awaiter) in either order, whichever comes second hands back the continuation to run; End in
-    /// GetResult. Changed only under the pipe's lock.
-    /// </summary>
-    private struct Waiter
-    {
-        private Action<object?>? _continuation;
-        private object? _state;
-        private ExecutionContext? _context;
-        private short _token;
-        private bool _waiting;
-        private bool _completed;
-
-        public readonly short Token => _token;
-
-        /// <summary>An operation is pending and not yet completed.</summary>
-        public readonly bool IsWaiting => _waiting && !_completed;
-
-        public readonly bool HasContinuation => _continuation is not null;
-
-        public void Begin()
-        {
-            _token++;
-            _waiting = true;
-            _completed = false;
-            _continuation = null;
-            _state = null;
-            _context = null;
-        }
-
-        public Waiter Complete()
-        {
-            _completed = true;
-            return TakeContinuation();
-        }
-
-        public Waiter OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        {
-            if (token != _token || !_waiting)
-            {
-                throw new InvalidOperationException("The awaited operation is not this one: a ValueTask awaited twice, or after it was consumed.");
-            }
-
-            _continuation = continuation;
-            _state = state;
-            _context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
-            return _completed ? TakeContinuation() : default;
-        }
-
-        public void End(short token)
-        {
-            if (token != _token || !_waiting || !_completed)
-            {
-                throw new InvalidOperationException("The awaited operation's result was taken twice, or before it completed.");
-            }
-
-            _waiting = false;
-            _completed = false;
-        }
-
-        public readonly ValueTaskSourceStatus GetStatus(short token)
-            => token != _token || !_waiting || _completed ? ValueTaskSourceStatus.Succeeded : ValueTaskSourceStatus.Pending;
-
-        private Waiter TakeContinuation()
-        {
-            var taken = new Waiter { _continuation = _continuation, _state = _state, _context = _context };
-            _continuation = null;
-            _state = null;
-            _context = null;
-            return taken;
-        }
-
-        /// <summary>Runs the continuation taken (if any) on <paramref name="scheduler"/>, outside the lock.</summary>
-        public readonly void Run(PipeScheduler scheduler)
-        {
-            if (_continuation is null)
-            {
-                return;
-            }
-
-            if (_context is null)
-            {
-                scheduler.Schedule(_continuation, _state);
-            }
-            else
-            {
-                scheduler.Schedule(static s => ((ContextContinuation)s!).Run(), new ContextContinuation(_context, _continuation, _state));
-            }
-        }
-    }
-
-    private sealed class ContextContinuation(ExecutionContext context, Action<object?> continuation, object? state)
-    {
-        private static readonly ContextCallback s_run = static s => ((ContextContinuation)s!).Invoke();
-
-        public void Run() => ExecutionContext.Run(context, s_run, this);
-
-        private void Invoke() => continuation(state);
-    }
-
-    /// <summary>A block of the memory pool (or, for a write larger than its blocks, of the shared array pool) in the list of unsent bytes.</summary>
-    private sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        private IMemoryOwner<byte>? _owner;
-        private byte[]? _array;
-
-        public Memory<byte> Block { get; private set; }
-
-        /// <summary>The bytes committed to this segment so far.</summary>
-        public int End { get; set; }
-
-        public void Attach(IMemoryOwner<byte> owner, long runningIndex)
-        {
-            _owner = owner;
-            Block = owner.Memory;
-            Reset(runningIndex);
-        }
-
-        public void Attach(byte[] array, long runningIndex)
-        {
-            _array = array;
-            Block = array;
-            Reset(runningIndex);
-        }
-
-        /// <summary>Publishes what was committed to readers of the sequence.</summary>
-        public void SetWritten() => Memory = Block[..End];
-
-        public void SetNext(Segment next) => Next = next;
-
-        public void Detach()
-        {
-            _owner?.Dispose();
-            if (_array is not null)
-            {
-                ArrayPool<byte>.Shared.Return(_array);
-            }
-
-            _owner = null;
-            _array = null;
-            Block = default;
-            Memory = default;
-            Next = null;
-            End = 0;
-        }
-
-        private void Reset(long runningIndex)
-        {
-            RunningIndex = runningIndex;
-            End = 0;
-            Memory = default;
-            Next = null;
-        }
     }
 }

@@ -322,7 +322,7 @@ internal sealed partial class WinsockConnection
         }
         finally
         {
-            _input.Writer.Complete(inputError);
+            _input.CompleteWriter(inputError);
             source.Dispose();
             OnLoopDone();
         }
@@ -403,7 +403,7 @@ internal sealed partial class WinsockConnection
         }
         finally
         {
-            _input.Writer.Complete(inputError);
+            _input.CompleteWriter(inputError);
         }
 
         return false;

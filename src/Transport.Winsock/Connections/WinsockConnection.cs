@@ -27,7 +27,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private static long s_lastId = DateTime.UtcNow.Ticks;
 
     private readonly WinsockConnectionFactory _factory;
-    private readonly Pipe _input;
+    private readonly InputPipe _input;
     private readonly OutputPipe _output;
     private readonly DuplexPipe _transport;
     private readonly ReusableSignal _receiveTurn = new(runContinuationsAsynchronously: false);
@@ -68,9 +68,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _factory = factory;
         _io = io;
         var (inputOptions, outputOptions) = factory.NextPipeOptions();
-        _input = new Pipe(inputOptions);
+        _input = new InputPipe(inputOptions);
         _output = new OutputPipe(outputOptions);
-        _transport = new DuplexPipe(_input.Reader, _output);
+        _transport = new DuplexPipe(_input, _output);
         Transport = _transport;
         // The server's continuation after DisposeAsync runs inline, on the loop that finished last, when
         // that is a thread pool thread: neither loop touches the connection after OnLoopDone, and it saves a
@@ -197,13 +197,13 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             }
         }
 
-        _input.Reader.Complete();
+        _input.Complete();
         _output.Complete();
         if (!_started)
         {
             // The loops never ran (an accepted connection nobody took): their pipe ends are completed
             // here, so that the pipes can be reset for the next connection.
-            _input.Writer.Complete();
+            _input.CompleteWriter();
             _output.CompleteReader();
             Recycle();
             return ValueTask.CompletedTask;
@@ -261,7 +261,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             var closedHandedOff = false;
             try
             {
-                var writer = _input.Writer;
+                var writer = _input;
                 var applicationStoppedReading = false;
                 var probeForFin = true;
                 while (true)
@@ -331,7 +331,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                 if (!applicationStoppedReading && _sendingEnded is not null)
                 {
                     // A half-close: the input ends here, but the connection lives on for sending, bounded.
-                    _input.Writer.Complete();
+                    _input.CompleteWriter();
                     try
                     {
                         await _sendingEnded.Task.WaitAsync(_factory.HalfCloseTimeout!.Value).ConfigureAwait(false);
@@ -445,7 +445,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     // will read any more. After a graceful end the application may still be reading its
                     // input (our FIN only ends the output), so the receive loop carries on delivering it;
                     // the server's DisposeAsync completes the input, which releases a held flush too.
-                    _input.Writer.CancelPendingFlush();
+                    _input.CancelPendingFlush();
                 }
                 _sendingEnded?.TrySetResult();
             }

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Security.Cryptography;
+using Transport.Tests.Infrastructure;
 using Transport.Winsock.Connections;
 
 namespace Transport.Tests.Connections;
@@ -17,7 +18,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task Bytes_arrive_in_order_across_segments_and_every_block_goes_back_once_sent()
     {
-        using var pool = new CountingPool(maxBufferSize: 4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool));
         var expected = new List<byte>();
         // Small writes, writes that cross blocks, and one larger than the pool's blocks (array pool).
@@ -51,7 +52,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task A_read_waits_for_a_flush_and_sees_only_what_was_flushed()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool));
         var pending = pipe.ReadAsync();
         pipe.Write("unflushed"u8);
@@ -78,7 +79,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task A_flush_pauses_at_the_pause_threshold_and_resumes_only_under_the_resume_threshold()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool, pause: 10_000, resume: 5_000));
         pipe.Write(new byte[9_999]);
         Assert.True((await pipe.FlushAsync(TestContext.Current.CancellationToken)) is { IsCompleted: false, IsCanceled: false });
@@ -101,7 +102,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task CancelPendingFlush_ends_a_paused_flush_and_one_called_first_cancels_the_next_flush()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool, pause: 100, resume: 50));
         pipe.Write(new byte[200]);
         var paused = pipe.FlushAsync(TestContext.Current.CancellationToken);
@@ -120,7 +121,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task A_paused_flush_ends_with_OperationCanceledException_when_its_token_is_cancelled()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool, pause: 100, resume: 50));
         using var cts = new CancellationTokenSource();
         pipe.Write(new byte[200]);
@@ -140,7 +141,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task CancelPendingRead_ends_the_pending_read_as_cancelled_and_the_next_read_waits_again()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool));
         var pending = pipe.ReadAsync();
         pipe.CancelPendingRead();
@@ -158,7 +159,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task The_writer_completing_sends_what_it_had_not_flushed_then_ends_the_reads_and_its_error_reaches_the_reader()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool));
         var pending = pipe.ReadAsync();
         pipe.Write("last"u8);
@@ -182,7 +183,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task The_reader_completing_ends_a_paused_flush_and_later_flushes_with_IsCompleted_or_its_error()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool, pause: 100, resume: 50));
         pipe.Write(new byte[200]);
         var paused = pipe.FlushAsync(TestContext.Current.CancellationToken);
@@ -207,7 +208,7 @@ public sealed class OutputPipeTests
     [Fact]
     public void Reset_refuses_a_pipe_with_a_side_still_open()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var pipe = new OutputPipe(Options(pool));
         Assert.Throws<InvalidOperationException>(pipe.Reset);
         pipe.Complete();
@@ -219,7 +220,7 @@ public sealed class OutputPipeTests
     [Fact]
     public async Task Continuations_run_on_their_side_schedulers_and_keep_the_execution_context()
     {
-        using var pool = new CountingPool(4096);
+        using var pool = new CountingMemoryPool(4096);
         var readerScheduler = new CountingScheduler();
         var writerScheduler = new CountingScheduler();
         var pipe = new OutputPipe(new PipeOptions(pool, readerScheduler, writerScheduler, 100, 50, 4096, useSynchronizationContext: false));
@@ -261,41 +262,6 @@ public sealed class OutputPipeTests
         {
             Interlocked.Increment(ref _scheduled);
             System.Threading.ThreadPool.QueueUserWorkItem(action, state, preferLocal: false);
-        }
-    }
-
-    /// <summary>A memory pool of fixed-size blocks that counts the blocks not yet given back.</summary>
-    private sealed class CountingPool(int maxBufferSize) : MemoryPool<byte>
-    {
-        private int _outstanding;
-
-        public int Outstanding => Volatile.Read(ref _outstanding);
-
-        public override int MaxBufferSize => maxBufferSize;
-
-        public override IMemoryOwner<byte> Rent(int minBufferSize = -1)
-        {
-            Assert.True(minBufferSize <= maxBufferSize, $"asked the pool for {minBufferSize} bytes, over its {maxBufferSize}");
-            Interlocked.Increment(ref _outstanding);
-            return new Block(this, new byte[maxBufferSize]);
-        }
-
-        protected override void Dispose(bool disposing)
-        {
-        }
-
-        private sealed class Block(CountingPool pool, byte[] array) : IMemoryOwner<byte>
-        {
-            private bool _returned;
-
-            public Memory<byte> Memory => array;
-
-            public void Dispose()
-            {
-                Assert.False(_returned, "a block was given back twice");
-                _returned = true;
-                Interlocked.Decrement(ref pool._outstanding);
-            }
         }
     }
 }

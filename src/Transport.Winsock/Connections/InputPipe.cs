@@ -1,0 +1,559 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Runtime.ExceptionServices;
+using System.Threading.Tasks.Sources;
+
+namespace Transport.Winsock.Connections;
+
+/// <summary>
+/// A connection's input: the connection's receive loop writes into it and the application reads it (it
+/// is the <see cref="PipeReader"/> of <c>Transport.Input</c>). It behaves as a <see cref="Pipe"/> with
+/// the same <see cref="PipeOptions"/> would for those two users: a read waits for bytes it has not
+/// examined yet; backpressure counts what the reader has not examined (so a reader that examines without
+/// consuming, waiting for more, cannot stall the writer); the reader's continuations run on the options'
+/// ReaderScheduler, the flush's on its WriterScheduler; the writer's error is thrown to every read after
+/// it. It is one object, and once the application has consumed everything it holds no memory and no
+/// segment, unless a receive is writing into its memory.
+/// </summary>
+/// <remarks>
+/// The writer side is the receive loop's alone. Memory it was given (a receive may be in the kernel) is
+/// never returned until it has flushed or completed: the reader only returns what it consumed, and the
+/// segment being written stays.
+/// </remarks>
+internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
+{
+    private static readonly Action<object?> s_cancelRead = static state => ((InputPipe)state!).OnReadTokenCanceled();
+
+    private readonly PipeOptions _options;
+    private readonly Lock _lock = new();
+
+    // The unconsumed bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes
+    // into _tail, after its End, _buffered bytes so far. Positions count from the connection's first byte.
+    private PipeSegment? _head;
+    private int _headIndex;
+    private PipeSegment? _readTail;
+    private int _readTailIndex;
+    private PipeSegment? _tail;
+    private Memory<byte> _writable;
+    private int _buffered;
+    private long _unflushed;
+    // Every byte flushed so far; where the next first segment starts once all were consumed.
+    private long _committed;
+    private long _examined;
+    // Between the writer's GetMemory and its next flush: the reader must not return _tail.
+    private bool _writing;
+    // Flushed bytes the reader has not examined yet, or an end it has not seen: a read returns at once.
+    private bool _readable;
+
+    private bool _writerCompleted;
+    private bool _readerCompleted;
+    private Exception? _writerError;
+    private bool _readCancelRequested;
+    private bool _flushCancelRequested;
+
+    private PipeWaiter _read;
+    private PipeWaiter _flush;
+    private CancellationTokenRegistration _readRegistration;
+    private bool _readTokenCanceled;
+
+    public InputPipe(PipeOptions options) => _options = options;
+
+    // ---- The reader: the application ----
+
+    public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            ThrowIfReaderCompleted();
+            cancellationToken.ThrowIfCancellationRequested();
+            if (_readable || _readCancelRequested || _writerCompleted)
+            {
+                return new(GetReadResultLocked());
+            }
+
+            _read.Begin();
+            _readTokenCanceled = false;
+            if (cancellationToken.CanBeCanceled)
+            {
+                _readRegistration = cancellationToken.UnsafeRegister(s_cancelRead, this);
+            }
+
+            return new(this, _read.Token);
+        }
+    }
+
+    public override bool TryRead(out ReadResult result)
+    {
+        lock (_lock)
+        {
+            ThrowIfReaderCompleted();
+            if (_readable || _readCancelRequested || _writerCompleted)
+            {
+                result = GetReadResultLocked();
+                return true;
+            }
+
+            result = default;
+            return false;
+        }
+    }
+
+    public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
+
+    public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+    {
+        PipeWaiter wake = default;
+        lock (_lock)
+        {
+            ThrowIfReaderCompleted();
+            var start = HeadPosition;
+            var end = _committed;
+            var consumedAt = Position(consumed, start);
+            var examinedAt = Position(examined, start);
+            if (consumedAt < start || consumedAt > examinedAt || examinedAt > end)
+            {
+                throw new ArgumentOutOfRangeException(nameof(consumed), "The consumed and examined positions must lie in the last buffer read, consumed no later than examined.");
+            }
+
+            if (examinedAt > _examined)
+            {
+                _examined = examinedAt;
+            }
+
+            if (examinedAt == end && !_writerCompleted)
+            {
+                // All of it examined: the next read waits for more.
+                _readable = false;
+            }
+
+            Consume((PipeSegment?)consumed.GetObject(), consumedAt);
+            if (_flush.IsWaiting && _committed - _examined < _options.ResumeWriterThreshold)
+            {
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    public override void CancelPendingRead()
+    {
+        PipeWaiter wake = default;
+        lock (_lock)
+        {
+            _readCancelRequested = true;
+            if (_read.IsWaiting)
+            {
+                wake = _read.Complete();
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    public override void Complete(Exception? exception = null)
+    {
+        PipeWaiter wake = default;
+        lock (_lock)
+        {
+            if (_readerCompleted)
+            {
+                return;
+            }
+
+            _readerCompleted = true;
+            if (_writerCompleted)
+            {
+                ReturnAllLocked();
+            }
+
+            if (_flush.IsWaiting)
+            {
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    private long HeadPosition => _head is null ? _committed : _head.RunningIndex + _headIndex;
+
+    /// <summary>A position of the last buffer read as a count from the first byte; the buffer's own start when it was empty.</summary>
+    private static long Position(SequencePosition position, long start)
+    {
+        if (position.GetObject() is not PipeSegment segment)
+        {
+            return position.GetObject() is null ? start : throw new ArgumentException("The position is not one of this pipe's.", nameof(position));
+        }
+
+        return segment.RunningIndex + position.GetInteger();
+    }
+
+    private void Consume(PipeSegment? consumedSegment, long consumedAt)
+    {
+        if (consumedSegment is null || _head is null)
+        {
+            return;
+        }
+
+        // Checked before anything is returned: a position from another buffer changes nothing.
+        var found = _head;
+        while (found is not null && found != consumedSegment)
+        {
+            found = (PipeSegment?)found.Next;
+        }
+
+        if (found is null)
+        {
+            throw new ArgumentException("The consumed position is not in the last buffer read.", nameof(consumedSegment));
+        }
+
+        while (_head != consumedSegment)
+        {
+            var done = _head!;
+            _head = (PipeSegment?)done.Next;
+            PipeSegment.Return(done);
+        }
+
+        _headIndex = (int)(consumedAt - _head.RunningIndex);
+        // A segment consumed to its end goes too, unless the writer still writes into it.
+        while (_head != _tail && _headIndex == _head!.End)
+        {
+            var done = _head;
+            _head = (PipeSegment?)done.Next;
+            _headIndex = 0;
+            PipeSegment.Return(done);
+        }
+
+        if (!_writing && _buffered == 0 && _head is not null && _head == _tail && _headIndex == _head.End)
+        {
+            // All consumed and no receive writing: hold no memory while idle.
+            PipeSegment.Return(_head);
+            _head = _tail = _readTail = null;
+            _headIndex = _readTailIndex = 0;
+            _writable = default;
+        }
+    }
+
+    private ReadResult GetReadResultLocked()
+    {
+        if (_writerCompleted && _writerError is { } error)
+        {
+            ExceptionDispatchInfo.Throw(error);
+        }
+
+        var canceled = _readCancelRequested;
+        _readCancelRequested = false;
+        var buffer = _head is null || HeadPosition == _committed
+            ? default
+            : new ReadOnlySequence<byte>(_head, _headIndex, _readTail!, _readTailIndex);
+        return new ReadResult(buffer, canceled, isCompleted: _writerCompleted);
+    }
+
+    private void ThrowIfReaderCompleted()
+    {
+        if (_readerCompleted)
+        {
+            throw new InvalidOperationException("Reading is not allowed after the reader was completed.");
+        }
+    }
+
+    private void OnReadTokenCanceled()
+    {
+        PipeWaiter wake = default;
+        lock (_lock)
+        {
+            if (_read.IsWaiting)
+            {
+                _readTokenCanceled = true;
+                wake = _read.Complete();
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    // ---- The writer: the connection's receive loop ----
+
+    public Memory<byte> GetMemory(int sizeHint = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
+        if (!_writing || _writable.Length == 0 || _writable.Length < sizeHint)
+        {
+            EnsureWritable(sizeHint);
+        }
+
+        return _writable;
+    }
+
+    public Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
+
+    public void Advance(int bytes)
+    {
+        if ((uint)bytes > (uint)_writable.Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
+        }
+
+        _buffered += bytes;
+        _unflushed += bytes;
+        _writable = _writable[bytes..];
+    }
+
+    /// <summary>Makes what was written readable; pauses while the reader has PauseWriterThreshold bytes or more left to examine.</summary>
+    public ValueTask<FlushResult> FlushAsync()
+    {
+        PipeWaiter wake;
+        ValueTask<FlushResult> result;
+        lock (_lock)
+        {
+            if (_writerCompleted)
+            {
+                throw new InvalidOperationException("Flushing is not allowed after the writer was completed.");
+            }
+
+            wake = CommitLocked();
+            if (_readerCompleted)
+            {
+                // Nobody will read it: what was written goes, and the writer learns the input is over.
+                ReturnAllLocked();
+                result = new(new FlushResult(isCanceled: false, isCompleted: true));
+            }
+            else if (_flushCancelRequested)
+            {
+                _flushCancelRequested = false;
+                result = new(new FlushResult(isCanceled: true, isCompleted: false));
+            }
+            else if (_options.PauseWriterThreshold > 0 && _committed - _examined >= _options.PauseWriterThreshold)
+            {
+                _flush.Begin();
+                result = new(this, _flush.Token);
+            }
+            else
+            {
+                result = new(new FlushResult(isCanceled: false, isCompleted: false));
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+        return result;
+    }
+
+    public void CancelPendingFlush()
+    {
+        PipeWaiter wake = default;
+        lock (_lock)
+        {
+            _flushCancelRequested = true;
+            if (_flush.IsWaiting)
+            {
+                wake = _flush.Complete();
+            }
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+
+    /// <summary>The input ends: with <paramref name="error"/>, every read from now on throws it, as a Pipe's do.</summary>
+    public void CompleteWriter(Exception? error = null)
+    {
+        PipeWaiter wake;
+        lock (_lock)
+        {
+            if (_writerCompleted)
+            {
+                return;
+            }
+
+            wake = CommitLocked();
+            _writerCompleted = true;
+            _writerError = error;
+            _readable = true;
+            _writable = default;
+            if (_readerCompleted)
+            {
+                ReturnAllLocked();
+            }
+            else if (!wake.HasContinuation && _read.IsWaiting)
+            {
+                wake = _read.Complete();
+            }
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    /// <summary>Both sides completed: ready for the pooled connection's next use.</summary>
+    public void Reset()
+    {
+        lock (_lock)
+        {
+            if (!_writerCompleted || !_readerCompleted)
+            {
+                throw new InvalidOperationException("An input pipe can only be reset once both of its sides are completed.");
+            }
+
+            ReturnAllLocked();
+            _writerCompleted = _readerCompleted = false;
+            _writerError = null;
+            _readCancelRequested = _flushCancelRequested = false;
+            _readable = false;
+            _committed = _examined = 0;
+        }
+    }
+
+    private void EnsureWritable(int sizeHint)
+    {
+        lock (_lock)
+        {
+            if (_writerCompleted)
+            {
+                throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
+            }
+
+            _writing = true;
+            if (_tail is null)
+            {
+                _tail = _head = _readTail = PipeSegment.Rent(_options, sizeHint, _committed);
+                _headIndex = _readTailIndex = 0;
+                _writable = _tail.Block;
+                return;
+            }
+
+            var free = _tail.Block.Length - _tail.End - _buffered;
+            if (free > 0 && free >= sizeHint)
+            {
+                _writable = _tail.Block[(_tail.End + _buffered)..];
+                return;
+            }
+
+            _tail.End += _buffered;
+            _tail.SetWritten();
+            _buffered = 0;
+            var next = PipeSegment.Rent(_options, sizeHint, _tail.RunningIndex + _tail.End);
+            _tail.SetNext(next);
+            _tail = next;
+            _writable = next.Block;
+        }
+    }
+
+    private PipeWaiter CommitLocked()
+    {
+        _writing = false;
+        if (_unflushed == 0)
+        {
+            return default;
+        }
+
+        _tail!.End += _buffered;
+        _tail.SetWritten();
+        _buffered = 0;
+        _readTail = _tail;
+        _readTailIndex = _tail.End;
+        _committed += _unflushed;
+        _unflushed = 0;
+        _readable = true;
+        return _read.IsWaiting ? _read.Complete() : default;
+    }
+
+    private void ReturnAllLocked()
+    {
+        var segment = _head;
+        while (segment is not null)
+        {
+            var next = (PipeSegment?)segment.Next;
+            PipeSegment.Return(segment);
+            segment = next;
+        }
+
+        _head = _tail = _readTail = null;
+        _headIndex = _readTailIndex = _buffered = 0;
+        _writable = default;
+        _writing = false;
+        _unflushed = 0;
+        // Dropped bytes count as examined: nothing is left to hold the writer back.
+        _examined = _committed;
+    }
+
+    // ---- The two awaitables: the application's read and the receive loop's flush ----
+
+    ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
+    {
+        CancellationTokenRegistration registration;
+        bool tokenCanceled;
+        var result = default(ReadResult);
+        Exception? failure = null;
+        lock (_lock)
+        {
+            _read.End(token);
+            registration = _readRegistration;
+            _readRegistration = default;
+            tokenCanceled = _readTokenCanceled;
+            _readTokenCanceled = false;
+            if (!tokenCanceled)
+            {
+                try
+                {
+                    result = GetReadResultLocked();
+                }
+                catch (Exception ex)
+                {
+                    // The writer's error: thrown below, once the registration is gone.
+                    failure = ex;
+                }
+            }
+        }
+
+        // Outside the lock: disposing waits for a callback that is running, and the callback takes the lock.
+        var canceledToken = registration.Token;
+        registration.Dispose();
+        if (tokenCanceled)
+        {
+            throw new OperationCanceledException("The read was canceled by its token.", canceledToken);
+        }
+
+        if (failure is not null)
+        {
+            ExceptionDispatchInfo.Throw(failure);
+        }
+
+        return result;
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _read.GetStatus(token);
+
+    void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        PipeWaiter wake;
+        lock (_lock)
+        {
+            wake = _read.OnCompleted(continuation, state, token, flags);
+        }
+
+        wake.Run(_options.ReaderScheduler);
+    }
+
+    FlushResult IValueTaskSource<FlushResult>.GetResult(short token)
+    {
+        lock (_lock)
+        {
+            _flush.End(token);
+            var canceled = _flushCancelRequested;
+            _flushCancelRequested = false;
+            return new FlushResult(canceled, isCompleted: _readerCompleted);
+        }
+    }
+
+    ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
+
+    void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        PipeWaiter wake;
+        lock (_lock)
+        {
+            wake = _flush.OnCompleted(continuation, state, token, flags);
+        }
+
+        wake.Run(_options.WriterScheduler);
+    }
+}

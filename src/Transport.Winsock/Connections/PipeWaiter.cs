@@ -1,0 +1,105 @@
+using System.IO.Pipelines;
+using System.Threading.Tasks.Sources;
+
+namespace Transport.Winsock.Connections;
+
+/// <summary>
+/// One awaited operation at a time: Begin, then Complete (by the other side) and OnCompleted (by the
+/// awaiter) in either order, whichever comes second hands back the continuation to run; End in
+/// GetResult. Changed only under its pipe's lock (InputPipe, OutputPipe).
+/// </summary>
+internal struct PipeWaiter
+{
+    private Action<object?>? _continuation;
+    private object? _state;
+    private ExecutionContext? _context;
+    private short _token;
+    private bool _waiting;
+    private bool _completed;
+
+    public readonly short Token => _token;
+
+    /// <summary>An operation is pending and not yet completed.</summary>
+    public readonly bool IsWaiting => _waiting && !_completed;
+
+    public readonly bool HasContinuation => _continuation is not null;
+
+    public void Begin()
+    {
+        _token++;
+        _waiting = true;
+        _completed = false;
+        _continuation = null;
+        _state = null;
+        _context = null;
+    }
+
+    public PipeWaiter Complete()
+    {
+        _completed = true;
+        return TakeContinuation();
+    }
+
+    public PipeWaiter OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        if (token != _token || !_waiting)
+        {
+            throw new InvalidOperationException("The awaited operation is not this one: a ValueTask awaited twice, or after it was consumed.");
+        }
+
+        _continuation = continuation;
+        _state = state;
+        _context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
+        return _completed ? TakeContinuation() : default;
+    }
+
+    public void End(short token)
+    {
+        if (token != _token || !_waiting || !_completed)
+        {
+            throw new InvalidOperationException("The awaited operation's result was taken twice, or before it completed.");
+        }
+
+        _waiting = false;
+        _completed = false;
+    }
+
+    public readonly ValueTaskSourceStatus GetStatus(short token)
+        => token != _token || !_waiting || _completed ? ValueTaskSourceStatus.Succeeded : ValueTaskSourceStatus.Pending;
+
+    private PipeWaiter TakeContinuation()
+    {
+        var taken = new PipeWaiter { _continuation = _continuation, _state = _state, _context = _context };
+        _continuation = null;
+        _state = null;
+        _context = null;
+        return taken;
+    }
+
+    /// <summary>Runs the continuation taken (if any) on <paramref name="scheduler"/>, outside the lock.</summary>
+    public readonly void Run(PipeScheduler scheduler)
+    {
+        if (_continuation is null)
+        {
+            return;
+        }
+
+        if (_context is null)
+        {
+            scheduler.Schedule(_continuation, _state);
+        }
+        else
+        {
+            scheduler.Schedule(static s => ((ContextContinuation)s!).Run(), new ContextContinuation(_context, _continuation, _state));
+        }
+    }
+
+    private sealed class ContextContinuation(ExecutionContext context, Action<object?> continuation, object? state)
+    {
+        private static readonly ContextCallback s_run = static s => ((ContextContinuation)s!).Invoke();
+
+        public void Run() => ExecutionContext.Run(context, s_run, this);
+
+        private void Invoke() => continuation(state);
+    }
+}
