@@ -48,7 +48,7 @@ internal sealed partial class WinsockConnection
                 if (!_peerFinReceived && !_receiveEnded)
                 {
                     _closeState = CloseState.FinDeferred;
-                    _deadline.Arm(deferral, s_onDeferralExpired, this, _id);
+                    Deadline.Arm(deferral, s_onDeferralExpired, this, _id);
                     return;
                 }
 
@@ -113,7 +113,7 @@ internal sealed partial class WinsockConnection
         // No drain to wait for when the peer's FIN is already in (a half-close in progress).
         if (!_receiveEnded && !_peerFinReceived)
         {
-            _deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this, _id);
+            Deadline.Arm(_factory.DrainTimeout, s_onDrainExpired, this, _id);
         }
     }
 
@@ -221,7 +221,7 @@ internal sealed partial class WinsockConnection
             // peer's FIN was first, so this is a passive close, and counted as one.
             if (_closeState == CloseState.FinDeferred)
             {
-                _deadline.TryDisarm();
+                _deadline?.TryDisarm();
                 SendFinLocked();
                 _factory.Counters.PeerClosedFirstSeen();
             }

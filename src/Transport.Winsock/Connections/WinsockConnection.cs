@@ -22,22 +22,22 @@ namespace Transport.Winsock.Connections;
 /// allocates next to nothing here.
 /// </para>
 /// </summary>
-internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem
+internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem, IDuplexPipe
 {
     private static long s_lastId = DateTime.UtcNow.Ticks;
 
     private readonly WinsockConnectionFactory _factory;
     private readonly InputPipe _input;
     private readonly OutputPipe _output;
-    private readonly DuplexPipe _transport;
     private readonly ReusableSignal _receiveTurn = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
     private readonly ReusableSignal _finished;
     private readonly Lock _closeLock = new();
     // The engine's side: receives, sends, FIN, close and the socket's hand-off.
     private readonly ConnectionIo _io;
-    // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close.
-    private readonly SocketDeadline _deadline = new();
+    // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close. Made
+    // at its first arming, under _closeLock (see Deadline): an idle keep-alive connection never has one.
+    private SocketDeadline? _deadline;
     // On the pinned heap and marked so: an engine that pins a receive buffer (io_uring) pins this one, once
     // per connection, without a GC handle.
     private readonly Memory<byte> _probe = System.Runtime.InteropServices.MemoryMarshal.CreateFromPinnedArray(GC.AllocateArray<byte>(1, pinned: true), 0, 1);
@@ -70,8 +70,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         var (inputOptions, outputOptions) = factory.NextPipeOptions();
         _input = new InputPipe(inputOptions);
         _output = new OutputPipe(outputOptions);
-        _transport = new DuplexPipe(_input, _output);
-        Transport = _transport;
+        // The connection is its own IDuplexPipe: one object fewer per connection.
+        Transport = this;
         // The server's continuation after DisposeAsync runs inline, on the loop that finished last, when
         // that is a thread pool thread: neither loop touches the connection after OnLoopDone, and it saves a
         // hop. On an engine's thread it is handed to the thread pool (OnLoopDone).
@@ -86,14 +86,14 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _id = Interlocked.Increment(ref s_lastId);
         // A deadline still armed for this object's previous connection ends here; one that fires anyway
         // carries the old id and is ignored.
-        _deadline.TryDisarm();
+        _deadline?.TryDisarm();
         // As far as they can still be read: a peer that resets right after connecting can make them
         // fail, and such a connection still goes to the server, where it counts in Kestrel's metrics and
         // logs and ends at its first read. (Kestrel's Sockets transport drops one whose endpoint or
         // NoDelay it cannot read or set; this one hands over every connection it accepted.)
         LocalEndPoint = _factory.LocalEndPoint ?? _io.LocalEndPoint;
         RemoteEndPoint = _io.RemoteEndPoint;
-        Transport = _transport;
+        Transport = this;
         _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
         _closeState = CloseState.Open;
         _shutdownReason = null;
@@ -116,7 +116,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _receiveTurn.Set(false);
         _sendTurn.Set(false);
         _io.Dispose();
-        _deadline.Dispose();
+        _deadline?.Dispose();
     }
 
     /// <summary>The engine's side of this connection; internal for tests (no application may hold it).</summary>
@@ -125,6 +125,13 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private ILogger Logger => _factory.Logger;
 
     public override IDuplexPipe Transport { get; set; }
+
+    PipeReader IDuplexPipe.Input => _input;
+
+    PipeWriter IDuplexPipe.Output => _output;
+
+    /// <summary>The deadline, made at its first arming; only under _closeLock.</summary>
+    private SocketDeadline Deadline => _deadline ??= new SocketDeadline();
 
     public override EndPoint? LocalEndPoint { get; set; }
 
@@ -192,7 +199,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             {
                 if (_closeState == CloseState.Open)
                 {
-                    _deadline.Arm(endTimeout, s_onEndExpired, this, _id);
+                    Deadline.Arm(endTimeout, s_onEndExpired, this, _id);
                 }
             }
         }
@@ -365,7 +372,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                 }
 
                 // A drain that is over in time disarms its deadline; one that expired has closed the socket.
-                _deadline.TryDisarm();
+                _deadline?.TryDisarm();
                 closedHandedOff = CompleteInputAndFireConnectionClosed(_shutdownReason ?? error);
             }
 
