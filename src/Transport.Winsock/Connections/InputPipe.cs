@@ -54,6 +54,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     private PipeWaiter _read;
     private PipeWaiter _flush;
     private CancellationTokenRegistration _readRegistration;
+    private CancellationToken _readToken;
     private bool _readTokenCanceled;
 
     public InputPipe(PipeOptions options) => _options = options;
@@ -62,16 +63,28 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
     public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
     {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return ValueTask.FromCanceled<ReadResult>(cancellationToken);
+        }
+
         lock (_lock)
         {
             ThrowIfReaderCompleted();
-            cancellationToken.ThrowIfCancellationRequested();
+            if (_read.IsWaiting)
+            {
+                throw new InvalidOperationException("Concurrent reads are not supported: the previous read has not completed.");
+            }
+
             if (_readable || _readCancelRequested || _writerCompleted)
             {
                 return new(GetReadResultLocked());
             }
 
             _read.Begin();
+            // Unregister, not Dispose: Dispose would wait, under this lock, for a callback that needs it.
+            _readRegistration.Unregister();
+            _readToken = cancellationToken;
             _readTokenCanceled = false;
             if (cancellationToken.CanBeCanceled)
             {
@@ -263,7 +276,8 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         PipeWaiter wake = default;
         lock (_lock)
         {
-            if (_read.IsWaiting)
+            // Only the waiting read's own token: a registration left from an earlier read does nothing.
+            if (_read.IsWaiting && _readToken.IsCancellationRequested)
             {
                 _readTokenCanceled = true;
                 wake = _read.Complete();
@@ -290,6 +304,11 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
     public void Advance(int bytes)
     {
+        if (_writerCompleted)
+        {
+            return;
+        }
+
         if ((uint)bytes > (uint)_writable.Length)
         {
             throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
@@ -394,6 +413,10 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             }
 
             ReturnAllLocked();
+            _readRegistration.Unregister();
+            _readRegistration = default;
+            _readToken = default;
+            _readTokenCanceled = false;
             _writerCompleted = _readerCompleted = false;
             _writerError = null;
             _readCancelRequested = _flushCancelRequested = false;
@@ -488,6 +511,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             _read.End(token);
             registration = _readRegistration;
             _readRegistration = default;
+            _readToken = default;
             tokenCanceled = _readTokenCanceled;
             _readTokenCanceled = false;
             if (!tokenCanceled)
@@ -520,7 +544,18 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         return result;
     }
 
-    ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _read.GetStatus(token);
+    ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token)
+    {
+        lock (_lock)
+        {
+            // As a Pipe's: a read that will throw says so to callers that look before they take the result.
+            var status = _read.GetStatus(token);
+            return status != ValueTaskSourceStatus.Succeeded || !_read.IsCompleted ? status
+                : _readTokenCanceled ? ValueTaskSourceStatus.Canceled
+                : _writerCompleted && _writerError is not null ? ValueTaskSourceStatus.Faulted
+                : status;
+        }
+    }
 
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {

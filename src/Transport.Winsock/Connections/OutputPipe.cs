@@ -81,6 +81,13 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override void Advance(int bytes)
     {
+        if (_writerCompleted || Volatile.Read(ref _readerCompleted))
+        {
+            // After the writer's own Complete, or once nobody will send it: nothing more goes out, and
+            // the writer goes on writing into the same memory, as into a Pipe whose reader is done.
+            return;
+        }
+
         if ((uint)bytes > (uint)_writable.Length)
         {
             throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
@@ -93,15 +100,26 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
     {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            // As a Pipe does: nothing is committed, and the flush ends cancelled.
+            return ValueTask.FromCanceled<FlushResult>(cancellationToken);
+        }
+
         PipeWaiter wake;
         ValueTask<FlushResult> result;
-        var canceledAlready = false;
         Exception? readerError = null;
         lock (_lock)
         {
             if (_writerCompleted)
             {
-                throw new InvalidOperationException("Flushing is not allowed after the writer was completed.");
+                // A Pipe answers a flush after the writer's completion too; nothing more goes out.
+                return new(new FlushResult(isCanceled: false, isCompleted: _readerCompleted));
+            }
+
+            if (_flush.IsWaiting)
+            {
+                throw new InvalidOperationException("Concurrent flushes are not supported: the previous flush has not completed.");
             }
 
             wake = CommitLocked();
@@ -118,15 +136,12 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 _flushCancelRequested = false;
                 result = new(new FlushResult(isCanceled: true, isCompleted: false));
             }
-            else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold && cancellationToken.IsCancellationRequested)
-            {
-                // Thrown after the reader is woken for what this flush committed.
-                canceledAlready = true;
-                result = default;
-            }
             else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold)
             {
                 _flush.Begin();
+                // A registration left by a flush whose result was never taken; Unregister, not Dispose:
+                // Dispose would wait, under this lock, for a callback that needs it.
+                _flushRegistration.Unregister();
                 _flushToken = cancellationToken;
                 _flushTokenCanceled = false;
                 if (cancellationToken.CanBeCanceled)
@@ -144,17 +159,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         }
 
         wake.Run(_options.ReaderScheduler);
-        if (canceledAlready)
-        {
-            throw new OperationCanceledException("The flush was canceled by its token.", cancellationToken);
-        }
-
-        if (readerError is not null)
-        {
-            ExceptionDispatchInfo.Throw(readerError);
-        }
-
-        return result;
+        return readerError is null ? result : ValueTask.FromException<FlushResult>(readerError);
     }
 
     public override void CancelPendingFlush()
@@ -209,6 +214,12 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
             }
 
+            if (_readerCompleted)
+            {
+                // Nobody will send what is written from now on: a write goes on in one block, not a growing list.
+                ReturnAllLocked();
+            }
+
             _writing = true;
             if (_tail is null)
             {
@@ -242,6 +253,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         _writing = false;
         if (_unflushed == 0)
         {
+            // A GetMemory with nothing written (a copy that ended): the block goes back when all is sent.
+            ReleaseIfIdleLocked();
             return default;
         }
 
@@ -255,12 +268,25 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         return _reader.IsWaiting ? _reader.Complete() : default;
     }
 
+    /// <summary>All sent and nothing being written: hold no memory while idle.</summary>
+    private void ReleaseIfIdleLocked()
+    {
+        if (_unsent == 0 && !_writing && _buffered == 0 && _head is not null && _head == _tail && _headIndex == _head.End)
+        {
+            PipeSegment.Return(_head);
+            _head = _tail = _readTail = null;
+            _headIndex = _readTailIndex = 0;
+            _writable = default;
+        }
+    }
+
     private void OnFlushTokenCanceled()
     {
         PipeWaiter wake = default;
         lock (_lock)
         {
-            if (_flush.IsWaiting)
+            // Only the waiting flush's own token: a registration left from an earlier flush does nothing.
+            if (_flush.IsWaiting && _flushToken.IsCancellationRequested)
             {
                 _flushTokenCanceled = true;
                 wake = _flush.Complete();
@@ -323,14 +349,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 PipeSegment.Return(done);
             }
 
-            if (_unsent == 0 && !_writing && _buffered == 0 && _head is not null && _headIndex == _head.End)
-            {
-                // All sent and nothing being written: hold no memory while idle.
-                PipeSegment.Return(_head);
-                _head = _tail = _readTail = null;
-                _headIndex = _readTailIndex = 0;
-                _writable = default;
-            }
+            ReleaseIfIdleLocked();
 
             if (_flush.IsWaiting && _unsent < _options.ResumeWriterThreshold)
             {
@@ -400,6 +419,10 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             }
 
             ReturnAllLocked();
+            _flushRegistration.Unregister();
+            _flushRegistration = default;
+            _flushToken = default;
+            _flushTokenCanceled = false;
             _writerCompleted = _readerCompleted = false;
             _writerError = _readerError = null;
             _readCancelRequested = _flushCancelRequested = false;
@@ -409,7 +432,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     private ReadResult GetReadResultLocked()
     {
-        if (_writerCompleted && _writerError is { } error && !_readCancelRequested)
+        if (_writerCompleted && _writerError is { } error)
         {
             ExceptionDispatchInfo.Throw(error);
         }
@@ -510,7 +533,18 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         return result;
     }
 
-    ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
+    ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token)
+    {
+        lock (_lock)
+        {
+            // As a Pipe's: a flush that will throw says so (Kestrel's flusher takes IsCompletedSuccessfully at its word).
+            var status = _flush.GetStatus(token);
+            return status != ValueTaskSourceStatus.Succeeded || !_flush.IsCompleted ? status
+                : _flushTokenCanceled ? ValueTaskSourceStatus.Canceled
+                : _readerCompleted && _readerError is not null ? ValueTaskSourceStatus.Faulted
+                : status;
+        }
+    }
 
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {

@@ -38,9 +38,10 @@ internal sealed class PipeSegment : ReadOnlySequenceSegment<byte>
 
         var pool = options.Pool;
         var size = Math.Max(options.MinimumSegmentSize, sizeHint);
-        if (size <= pool.MaxBufferSize)
+        if (sizeHint <= pool.MaxBufferSize)
         {
-            segment._owner = pool.Rent(size);
+            // A minimum segment size over the pool's blocks is capped at them, as a Pipe does.
+            segment._owner = pool.Rent(Math.Min(size, pool.MaxBufferSize));
             segment.Block = segment._owner.Memory;
         }
         else

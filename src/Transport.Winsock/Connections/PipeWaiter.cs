@@ -22,10 +22,20 @@ internal struct PipeWaiter
     /// <summary>An operation is pending and not yet completed.</summary>
     public readonly bool IsWaiting => _waiting && !_completed;
 
+    /// <summary>The operation completed and its result is not taken yet.</summary>
+    public readonly bool IsCompleted => _waiting && _completed;
+
     public readonly bool HasContinuation => _continuation is not null;
 
     public void Begin()
     {
+        if (IsWaiting)
+        {
+            // Concurrent reads (or flushes), as a Pipe refuses them: the first awaiter would never resume.
+            // One that completed and whose result was never taken is simply superseded, as in a Pipe.
+            throw new InvalidOperationException("Concurrent reads or flushes are not supported: the previous one has not completed.");
+        }
+
         _token++;
         _waiting = true;
         _completed = false;
@@ -42,9 +52,9 @@ internal struct PipeWaiter
 
     public PipeWaiter OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
     {
-        if (token != _token || !_waiting)
+        if (token != _token || !_waiting || _continuation is not null)
         {
-            throw new InvalidOperationException("The awaited operation is not this one: a ValueTask awaited twice, or after it was consumed.");
+            throw new InvalidOperationException("The awaited operation is not this one, or is awaited twice: a ValueTask may be awaited once.");
         }
 
         _continuation = continuation;
@@ -84,13 +94,19 @@ internal struct PipeWaiter
             return;
         }
 
-        if (_context is null)
+        if (_context is not null)
         {
-            scheduler.Schedule(_continuation, _state);
+            scheduler.Schedule(static s => ((ContextContinuation)s!).Run(), new ContextContinuation(_context, _continuation, _state));
+        }
+        else if (scheduler == PipeScheduler.ThreadPool)
+        {
+            // Not PipeScheduler.ThreadPool.Schedule, which would carry the waking thread's execution
+            // context to a continuation that did not ask for one (a Pipe queues it unsafely, too).
+            ThreadPool.UnsafeQueueUserWorkItem(_continuation, _state, preferLocal: false);
         }
         else
         {
-            scheduler.Schedule(static s => ((ContextContinuation)s!).Run(), new ContextContinuation(_context, _continuation, _state));
+            scheduler.Schedule(_continuation, _state);
         }
     }
 
