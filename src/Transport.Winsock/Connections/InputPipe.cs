@@ -123,9 +123,10 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             var end = _committed;
             var consumedAt = Position(consumed, start);
             var examinedAt = Position(examined, start);
-            if (consumedAt < start || consumedAt > examinedAt || examinedAt > end)
+            if (consumedAt < start || consumedAt > examinedAt || examinedAt > end || !IsUnconsumed(consumed.GetObject()))
             {
-                throw new ArgumentOutOfRangeException(nameof(consumed), "The consumed and examined positions must lie in the last buffer read, consumed no later than examined.");
+                // Refused before anything changes, with the exception a Pipe throws (the one Kestrel handles).
+                throw new InvalidOperationException("The consumed and examined positions must lie in the last buffer read, consumed no later than examined.");
             }
 
             if (examinedAt > _examined)
@@ -196,10 +197,29 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     {
         if (position.GetObject() is not PipeSegment segment)
         {
-            return position.GetObject() is null ? start : throw new ArgumentException("The position is not one of this pipe's.", nameof(position));
+            return position.GetObject() is null ? start : throw new InvalidOperationException("The position is not one of this pipe's.");
         }
 
         return segment.RunningIndex + position.GetInteger();
+    }
+
+    /// <summary>Whether a position's segment is one of the unconsumed ones (null: an empty buffer's).</summary>
+    private bool IsUnconsumed(object? segment)
+    {
+        if (segment is null)
+        {
+            return true;
+        }
+
+        for (var s = _head; s is not null; s = (PipeSegment?)s.Next)
+        {
+            if (s == segment)
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private void Consume(PipeSegment? consumedSegment, long consumedAt)
@@ -207,18 +227,6 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         if (consumedSegment is null || _head is null)
         {
             return;
-        }
-
-        // Checked before anything is returned: a position from another buffer changes nothing.
-        var found = _head;
-        while (found is not null && found != consumedSegment)
-        {
-            found = (PipeSegment?)found.Next;
-        }
-
-        if (found is null)
-        {
-            throw new ArgumentException("The consumed position is not in the last buffer read.", nameof(consumedSegment));
         }
 
         while (_head != consumedSegment)
@@ -393,7 +401,10 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             {
                 ReturnAllLocked();
             }
-            else if (!wake.HasContinuation && _read.IsWaiting)
+
+            // A read still pending ends too, even after the reader's Complete (a handler that had not
+            // awaited its last read), as a Pipe's does: otherwise it would wait forever.
+            if (!wake.HasContinuation && _read.IsWaiting)
             {
                 wake = _read.Complete();
             }
@@ -413,6 +424,8 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             }
 
             ReturnAllLocked();
+            _read.Invalidate();
+            _flush.Invalidate();
             _readRegistration.Unregister();
             _readRegistration = default;
             _readToken = default;

@@ -196,7 +196,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             {
                 ReturnAllLocked();
             }
-            else if (!wake.HasContinuation && _reader.IsWaiting)
+
+            if (!wake.HasContinuation && _reader.IsWaiting)
             {
                 wake = _reader.Complete();
             }
@@ -419,6 +420,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             }
 
             ReturnAllLocked();
+            _reader.Invalidate();
+            _flush.Invalidate();
             _flushRegistration.Unregister();
             _flushRegistration = default;
             _flushToken = default;

@@ -44,6 +44,20 @@ internal struct PipeWaiter
         _context = null;
     }
 
+    /// <summary>
+    /// The pipe is reset for its next connection: a ValueTask of the last one (a late GetResult or
+    /// OnCompleted) no longer matches and fails, instead of seeing the next connection's state.
+    /// </summary>
+    public void Invalidate()
+    {
+        _token++;
+        _waiting = false;
+        _completed = false;
+        _continuation = null;
+        _state = null;
+        _context = null;
+    }
+
     public PipeWaiter Complete()
     {
         _completed = true;
