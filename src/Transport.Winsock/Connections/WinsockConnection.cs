@@ -1,7 +1,9 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.AspNetCore.Connections;
+using System.Threading.Tasks.Sources;
 using Microsoft.Extensions.Logging;
 using Transport.Winsock.Diagnostics;
 using Transport.Winsock.Engines;
@@ -10,28 +12,27 @@ using Transport.Winsock.Teardown;
 namespace Transport.Winsock.Connections;
 
 /// <summary>
-/// One accepted connection: a receive loop filling the input pipe and a send loop draining the output
+/// One accepted connection: a receive side filling the input pipe and a send side draining the output
 /// pipe, with Kestrel's semantics (ConnectionClosed on the peer's FIN or reset, reset vs abort errors,
 /// backpressure at the pipe thresholds). Its end decides the socket's fate: after a FIN both ways the
 /// socket goes to the recycler; after an abort, an error or a reset it is closed and never reused.
 /// <para>
 /// The object is pooled by its listener and carries one connection after another: <see cref="Attach"/>
-/// readies it for a socket, <see cref="Start"/> gives each of its two long-lived loops (receive, send) a
-/// turn, and the awaiter of <see cref="DisposeAsync"/> hands it back. Pipes, signals, feature state and
-/// the loops' state machines are allocated once per object, so a steady stream of short connections
-/// allocates next to nothing here.
+/// readies it for a socket, <see cref="Start"/> runs its two sides (receive, send), and the awaiter of
+/// <see cref="DisposeAsync"/> hands it back. Pipes, feature state and the sides' two continuations are
+/// allocated once per object, so a steady stream of short connections allocates next to nothing here;
+/// the sides' state is fields of this object, so an idle connection holds no state machine box.
 /// </para>
 /// </summary>
-internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem, IDuplexPipe
+internal sealed partial class WinsockConnection : ConnectionContext, IThreadPoolWorkItem, IDuplexPipe, IValueTaskSource
 {
     private static long s_lastId = DateTime.UtcNow.Ticks;
 
     private readonly WinsockConnectionFactory _factory;
     private readonly InputPipe _input;
     private readonly OutputPipe _output;
-    private readonly ReusableSignal _receiveTurn = new(runContinuationsAsynchronously: false);
-    private readonly ReusableSignal _sendTurn = new(runContinuationsAsynchronously: false);
-    private readonly ReusableSignal _finished;
+    // What DisposeAsync returns: set once both sides are done; taking its result recycles this object.
+    private ManualResetValueTaskSourceCore<bool> _finished;
     private readonly Lock _closeLock = new();
     // The engine's side: receives, sends, FIN, close and the socket's hand-off.
     private readonly ConnectionIo _io;
@@ -72,12 +73,12 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _output = new OutputPipe(outputOptions);
         // The connection is its own IDuplexPipe: one object fewer per connection.
         Transport = this;
-        // The server's continuation after DisposeAsync runs inline, on the loop that finished last, when
-        // that is a thread pool thread: neither loop touches the connection after OnLoopDone, and it saves a
+        // The server's continuation after DisposeAsync runs inline, on the side that finished last, when
+        // that is a thread pool thread: neither side touches the connection after OnLoopDone, and it saves a
         // hop. On an engine's thread it is handed to the thread pool (OnLoopDone).
-        _finished = new ReusableSignal(runContinuationsAsynchronously: false, afterResult: Recycle);
-        _ = ReceiveLoopAsync();
-        _ = SendLoopAsync();
+        _finished = new ManualResetValueTaskSourceCore<bool> { RunContinuationsAsynchronously = false };
+        _onReceiveCompleted = RunReceive;
+        _onSendCompleted = RunSend;
     }
 
     /// <summary>Readies this object, new or from the pool, for the socket its engine side has just been given.</summary>
@@ -110,11 +111,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         ResetFeatures();
     }
 
-    /// <summary>Ends a pooled object's loops when the pool has no room for it, and frees its event args and timer.</summary>
+    /// <summary>Frees a pooled object's engine side and timer when the pool has no room for it.</summary>
     public void Retire()
     {
-        _receiveTurn.Set(false);
-        _sendTurn.Set(false);
         _io.Dispose();
         _deadline?.Dispose();
     }
@@ -137,7 +136,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
     public override EndPoint? RemoteEndPoint { get; set; }
 
-    /// <summary>Starts both loops on this connection; they run inline until they first wait for the socket or the application.</summary>
+    /// <summary>Starts both sides of this connection; they run inline until they first wait for the socket or the application.</summary>
     /// <remarks>
     /// An engine whose accepts complete on a thread of its own (io_uring) starts a connection there, before
     /// it is queued for the server, so that its first receive is submitted without a hop; the listener's
@@ -152,8 +151,12 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
         _started = true;
         _loopsRunning = 2;
-        _receiveTurn.Set();
-        _sendTurn.Set();
+        _receiveStep = ReceiveStep.WaitForData;
+        _sendStep = SendStep.Read;
+        _applicationStoppedReading = false;
+        _probeForFin = true;
+        RunReceive();
+        RunSend();
     }
 
     /// <summary>
@@ -172,12 +175,12 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             CloseAbortively(abortReason);
         }
 
-        // Ends the send loop, which is waiting on the application's output.
+        // Ends the send side, which is waiting on the application's output.
         _output.CancelPendingRead();
     }
 
     /// <summary>
-    /// Ends the connection for the server. The returned task completes once both loops are done and the
+    /// Ends the connection for the server. The returned task completes once both sides are done and the
     /// socket is handed off; taking its result returns this object to the pool, so it must be awaited once
     /// and the connection not touched after.
     /// </summary>
@@ -208,7 +211,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _output.Complete();
         if (!_started)
         {
-            // The loops never ran (an accepted connection nobody took): their pipe ends are completed
+            // The sides never ran (an accepted connection nobody took): their pipe ends are completed
             // here, so that the pipes can be reset for the next connection.
             _input.CompleteWriter();
             _output.CompleteReader();
@@ -216,13 +219,31 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             return ValueTask.CompletedTask;
         }
 
-        return _finished.WaitWithoutResultAsync();
+        return new ValueTask(this, _finished.Version);
     }
 
-    /// <summary>Queued by <see cref="OnLoopDone"/> from a ring thread: DisposeAsync completes on the thread pool.</summary>
-    void IThreadPoolWorkItem.Execute() => _finished.Set();
+    void IValueTaskSource.GetResult(short token)
+    {
+        try
+        {
+            _finished.GetResult(token);
+        }
+        finally
+        {
+            _finished.Reset();
+            Recycle();
+        }
+    }
 
-    /// <summary>Both loops are done with this connection: hand the socket off and let DisposeAsync complete.</summary>
+    ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _finished.GetStatus(token);
+
+    void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        => _finished.OnCompleted(continuation, state, token, flags);
+
+    /// <summary>Queued by <see cref="OnLoopDone"/> from a ring thread: DisposeAsync completes on the thread pool.</summary>
+    void IThreadPoolWorkItem.Execute() => _finished.SetResult(true);
+
+    /// <summary>Both sides are done with this connection: hand the socket off and let DisposeAsync complete.</summary>
     private void OnLoopDone()
     {
         if (Interlocked.Decrement(ref _loopsRunning) == 0)
@@ -237,7 +258,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             }
             else
             {
-                _finished.Set();
+                _finished.SetResult(true);
             }
         }
     }
@@ -255,210 +276,451 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     }
 
     /// <summary>
-    /// The receive side of every connection this object carries, one turn per connection: data into the
-    /// input pipe until the peer's FIN; if the application stops reading first, drain and discard until
-    /// the FIN (the socket can only be reused once the peer has closed, and closing on unread data would
-    /// send an RST); with half-close allowed, keep the connection while the application still sends.
+    /// The receive side's steps. A step that starts an operation names the step that takes its result;
+    /// the side resumes there, inline when the operation completed at once, else from its completion.
     /// </summary>
-    private async Task ReceiveLoopAsync()
+    private enum ReceiveStep : byte
     {
-        while (await _receiveTurn.WaitAsync().ConfigureAwait(false))
+        WaitForData,
+        DataReady,
+        Receive,
+        Received,
+        ProbeReceived,
+        Flushed,
+        Drain,
+        Drained,
+        HalfClose,
+        HalfCloseOver,
+    }
+
+    /// <summary>Where the send side resumes when the operation it waited for completes.</summary>
+    private enum SendStep : byte
+    {
+        Read,
+        ReadDone,
+        Sent,
+    }
+
+    // The two sides are hand-written state machines rather than async loops: an async method kept
+    // waiting between connections holds a state machine box per side, and three signals to hand out
+    // turns; here a side's state is a few fields of this object, resumed by one cached delegate each.
+    // A side that waits stores what it waits for and the step to resume at, registers its delegate, and
+    // touches nothing after: the delegate may already be running on another thread.
+    private readonly Action _onReceiveCompleted;
+    private readonly Action _onSendCompleted;
+    private ReceiveStep _receiveStep;
+    private SendStep _sendStep;
+    private bool _applicationStoppedReading;
+    private bool _probeForFin;
+    private bool _receivePaused;
+    private bool _sendIsLast;
+    private ValueTask<int> _receiveOperation;
+    private ValueTask<FlushResult> _receiveFlush;
+    private Task? _halfCloseWait;
+    private IMemoryOwner<byte>? _drainBuffer;
+    private ValueTask<ReadResult> _sendRead;
+    private ValueTask<int> _sendOperation;
+
+    /// <summary>
+    /// The receive side, one run per connection: data into the input pipe until the peer's FIN; if the
+    /// application stops reading first, drain and discard until the FIN (the socket can only be reused
+    /// once the peer has closed, and closing on unread data would send an RST); with half-close allowed,
+    /// keep the connection while the application still sends. Runs inline until it must wait, and again
+    /// from the completion of what it waited for.
+    /// </summary>
+    private void RunReceive()
+    {
+        Exception? error = null;
+        try
         {
-            Exception? error = null;
-            var closedHandedOff = false;
-            try
+            if (!AdvanceReceive())
             {
-                var writer = _input;
-                var applicationStoppedReading = false;
-                var probeForFin = true;
-                while (true)
-                {
+                return;
+            }
+        }
+        catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
+        {
+            error = new ConnectionResetException(ex.Message, ex);
+            OnPeerReset();
+        }
+        catch (Exception ex) when (IsLocalAbort(ex))
+        {
+            // This side closed the socket: an abort, a drain timeout, or a send-side failure.
+            error = new ConnectionAbortedException("The connection was closed by the transport.", ex);
+        }
+        catch (Exception ex)
+        {
+            error = new IOException(ex.Message, ex);
+            Logger.ConnectionError(ConnectionId, ex);
+        }
+
+        EndReceive(error);
+    }
+
+    /// <summary>Runs the receive side until it waits (false) or this connection's input is over (true).</summary>
+    private bool AdvanceReceive()
+    {
+        var input = _input;
+        while (true)
+        {
+            switch (_receiveStep)
+            {
+                case ReceiveStep.WaitForData:
                     // Wait for data before taking a buffer, so an idle connection holds no memory
                     // (unless WaitForDataBeforeAllocatingBuffer is off).
-                    if (_factory.WaitForData)
+                    if (!_factory.WaitForData)
                     {
-                        await _io.WaitForDataAsync().ConfigureAwait(false);
+                        goto case ReceiveStep.Receive;
                     }
 
-                    int received;
-                    if (_outputEnded && probeForFin)
+                    if (ReceiveWaits(_io.WaitForDataAsync(), ReceiveStep.DataReady))
+                    {
+                        return false;
+                    }
+
+                    continue;
+
+                case ReceiveStep.DataReady:
+                    TakeReceived();
+                    goto case ReceiveStep.Receive;
+
+                case ReceiveStep.Receive:
+                    if (_outputEnded && _probeForFin)
                     {
                         // Once the output has ended, what arrives next is most likely the peer's FIN: a
                         // one-byte probe takes it instead of pipe memory, because a pipe completed while it
                         // holds an empty write segment drops that segment rather than pooling it (an
                         // allocation per connection). A byte that does arrive goes into the pipe as usual,
                         // and the rest of this connection's input is received the usual way.
-                        received = await _io.ReceiveAsync(_probe).ConfigureAwait(false);
-                        if (received > 0)
+                        if (ReceiveWaits(_io.ReceiveAsync(_probe), ReceiveStep.ProbeReceived))
                         {
-                            _probe.Span[..received].CopyTo(writer.GetSpan(received));
-                            probeForFin = false;
+                            return false;
                         }
-                    }
-                    else
-                    {
-                        received = await _io.ReceiveAsync(writer.GetMemory(_factory.MinReceiveSize)).ConfigureAwait(false);
+
+                        continue;
                     }
 
+                    if (ReceiveWaits(_io.ReceiveAsync(input.GetMemory(_factory.MinReceiveSize)), ReceiveStep.Received))
+                    {
+                        return false;
+                    }
+
+                    continue;
+
+                case ReceiveStep.ProbeReceived:
+                {
+                    var probed = TakeReceived();
+                    if (probed == 0)
+                    {
+                        goto case ReceiveStep.HalfClose;
+                    }
+
+                    _probe.Span[..probed].CopyTo(input.GetSpan(probed));
+                    _probeForFin = false;
+                    if (FlushWaits(probed))
+                    {
+                        return false;
+                    }
+
+                    continue;
+                }
+
+                case ReceiveStep.Received:
+                {
+                    var received = TakeReceived();
                     if (received == 0)
                     {
-                        break;
+                        goto case ReceiveStep.HalfClose;
                     }
 
-                    writer.Advance(received);
-                    var flush = writer.FlushAsync();
-                    var paused = !flush.IsCompleted;
-                    if (paused)
+                    if (FlushWaits(received))
                     {
-                        Logger.ConnectionPause(ConnectionId);
+                        return false;
                     }
 
-                    var result = await flush.ConfigureAwait(false);
-                    if (paused)
+                    continue;
+                }
+
+                case ReceiveStep.Flushed:
+                {
+                    var flush = _receiveFlush;
+                    _receiveFlush = default;
+                    var result = flush.GetAwaiter().GetResult();
+                    if (_receivePaused)
                     {
                         Logger.ConnectionResume(ConnectionId);
                     }
 
                     if (result.IsCompleted || result.IsCanceled)
                     {
-                        applicationStoppedReading = true;
-                        break;
+                        _applicationStoppedReading = true;
+                        _drainBuffer = _factory.MemoryPool.Rent();
+                        goto case ReceiveStep.Drain;
                     }
+
+                    goto case ReceiveStep.WaitForData;
                 }
 
-                if (applicationStoppedReading)
-                {
-                    using var scratch = _factory.MemoryPool.Rent();
-                    while (await _io.ReceiveAsync(scratch.Memory).ConfigureAwait(false) > 0)
+                case ReceiveStep.Drain:
+                    // Nobody reads any more: receive and discard until the peer's FIN.
+                    if (ReceiveWaits(_io.ReceiveAsync(_drainBuffer!.Memory), ReceiveStep.Drained))
                     {
+                        return false;
                     }
-                }
 
-                OnPeerFin();
-                if (!applicationStoppedReading && _sendingEnded is not null)
+                    continue;
+
+                case ReceiveStep.Drained:
+                    if (TakeReceived() > 0)
+                    {
+                        goto case ReceiveStep.Drain;
+                    }
+
+                    goto case ReceiveStep.HalfClose;
+
+                case ReceiveStep.HalfClose:
                 {
+                    // The peer's FIN.
+                    ReleaseDrainBuffer();
+                    OnPeerFin();
+                    if (_applicationStoppedReading || _sendingEnded is null)
+                    {
+                        return true;
+                    }
+
                     // A half-close: the input ends here, but the connection lives on for sending, bounded.
                     _input.CompleteWriter();
+                    var wait = _sendingEnded.Task.WaitAsync(_factory.HalfCloseTimeout!.Value);
+                    _receiveStep = ReceiveStep.HalfCloseOver;
+                    _halfCloseWait = wait;
+                    if (!wait.IsCompleted)
+                    {
+                        wait.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onReceiveCompleted);
+                        return false;
+                    }
+
+                    continue;
+                }
+
+                case ReceiveStep.HalfCloseOver:
+                {
+                    var wait = _halfCloseWait!;
+                    _halfCloseWait = null;
                     try
                     {
-                        await _sendingEnded.Task.WaitAsync(_factory.HalfCloseTimeout!.Value).ConfigureAwait(false);
+                        wait.GetAwaiter().GetResult();
                     }
                     catch (TimeoutException)
                     {
                         // The application kept the connection past the bound: ConnectionClosed fires now.
                     }
-                }
-            }
-            catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
-            {
-                error = new ConnectionResetException(ex.Message, ex);
-                OnPeerReset();
-            }
-            catch (Exception ex) when (IsLocalAbort(ex))
-            {
-                // This side closed the socket: an abort, a drain timeout, or a send-side failure.
-                error = new ConnectionAbortedException("The connection was closed by the transport.", ex);
-            }
-            catch (Exception ex)
-            {
-                error = new IOException(ex.Message, ex);
-                Logger.ConnectionError(ConnectionId, ex);
-            }
-            finally
-            {
-                lock (_closeLock)
-                {
-                    _receiveEnded = true;
+
+                    return true;
                 }
 
-                // A drain that is over in time disarms its deadline; one that expired has closed the socket.
-                _deadline?.TryDisarm();
-                closedHandedOff = CompleteInputAndFireConnectionClosed(_shutdownReason ?? error);
-            }
-
-            // Handed off: the work item that runs the callbacks ends this loop's turn after them, so that
-            // the server's DisposeAsync never completes (and this object never carries another connection)
-            // before every ConnectionClosed callback has run, as with Kestrel's Sockets transport.
-            if (!closedHandedOff)
-            {
-                OnLoopDone();
+                default:
+                    throw new InvalidOperationException($"Unknown receive step {_receiveStep}.");
             }
         }
     }
 
-    /// <summary>The send side of every connection this object carries, one turn per connection.</summary>
-    private async Task SendLoopAsync()
+    /// <summary>Stores a receive-side operation and the step to resume at; true when it must wait for it.</summary>
+    private bool ReceiveWaits(ValueTask<int> operation, ReceiveStep next)
     {
-        while (await _sendTurn.WaitAsync().ConfigureAwait(false))
+        _receiveStep = next;
+        _receiveOperation = operation;
+        if (operation.IsCompleted)
         {
-            var output = _output;
-            Exception? failure = null;
-            var completed = false;
-            try
+            return false;
+        }
+
+        operation.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onReceiveCompleted);
+        return true;
+    }
+
+    private int TakeReceived()
+    {
+        var operation = _receiveOperation;
+        _receiveOperation = default;
+        return operation.GetAwaiter().GetResult();
+    }
+
+    /// <summary>Commits what was received and flushes it to the application; true when the flush must wait (backpressure).</summary>
+    private bool FlushWaits(int received)
+    {
+        _input.Advance(received);
+        var flush = _input.FlushAsync();
+        _receiveStep = ReceiveStep.Flushed;
+        _receiveFlush = flush;
+        _receivePaused = !flush.IsCompleted;
+        if (!_receivePaused)
+        {
+            return false;
+        }
+
+        Logger.ConnectionPause(ConnectionId);
+        flush.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onReceiveCompleted);
+        return true;
+    }
+
+    private void ReleaseDrainBuffer()
+    {
+        _drainBuffer?.Dispose();
+        _drainBuffer = null;
+    }
+
+    /// <summary>The receive side is over for this connection: fire ConnectionClosed, complete the input.</summary>
+    private void EndReceive(Exception? error)
+    {
+        // After a failure the drain's buffer is free too: the receive into it has completed.
+        ReleaseDrainBuffer();
+        _halfCloseWait = null;
+        lock (_closeLock)
+        {
+            _receiveEnded = true;
+        }
+
+        // A drain that is over in time disarms its deadline; one that expired has closed the socket.
+        _deadline?.TryDisarm();
+        // Handed off: the work item that runs the callbacks ends this side's run after them, so that
+        // the server's DisposeAsync never completes (and this object never carries another connection)
+        // before every ConnectionClosed callback has run, as with Kestrel's Sockets transport.
+        if (!CompleteInputAndFireConnectionClosed(_shutdownReason ?? error))
+        {
+            OnLoopDone();
+        }
+    }
+
+    /// <summary>The send side, one run per connection: the application's output to the socket until it completes or is aborted.</summary>
+    private void RunSend()
+    {
+        Exception? failure = null;
+        bool completed;
+        try
+        {
+            if (!AdvanceSend(out completed))
             {
-                while (true)
+                return;
+            }
+        }
+        catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
+        {
+            completed = false;
+            OnPeerReset();
+            failure = new ConnectionResetException(ex.Message, ex);
+        }
+        catch (Exception ex) when (IsLocalAbort(ex))
+        {
+            // Aborted: the socket is already closed.
+            completed = false;
+        }
+        catch (Exception ex)
+        {
+            // The application completed its output with an error, or the send failed.
+            completed = false;
+            Logger.ConnectionError(ConnectionId, ex);
+            failure = ex;
+        }
+
+        EndSend(completed, failure);
+    }
+
+    /// <summary>Runs the send side until it waits (false) or the output is over (true; <paramref name="completed"/>: gracefully).</summary>
+    private bool AdvanceSend(out bool completed)
+    {
+        var output = _output;
+        completed = false;
+        while (true)
+        {
+            switch (_sendStep)
+            {
+                case SendStep.Read:
                 {
-                    var result = await output.ReadAsync().ConfigureAwait(false);
+                    var read = output.ReadAsync();
+                    _sendStep = SendStep.ReadDone;
+                    _sendRead = read;
+                    if (!read.IsCompleted)
+                    {
+                        read.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onSendCompleted);
+                        return false;
+                    }
+
+                    goto case SendStep.ReadDone;
+                }
+
+                case SendStep.ReadDone:
+                {
+                    var read = _sendRead;
+                    _sendRead = default;
+                    var result = read.GetAwaiter().GetResult();
                     if (result.IsCanceled)
                     {
                         completed = _endSendingGracefully;
-                        break;
+                        return true;
                     }
 
-                    var buffer = result.Buffer;
-                    if (!buffer.IsEmpty)
+                    _sendIsLast = result.IsCompleted;
+                    if (!result.Buffer.IsEmpty)
                     {
-                        await _io.SendAsync(buffer).ConfigureAwait(false);
+                        var send = _io.SendAsync(result.Buffer);
+                        _sendStep = SendStep.Sent;
+                        _sendOperation = send;
+                        if (!send.IsCompleted)
+                        {
+                            send.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onSendCompleted);
+                            return false;
+                        }
                     }
 
+                    goto case SendStep.Sent;
+                }
+
+                case SendStep.Sent:
+                {
+                    var send = _sendOperation;
+                    _sendOperation = default;
+                    send.GetAwaiter().GetResult();
                     output.AdvanceToEnd();
-                    if (result.IsCompleted)
+                    if (_sendIsLast)
                     {
                         completed = true;
-                        break;
+                        return true;
                     }
-                }
-            }
-            catch (SocketException ex) when (SocketErrors.IsReset(ex.SocketErrorCode))
-            {
-                OnPeerReset();
-                failure = new ConnectionResetException(ex.Message, ex);
-            }
-            catch (Exception ex) when (IsLocalAbort(ex))
-            {
-                // Aborted: the socket is already closed.
-            }
-            catch (Exception ex)
-            {
-                // The application completed its output with an error, or the send failed.
-                Logger.ConnectionError(ConnectionId, ex);
-                failure = ex;
-            }
-            finally
-            {
-                if (completed)
-                {
-                    EndOutput();
-                }
-                else if (failure is not null && !_peerReset)
-                {
-                    CloseAbortively(new ConnectionAbortedException(failure.Message, failure));
+
+                    _sendStep = SendStep.Read;
+                    continue;
                 }
 
-                output.CompleteReader(failure is ConnectionResetException ? null : failure);
-                if (!completed)
-                {
-                    // Aborted or failed: if the receive loop is held by backpressure, let it go, nobody
-                    // will read any more. After a graceful end the application may still be reading its
-                    // input (our FIN only ends the output), so the receive loop carries on delivering it;
-                    // the server's DisposeAsync completes the input, which releases a held flush too.
-                    _input.CancelPendingFlush();
-                }
-                _sendingEnded?.TrySetResult();
+                default:
+                    throw new InvalidOperationException($"Unknown send step {_sendStep}.");
             }
-
-            OnLoopDone();
         }
+    }
+
+    /// <summary>The send side is over for this connection: the FIN (or the abort), then the output pipe's reader completes.</summary>
+    private void EndSend(bool completed, Exception? failure)
+    {
+        if (completed)
+        {
+            EndOutput();
+        }
+        else if (failure is not null && !_peerReset)
+        {
+            CloseAbortively(new ConnectionAbortedException(failure.Message, failure));
+        }
+
+        _output.CompleteReader(failure is ConnectionResetException ? null : failure);
+        if (!completed)
+        {
+            // Aborted or failed: if the receive side is held by backpressure, let it go, nobody will
+            // read any more. After a graceful end the application may still be reading its input (our
+            // FIN only ends the output), so the receive side carries on delivering it; the server's
+            // DisposeAsync completes the input, which releases a held flush too.
+            _input.CancelPendingFlush();
+        }
+
+        _sendingEnded?.TrySetResult();
+        OnLoopDone();
     }
 
     private static bool IsLocalAbort(Exception ex)
