@@ -529,12 +529,22 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     {
         _receiveStep = next;
         _receiveOperation = operation;
+        return MustWait(operation, _onReceiveCompleted);
+    }
+
+    /// <summary>
+    /// Whether a side must wait for <paramref name="operation"/>: if so, <paramref name="continuation"/>
+    /// resumes it at its completion. The side has stored the operation and its next step already, and
+    /// touches nothing after a true: the continuation may be running on another thread by then.
+    /// </summary>
+    private static bool MustWait<T>(ValueTask<T> operation, Action continuation)
+    {
         if (operation.IsCompleted)
         {
             return false;
         }
 
-        operation.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onReceiveCompleted);
+        operation.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(continuation);
         return true;
     }
 
@@ -639,9 +649,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     var read = output.ReadAsync();
                     _sendStep = SendStep.ReadDone;
                     _sendRead = read;
-                    if (!read.IsCompleted)
+                    if (MustWait(read, _onSendCompleted))
                     {
-                        read.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onSendCompleted);
                         return false;
                     }
 
@@ -665,9 +674,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                         var send = _io.SendAsync(result.Buffer);
                         _sendStep = SendStep.Sent;
                         _sendOperation = send;
-                        if (!send.IsCompleted)
+                        if (MustWait(send, _onSendCompleted))
                         {
-                            send.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onSendCompleted);
                             return false;
                         }
                     }
