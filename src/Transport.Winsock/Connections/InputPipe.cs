@@ -22,7 +22,11 @@ namespace Transport.Winsock.Connections;
 /// </remarks>
 internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
 {
-    private static readonly Action<object?> s_cancelRead = static state => ((InputPipe)state!).OnReadTokenCanceled();
+    private static readonly Action<object?> s_cancelRead = static state =>
+    {
+        var pipe = (InputPipe)state!;
+        pipe._readCancellation.OnCanceled(pipe._lock, ref pipe._read, pipe._options.ReaderScheduler);
+    };
 
     private readonly PipeOptions _options;
     private readonly Lock _lock = new();
@@ -53,9 +57,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
     private PipeWaiter _read;
     private PipeWaiter _flush;
-    private CancellationTokenRegistration _readRegistration;
-    private CancellationToken _readToken;
-    private bool _readTokenCanceled;
+    private PipeCancellation _readCancellation;
 
     public InputPipe(PipeOptions options) => _options = options;
 
@@ -82,15 +84,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             }
 
             _read.Begin();
-            // Unregister, not Dispose: Dispose would wait, under this lock, for a callback that needs it.
-            _readRegistration.Unregister();
-            _readToken = cancellationToken;
-            _readTokenCanceled = false;
-            if (cancellationToken.CanBeCanceled)
-            {
-                _readRegistration = cancellationToken.UnsafeRegister(s_cancelRead, this);
-            }
-
+            _readCancellation.Register(s_cancelRead, this, cancellationToken);
             return new(this, _read.Token);
         }
     }
@@ -150,20 +144,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         wake.Run(_options.WriterScheduler);
     }
 
-    public override void CancelPendingRead()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _readCancelRequested = true;
-            if (_read.IsWaiting)
-            {
-                wake = _read.Complete();
-            }
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+    public override void CancelPendingRead() => PipeWaiter.CancelPending(_lock, ref _read, ref _readCancelRequested, _options.ReaderScheduler);
 
     public override void Complete(Exception? exception = null)
     {
@@ -279,22 +260,6 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
     }
 
-    private void OnReadTokenCanceled()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            // Only the waiting read's own token: a registration left from an earlier read does nothing.
-            if (_read.IsWaiting && _readToken.IsCancellationRequested)
-            {
-                _readTokenCanceled = true;
-                wake = _read.Complete();
-            }
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
-
     // ---- The writer: the connection's receive loop ----
 
     public Memory<byte> GetMemory(int sizeHint = 0)
@@ -366,20 +331,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         return result;
     }
 
-    public void CancelPendingFlush()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _flushCancelRequested = true;
-            if (_flush.IsWaiting)
-            {
-                wake = _flush.Complete();
-            }
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+    public void CancelPendingFlush() => PipeWaiter.CancelPending(_lock, ref _flush, ref _flushCancelRequested, _options.WriterScheduler);
 
     /// <summary>The input ends: with <paramref name="error"/>, every read from now on throws it, as a Pipe's do.</summary>
     public void CompleteWriter(Exception? error = null)
@@ -426,10 +378,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             ReturnAllLocked();
             _read.Invalidate();
             _flush.Invalidate();
-            _readRegistration.Unregister();
-            _readRegistration = default;
-            _readToken = default;
-            _readTokenCanceled = false;
+            _readCancellation.Reset();
             _writerCompleted = _readerCompleted = false;
             _writerError = null;
             _readCancelRequested = _flushCancelRequested = false;
@@ -516,18 +465,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
     {
         CancellationTokenRegistration registration;
-        bool tokenCanceled;
+        CancellationToken canceledBy;
         var result = default(ReadResult);
         Exception? failure = null;
         lock (_lock)
         {
-            _read.End(token);
-            registration = _readRegistration;
-            _readRegistration = default;
-            _readToken = default;
-            tokenCanceled = _readTokenCanceled;
-            _readTokenCanceled = false;
-            if (!tokenCanceled)
+            registration = _readCancellation.End(ref _read, token, out canceledBy);
+            if (!canceledBy.IsCancellationRequested)
             {
                 try
                 {
@@ -542,11 +486,10 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
 
         // Outside the lock: disposing waits for a callback that is running, and the callback takes the lock.
-        var canceledToken = registration.Token;
         registration.Dispose();
-        if (tokenCanceled)
+        if (canceledBy.IsCancellationRequested)
         {
-            throw new OperationCanceledException("The read was canceled by its token.", canceledToken);
+            throw new OperationCanceledException("The read was canceled by its token.", canceledBy);
         }
 
         if (failure is not null)
@@ -561,25 +504,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     {
         lock (_lock)
         {
-            // As a Pipe's: a read that will throw says so to callers that look before they take the result.
-            var status = _read.GetStatus(token);
-            return status != ValueTaskSourceStatus.Succeeded || !_read.IsCompleted ? status
-                : _readTokenCanceled ? ValueTaskSourceStatus.Canceled
-                : _writerCompleted && _writerError is not null ? ValueTaskSourceStatus.Faulted
-                : status;
+            // A read that will throw the writer's error says so.
+            return _read.GetStatus(token, faulted: _writerCompleted && _writerError is not null);
         }
     }
 
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _read.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _read, continuation, state, token, flags, _options.ReaderScheduler);
 
     FlushResult IValueTaskSource<FlushResult>.GetResult(short token)
     {
@@ -595,13 +526,5 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
 
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _flush.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _flush, continuation, state, token, flags, _options.WriterScheduler);
 }

@@ -22,7 +22,11 @@ namespace Transport.Winsock.Connections;
 /// </remarks>
 internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
 {
-    private static readonly Action<object?> s_cancelFlush = static state => ((OutputPipe)state!).OnFlushTokenCanceled();
+    private static readonly Action<object?> s_cancelFlush = static state =>
+    {
+        var pipe = (OutputPipe)state!;
+        pipe._flushCancellation.OnCanceled(pipe._lock, ref pipe._flush, pipe._options.WriterScheduler);
+    };
 
     private readonly PipeOptions _options;
     private readonly Lock _lock = new();
@@ -54,9 +58,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     private PipeWaiter _reader;
     private PipeWaiter _flush;
-    private CancellationTokenRegistration _flushRegistration;
-    private CancellationToken _flushToken;
-    private bool _flushTokenCanceled;
+    private PipeCancellation _flushCancellation;
 
     public OutputPipe(PipeOptions options) => _options = options;
 
@@ -139,17 +141,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold)
             {
                 _flush.Begin();
-                // A registration left by a flush whose result was never taken; Unregister, not Dispose:
-                // Dispose would wait, under this lock, for a callback that needs it.
-                _flushRegistration.Unregister();
-                _flushToken = cancellationToken;
-                _flushTokenCanceled = false;
-                if (cancellationToken.CanBeCanceled)
-                {
-                    // UnsafeRegister: the callback only completes the flush, which schedules its continuation.
-                    _flushRegistration = cancellationToken.UnsafeRegister(s_cancelFlush, this);
-                }
-
+                _flushCancellation.Register(s_cancelFlush, this, cancellationToken);
                 result = new(this, _flush.Token);
             }
             else
@@ -162,20 +154,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         return readerError is null ? result : ValueTask.FromException<FlushResult>(readerError);
     }
 
-    public override void CancelPendingFlush()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _flushCancelRequested = true;
-            if (_flush.IsWaiting)
-            {
-                wake = _flush.Complete();
-            }
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+    public override void CancelPendingFlush() => PipeWaiter.CancelPending(_lock, ref _flush, ref _flushCancelRequested, _options.WriterScheduler);
 
     public override void Complete(Exception? exception = null)
     {
@@ -281,22 +260,6 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         }
     }
 
-    private void OnFlushTokenCanceled()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            // Only the waiting flush's own token: a registration left from an earlier flush does nothing.
-            if (_flush.IsWaiting && _flushToken.IsCancellationRequested)
-            {
-                _flushTokenCanceled = true;
-                wake = _flush.Complete();
-            }
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
-
     // ---- The reader: the connection's send loop ----
 
     /// <summary>What there is to send; waits for a flush, the writer's completion or <see cref="CancelPendingRead"/>.</summary>
@@ -362,20 +325,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     }
 
     /// <summary>Ends the pending (or the next) read with IsCanceled, as PipeReader.CancelPendingRead does.</summary>
-    public void CancelPendingRead()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _readCancelRequested = true;
-            if (_reader.IsWaiting)
-            {
-                wake = _reader.Complete();
-            }
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+    public void CancelPendingRead() => PipeWaiter.CancelPending(_lock, ref _reader, ref _readCancelRequested, _options.ReaderScheduler);
 
     /// <summary>
     /// The send loop is done: a flush that waits (or comes) says IsCompleted, or throws
@@ -422,10 +372,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             ReturnAllLocked();
             _reader.Invalidate();
             _flush.Invalidate();
-            _flushRegistration.Unregister();
-            _flushRegistration = default;
-            _flushToken = default;
-            _flushTokenCanceled = false;
+            _flushCancellation.Reset();
             _writerCompleted = _readerCompleted = false;
             _writerError = _readerError = null;
             _readCancelRequested = _flushCancelRequested = false;
@@ -492,15 +439,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _reader.GetStatus(token);
 
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _reader.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _reader, continuation, state, token, flags, _options.ReaderScheduler);
 
     FlushResult IValueTaskSource<FlushResult>.GetResult(short token)
     {
@@ -510,12 +449,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         FlushResult result;
         lock (_lock)
         {
-            _flush.End(token);
-            registration = _flushRegistration;
-            _flushRegistration = default;
-            canceledToken = _flushTokenCanceled ? _flushToken : default;
-            _flushTokenCanceled = false;
-            _flushToken = default;
+            registration = _flushCancellation.End(ref _flush, token, out canceledToken);
             var canceled = _flushCancelRequested;
             _flushCancelRequested = false;
             readerError = _readerCompleted ? _readerError : null;
@@ -540,23 +474,11 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     {
         lock (_lock)
         {
-            // As a Pipe's: a flush that will throw says so (Kestrel's flusher takes IsCompletedSuccessfully at its word).
-            var status = _flush.GetStatus(token);
-            return status != ValueTaskSourceStatus.Succeeded || !_flush.IsCompleted ? status
-                : _flushTokenCanceled ? ValueTaskSourceStatus.Canceled
-                : _readerCompleted && _readerError is not null ? ValueTaskSourceStatus.Faulted
-                : status;
+            // A flush that will throw the reader's error says so.
+            return _flush.GetStatus(token, faulted: _readerCompleted && _readerError is not null);
         }
     }
 
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _flush.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _flush, continuation, state, token, flags, _options.WriterScheduler);
 }
