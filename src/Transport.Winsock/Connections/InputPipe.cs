@@ -22,30 +22,16 @@ namespace Transport.Winsock.Connections;
 /// </remarks>
 internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
 {
-    private static readonly Action<object?> s_cancelRead = static state =>
-    {
-        var pipe = (InputPipe)state!;
-        pipe._readCancellation.OnCanceled(pipe._lock, ref pipe._read, pipe._options.ReaderScheduler);
-    };
+    private static readonly Action<object?> s_cancelRead = static state => ((InputPipe)state!).OnReadTokenCanceled();
 
     private readonly PipeOptions _options;
     private readonly Lock _lock = new();
 
-    // The unconsumed bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes
-    // into _tail, after its End, _buffered bytes so far. Positions count from the connection's first byte.
-    private PipeSegment? _head;
-    private int _headIndex;
-    private PipeSegment? _readTail;
-    private int _readTailIndex;
-    private PipeSegment? _tail;
-    private Memory<byte> _writable;
-    private int _buffered;
-    private long _unflushed;
+    // The unconsumed bytes and the writer's place after them. Positions count from the connection's first byte.
+    private PipeSegmentList _segments;
     // Every byte flushed so far; where the next first segment starts once all were consumed.
     private long _committed;
     private long _examined;
-    // Between the writer's GetMemory and its next flush: the reader must not return _tail.
-    private bool _writing;
     // Flushed bytes the reader has not examined yet, or an end it has not seen: a read returns at once.
     private bool _readable;
 
@@ -171,7 +157,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         wake.Run(_options.WriterScheduler);
     }
 
-    private long HeadPosition => _head is null ? _committed : _head.RunningIndex + _headIndex;
+    private long HeadPosition => _segments.Head is { } head ? head.RunningIndex + _segments.HeadIndex : _committed;
 
     /// <summary>A position of the last buffer read as a count from the first byte; the buffer's own start when it was empty.</summary>
     private static long Position(SequencePosition position, long start)
@@ -185,56 +171,18 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     }
 
     /// <summary>Whether a position's segment is one of the unconsumed ones (null: an empty buffer's).</summary>
-    private bool IsUnconsumed(object? segment)
-    {
-        if (segment is null)
-        {
-            return true;
-        }
-
-        for (var s = _head; s is not null; s = (PipeSegment?)s.Next)
-        {
-            if (s == segment)
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
+    private bool IsUnconsumed(object? segment) => segment is null || _segments.Contains(segment);
 
     private void Consume(PipeSegment? consumedSegment, long consumedAt)
     {
-        if (consumedSegment is null || _head is null)
+        if (consumedSegment is null || _segments.Head is null)
         {
             return;
         }
 
-        while (_head != consumedSegment)
-        {
-            var done = _head!;
-            _head = (PipeSegment?)done.Next;
-            PipeSegment.Return(done);
-        }
-
-        _headIndex = (int)(consumedAt - _head.RunningIndex);
-        // A segment consumed to its end goes too, unless the writer still writes into it.
-        while (_head != _tail && _headIndex == _head!.End)
-        {
-            var done = _head;
-            _head = (PipeSegment?)done.Next;
-            _headIndex = 0;
-            PipeSegment.Return(done);
-        }
-
-        if (!_writing && _buffered == 0 && _head is not null && _head == _tail && _headIndex == _head.End)
-        {
-            // All consumed and no receive writing: hold no memory while idle.
-            PipeSegment.Return(_head);
-            _head = _tail = _readTail = null;
-            _headIndex = _readTailIndex = 0;
-            _writable = default;
-        }
+        _segments.ConsumeTo(consumedSegment, (int)(consumedAt - consumedSegment.RunningIndex));
+        // All consumed and no receive writing: hold no memory while idle.
+        _segments.ReleaseIfIdle();
     }
 
     private ReadResult GetReadResultLocked()
@@ -246,9 +194,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
         var canceled = _readCancelRequested;
         _readCancelRequested = false;
-        var buffer = _head is null || HeadPosition == _committed
-            ? default
-            : new ReadOnlySequence<byte>(_head, _headIndex, _readTail!, _readTailIndex);
+        var buffer = _segments.Head is null || HeadPosition == _committed ? default : _segments.Readable;
         return new ReadResult(buffer, canceled, isCompleted: _writerCompleted);
     }
 
@@ -260,18 +206,11 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
     }
 
+    private void OnReadTokenCanceled() => _readCancellation.OnCanceled(_lock, ref _read, _options.ReaderScheduler);
+
     // ---- The writer: the connection's receive loop ----
 
-    public Memory<byte> GetMemory(int sizeHint = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
-        if (!_writing || _writable.Length == 0 || _writable.Length < sizeHint)
-        {
-            EnsureWritable(sizeHint);
-        }
-
-        return _writable;
-    }
+    public Memory<byte> GetMemory(int sizeHint = 0) => _segments.TryGetMemory(sizeHint, out var memory) ? memory : EnsureWritable(sizeHint);
 
     public Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
 
@@ -282,14 +221,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             return;
         }
 
-        if ((uint)bytes > (uint)_writable.Length)
-        {
-            throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
-        }
-
-        _buffered += bytes;
-        _unflushed += bytes;
-        _writable = _writable[bytes..];
+        _segments.Advance(bytes);
     }
 
     /// <summary>Makes what was written readable; pauses while the reader has PauseWriterThreshold bytes or more left to examine.</summary>
@@ -348,7 +280,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             _writerCompleted = true;
             _writerError = error;
             _readable = true;
-            _writable = default;
+            _segments.DropWritable();
             if (_readerCompleted)
             {
                 ReturnAllLocked();
@@ -387,7 +319,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
     }
 
-    private void EnsureWritable(int sizeHint)
+    private Memory<byte> EnsureWritable(int sizeHint)
     {
         lock (_lock)
         {
@@ -396,66 +328,28 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
                 throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
             }
 
-            _writing = true;
-            if (_tail is null)
-            {
-                _tail = _head = _readTail = PipeSegment.Rent(_options, sizeHint, _committed);
-                _headIndex = _readTailIndex = 0;
-                _writable = _tail.Block;
-                return;
-            }
-
-            var free = _tail.Block.Length - _tail.End - _buffered;
-            if (free > 0 && free >= sizeHint)
-            {
-                _writable = _tail.Block[(_tail.End + _buffered)..];
-                return;
-            }
-
-            _tail.End += _buffered;
-            _tail.SetWritten();
-            _buffered = 0;
-            var next = PipeSegment.Rent(_options, sizeHint, _tail.RunningIndex + _tail.End);
-            _tail.SetNext(next);
-            _tail = next;
-            _writable = next.Block;
+            // Once all was consumed, the next first segment starts where the flushed bytes end.
+            return _segments.EnsureWritable(_options, sizeHint, firstRunningIndex: _committed);
         }
     }
 
+    /// <summary>Makes what was written readable; returns the reader to wake, if it waits.</summary>
     private PipeWaiter CommitLocked()
     {
-        _writing = false;
-        if (_unflushed == 0)
+        var committed = _segments.Commit();
+        if (committed == 0)
         {
             return default;
         }
 
-        _tail!.End += _buffered;
-        _tail.SetWritten();
-        _buffered = 0;
-        _readTail = _tail;
-        _readTailIndex = _tail.End;
-        _committed += _unflushed;
-        _unflushed = 0;
+        _committed += committed;
         _readable = true;
         return _read.IsWaiting ? _read.Complete() : default;
     }
 
     private void ReturnAllLocked()
     {
-        var segment = _head;
-        while (segment is not null)
-        {
-            var next = (PipeSegment?)segment.Next;
-            PipeSegment.Return(segment);
-            segment = next;
-        }
-
-        _head = _tail = _readTail = null;
-        _headIndex = _readTailIndex = _buffered = 0;
-        _writable = default;
-        _writing = false;
-        _unflushed = 0;
+        _segments.ReturnAll();
         // Dropped bytes count as examined: nothing is left to hold the writer back.
         _examined = _committed;
     }

@@ -22,32 +22,18 @@ namespace Transport.Winsock.Connections;
 /// </remarks>
 internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IValueTaskSource<FlushResult>
 {
-    private static readonly Action<object?> s_cancelFlush = static state =>
-    {
-        var pipe = (OutputPipe)state!;
-        pipe._flushCancellation.OnCanceled(pipe._lock, ref pipe._flush, pipe._options.WriterScheduler);
-    };
+    private static readonly Action<object?> s_cancelFlush = static state => ((OutputPipe)state!).OnFlushTokenCanceled();
 
     private readonly PipeOptions _options;
     private readonly Lock _lock = new();
 
-    // The unsent bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes into
-    // _tail, after its End, _buffered bytes so far.
-    private PipeSegment? _head;
-    private int _headIndex;
-    private PipeSegment? _readTail;
-    private int _readTailIndex;
-    private PipeSegment? _tail;
-    private Memory<byte> _writable;
-    private int _buffered;
-    private long _unflushed;
+    // The unsent bytes and the writer's place after them.
+    private PipeSegmentList _segments;
     private long _unsent;
     // What the last read handed out, which AdvanceToEnd consumes.
     private PipeSegment? _readEnd;
     private int _readEndIndex;
     private long _readLength;
-    // Between the writer's GetMemory and its next flush: the reader must not return _tail.
-    private bool _writing;
 
     private bool _writerCompleted;
     private bool _readerCompleted;
@@ -66,18 +52,9 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override bool CanGetUnflushedBytes => true;
 
-    public override long UnflushedBytes => _unflushed;
+    public override long UnflushedBytes => _segments.Unflushed;
 
-    public override Memory<byte> GetMemory(int sizeHint = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
-        if (!_writing || _writable.Length == 0 || _writable.Length < sizeHint)
-        {
-            EnsureWritable(sizeHint);
-        }
-
-        return _writable;
-    }
+    public override Memory<byte> GetMemory(int sizeHint = 0) => _segments.TryGetMemory(sizeHint, out var memory) ? memory : EnsureWritable(sizeHint);
 
     public override Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
 
@@ -90,14 +67,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             return;
         }
 
-        if ((uint)bytes > (uint)_writable.Length)
-        {
-            throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
-        }
-
-        _buffered += bytes;
-        _unflushed += bytes;
-        _writable = _writable[bytes..];
+        _segments.Advance(bytes);
     }
 
     public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
@@ -170,7 +140,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             wake = CommitLocked();
             _writerCompleted = true;
             _writerError = exception;
-            _writable = default;
+            _segments.DropWritable();
             if (_readerCompleted)
             {
                 ReturnAllLocked();
@@ -185,7 +155,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         wake.Run(_options.ReaderScheduler);
     }
 
-    private void EnsureWritable(int sizeHint)
+    private Memory<byte> EnsureWritable(int sizeHint)
     {
         lock (_lock)
         {
@@ -200,65 +170,35 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 ReturnAllLocked();
             }
 
-            _writing = true;
-            if (_tail is null)
-            {
-                _tail = _head = _readTail = PipeSegment.Rent(_options, sizeHint, runningIndex: 0);
-                _headIndex = _readTailIndex = 0;
-                _writable = _tail.Block;
-                return;
-            }
-
-            var free = _tail.Block.Length - _tail.End - _buffered;
-            if (free > 0 && free >= sizeHint)
-            {
-                _writable = _tail.Block[(_tail.End + _buffered)..];
-                return;
-            }
-
-            // The tail's written bytes stay in it; the writer goes on in a new segment.
-            _tail.End += _buffered;
-            _tail.SetWritten();
-            _buffered = 0;
-            var next = PipeSegment.Rent(_options, sizeHint, _tail.RunningIndex + _tail.End);
-            _tail.SetNext(next);
-            _tail = next;
-            _writable = next.Block;
+            return _segments.EnsureWritable(_options, sizeHint, firstRunningIndex: 0);
         }
     }
 
     /// <summary>Makes what was written readable; returns the reader to wake, if it waits.</summary>
     private PipeWaiter CommitLocked()
     {
-        _writing = false;
-        if (_unflushed == 0)
+        var committed = _segments.Commit();
+        if (committed == 0)
         {
             // A GetMemory with nothing written (a copy that ended): the block goes back when all is sent.
             ReleaseIfIdleLocked();
             return default;
         }
 
-        _tail!.End += _buffered;
-        _tail.SetWritten();
-        _buffered = 0;
-        _readTail = _tail;
-        _readTailIndex = _tail.End;
-        _unsent += _unflushed;
-        _unflushed = 0;
+        _unsent += committed;
         return _reader.IsWaiting ? _reader.Complete() : default;
     }
 
     /// <summary>All sent and nothing being written: hold no memory while idle.</summary>
     private void ReleaseIfIdleLocked()
     {
-        if (_unsent == 0 && !_writing && _buffered == 0 && _head is not null && _head == _tail && _headIndex == _head.End)
+        if (_unsent == 0)
         {
-            PipeSegment.Return(_head);
-            _head = _tail = _readTail = null;
-            _headIndex = _readTailIndex = 0;
-            _writable = default;
+            _segments.ReleaseIfIdle();
         }
     }
+
+    private void OnFlushTokenCanceled() => _flushCancellation.OnCanceled(_lock, ref _flush, _options.WriterScheduler);
 
     // ---- The reader: the connection's send loop ----
 
@@ -295,24 +235,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
             _unsent -= _readLength;
             _readLength = 0;
-            while (_head != _readEnd)
-            {
-                var done = _head!;
-                _head = (PipeSegment?)done.Next;
-                PipeSegment.Return(done);
-            }
-
-            _headIndex = _readEndIndex;
+            _segments.ConsumeTo(_readEnd!, _readEndIndex);
             _readEnd = null;
-            // A segment read to its end is returned too, unless the writer still writes into it.
-            while (_head != _tail && _headIndex == _head!.End)
-            {
-                var done = _head;
-                _head = (PipeSegment?)done.Next;
-                _headIndex = 0;
-                PipeSegment.Return(done);
-            }
-
             ReleaseIfIdleLocked();
 
             if (_flush.IsWaiting && _unsent < _options.ResumeWriterThreshold)
@@ -376,7 +300,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             _writerCompleted = _readerCompleted = false;
             _writerError = _readerError = null;
             _readCancelRequested = _flushCancelRequested = false;
-            _unflushed = _unsent = 0;
+            _unsent = 0;
         }
     }
 
@@ -397,9 +321,9 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         }
         else
         {
-            buffer = new ReadOnlySequence<byte>(_head!, _headIndex, _readTail!, _readTailIndex);
-            _readEnd = _readTail;
-            _readEndIndex = _readTailIndex;
+            buffer = _segments.Readable;
+            _readEnd = _segments.ReadTail;
+            _readEndIndex = _segments.ReadTailIndex;
             _readLength = _unsent;
         }
 
@@ -408,21 +332,12 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     private void ReturnAllLocked()
     {
-        var segment = _head;
-        while (segment is not null)
-        {
-            var next = (PipeSegment?)segment.Next;
-            PipeSegment.Return(segment);
-            segment = next;
-        }
-
-        _head = _tail = _readTail = _readEnd = null;
-        _headIndex = _readTailIndex = _readEndIndex = _buffered = 0;
-        _readLength = 0;
-        _writable = default;
-        _writing = false;
         // Bytes written and dropped with their segments are no longer unflushed or unsent.
-        _unflushed = _unsent = 0;
+        _segments.ReturnAll();
+        _readEnd = null;
+        _readEndIndex = 0;
+        _readLength = 0;
+        _unsent = 0;
     }
 
     // ---- The two awaitables: the send loop's read and the application's flush ----
