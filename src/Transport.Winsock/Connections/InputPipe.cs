@@ -243,19 +243,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
                 ReturnAllLocked();
                 result = new(new FlushResult(isCanceled: false, isCompleted: true));
             }
-            else if (_flushCancelRequested)
+            else if (PipeWaiter.FlushesAtOnce(ref _flush, ref _flushCancelRequested, _options.PauseWriterThreshold, _committed - _examined, out var flushed))
             {
-                _flushCancelRequested = false;
-                result = new(new FlushResult(isCanceled: true, isCompleted: false));
-            }
-            else if (_options.PauseWriterThreshold > 0 && _committed - _examined >= _options.PauseWriterThreshold)
-            {
-                _flush.Begin();
-                result = new(this, _flush.Token);
+                result = new(flushed);
             }
             else
             {
-                result = new(new FlushResult(isCanceled: false, isCompleted: false));
+                result = new(this, _flush.Token);
             }
         }
 

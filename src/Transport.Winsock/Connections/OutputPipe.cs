@@ -103,20 +103,14 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 readerError = _readerError;
                 result = new(new FlushResult(isCanceled: false, isCompleted: true));
             }
-            else if (_flushCancelRequested)
+            else if (PipeWaiter.FlushesAtOnce(ref _flush, ref _flushCancelRequested, _options.PauseWriterThreshold, _unsent, out var flushed))
             {
-                _flushCancelRequested = false;
-                result = new(new FlushResult(isCanceled: true, isCompleted: false));
-            }
-            else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold)
-            {
-                _flush.Begin();
-                _flushCancellation.Register(s_cancelFlush, this, cancellationToken);
-                result = new(this, _flush.Token);
+                result = new(flushed);
             }
             else
             {
-                result = new(new FlushResult(isCanceled: false, isCompleted: false));
+                _flushCancellation.Register(s_cancelFlush, this, cancellationToken);
+                result = new(this, _flush.Token);
             }
         }
 

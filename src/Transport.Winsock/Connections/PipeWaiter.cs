@@ -122,6 +122,32 @@ internal struct PipeWaiter
     }
 
     /// <summary>
+    /// Under the lock, in FlushAsync after its commit, the reader still there: a flush ends at once with
+    /// IsCanceled the once after CancelPendingFlush, pauses (<paramref name="flush"/> begun; false) while
+    /// the reader has <paramref name="pauseWriterThreshold"/> bytes or more of <paramref name="backlog"/> left,
+    /// and else ends at once.
+    /// </summary>
+    public static bool FlushesAtOnce(ref PipeWaiter flush, ref bool cancelRequested, long pauseWriterThreshold, long backlog, out FlushResult result)
+    {
+        if (cancelRequested)
+        {
+            cancelRequested = false;
+            result = new FlushResult(isCanceled: true, isCompleted: false);
+            return true;
+        }
+
+        if (pauseWriterThreshold > 0 && backlog >= pauseWriterThreshold)
+        {
+            flush.Begin();
+            result = default;
+            return false;
+        }
+
+        result = new FlushResult(isCanceled: false, isCompleted: false);
+        return true;
+    }
+
+    /// <summary>
     /// CancelPendingRead or CancelPendingFlush: under <paramref name="gate"/>, the pending operation (or,
     /// when none waits, the next) ends with IsCanceled; a continuation due runs on <paramref name="scheduler"/>.
     /// </summary>
