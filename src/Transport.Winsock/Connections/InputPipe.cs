@@ -27,21 +27,11 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     private readonly PipeOptions _options;
     private readonly Lock _lock = new();
 
-    // The unconsumed bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes
-    // into _tail, after its End, _buffered bytes so far. Positions count from the connection's first byte.
-    private PipeSegment? _head;
-    private int _headIndex;
-    private PipeSegment? _readTail;
-    private int _readTailIndex;
-    private PipeSegment? _tail;
-    private Memory<byte> _writable;
-    private int _buffered;
-    private long _unflushed;
+    // The unconsumed bytes and the writer's place after them. Positions count from the connection's first byte.
+    private PipeSegmentList _segments;
     // Every byte flushed so far; where the next first segment starts once all were consumed.
     private long _committed;
     private long _examined;
-    // Between the writer's GetMemory and its next flush: the reader must not return _tail.
-    private bool _writing;
     // Flushed bytes the reader has not examined yet, or an end it has not seen: a read returns at once.
     private bool _readable;
 
@@ -53,9 +43,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
     private PipeWaiter _read;
     private PipeWaiter _flush;
-    private CancellationTokenRegistration _readRegistration;
-    private CancellationToken _readToken;
-    private bool _readTokenCanceled;
+    private PipeCancellation _readCancellation;
 
     public InputPipe(PipeOptions options) => _options = options;
 
@@ -82,15 +70,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             }
 
             _read.Begin();
-            // Unregister, not Dispose: Dispose would wait, under this lock, for a callback that needs it.
-            _readRegistration.Unregister();
-            _readToken = cancellationToken;
-            _readTokenCanceled = false;
-            if (cancellationToken.CanBeCanceled)
-            {
-                _readRegistration = cancellationToken.UnsafeRegister(s_cancelRead, this);
-            }
-
+            _readCancellation.Register(s_cancelRead, this, cancellationToken);
             return new(this, _read.Token);
         }
     }
@@ -150,20 +130,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         wake.Run(_options.WriterScheduler);
     }
 
-    public override void CancelPendingRead()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _readCancelRequested = true;
-            if (_read.IsWaiting)
-            {
-                wake = _read.Complete();
-            }
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+    public override void CancelPendingRead() => PipeWaiter.CancelPending(_lock, ref _read, ref _readCancelRequested, _options.ReaderScheduler);
 
     public override void Complete(Exception? exception = null)
     {
@@ -190,7 +157,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         wake.Run(_options.WriterScheduler);
     }
 
-    private long HeadPosition => _head is null ? _committed : _head.RunningIndex + _headIndex;
+    private long HeadPosition => _segments.Head is { } head ? head.RunningIndex + _segments.HeadIndex : _committed;
 
     /// <summary>A position of the last buffer read as a count from the first byte; the buffer's own start when it was empty.</summary>
     private static long Position(SequencePosition position, long start)
@@ -204,56 +171,18 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     }
 
     /// <summary>Whether a position's segment is one of the unconsumed ones (null: an empty buffer's).</summary>
-    private bool IsUnconsumed(object? segment)
-    {
-        if (segment is null)
-        {
-            return true;
-        }
-
-        for (var s = _head; s is not null; s = (PipeSegment?)s.Next)
-        {
-            if (s == segment)
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
+    private bool IsUnconsumed(object? segment) => segment is null || _segments.Contains(segment);
 
     private void Consume(PipeSegment? consumedSegment, long consumedAt)
     {
-        if (consumedSegment is null || _head is null)
+        if (consumedSegment is null || _segments.Head is null)
         {
             return;
         }
 
-        while (_head != consumedSegment)
-        {
-            var done = _head!;
-            _head = (PipeSegment?)done.Next;
-            PipeSegment.Return(done);
-        }
-
-        _headIndex = (int)(consumedAt - _head.RunningIndex);
-        // A segment consumed to its end goes too, unless the writer still writes into it.
-        while (_head != _tail && _headIndex == _head!.End)
-        {
-            var done = _head;
-            _head = (PipeSegment?)done.Next;
-            _headIndex = 0;
-            PipeSegment.Return(done);
-        }
-
-        if (!_writing && _buffered == 0 && _head is not null && _head == _tail && _headIndex == _head.End)
-        {
-            // All consumed and no receive writing: hold no memory while idle.
-            PipeSegment.Return(_head);
-            _head = _tail = _readTail = null;
-            _headIndex = _readTailIndex = 0;
-            _writable = default;
-        }
+        _segments.ConsumeTo(consumedSegment, (int)(consumedAt - consumedSegment.RunningIndex));
+        // All consumed and no receive writing: hold no memory while idle.
+        _segments.ReleaseIfIdle();
     }
 
     private ReadResult GetReadResultLocked()
@@ -265,9 +194,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
         var canceled = _readCancelRequested;
         _readCancelRequested = false;
-        var buffer = _head is null || HeadPosition == _committed
-            ? default
-            : new ReadOnlySequence<byte>(_head, _headIndex, _readTail!, _readTailIndex);
+        var buffer = _segments.Head is null || HeadPosition == _committed ? default : _segments.Readable;
         return new ReadResult(buffer, canceled, isCompleted: _writerCompleted);
     }
 
@@ -279,34 +206,11 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
     }
 
-    private void OnReadTokenCanceled()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            // Only the waiting read's own token: a registration left from an earlier read does nothing.
-            if (_read.IsWaiting && _readToken.IsCancellationRequested)
-            {
-                _readTokenCanceled = true;
-                wake = _read.Complete();
-            }
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+    private void OnReadTokenCanceled() => _readCancellation.OnCanceled(_lock, ref _read, _options.ReaderScheduler);
 
     // ---- The writer: the connection's receive loop ----
 
-    public Memory<byte> GetMemory(int sizeHint = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
-        if (!_writing || _writable.Length == 0 || _writable.Length < sizeHint)
-        {
-            EnsureWritable(sizeHint);
-        }
-
-        return _writable;
-    }
+    public Memory<byte> GetMemory(int sizeHint = 0) => _segments.TryGetMemory(sizeHint, out var memory) ? memory : EnsureWritable(sizeHint);
 
     public Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
 
@@ -317,14 +221,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             return;
         }
 
-        if ((uint)bytes > (uint)_writable.Length)
-        {
-            throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
-        }
-
-        _buffered += bytes;
-        _unflushed += bytes;
-        _writable = _writable[bytes..];
+        _segments.Advance(bytes);
     }
 
     /// <summary>Makes what was written readable; pauses while the reader has PauseWriterThreshold bytes or more left to examine.</summary>
@@ -346,19 +243,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
                 ReturnAllLocked();
                 result = new(new FlushResult(isCanceled: false, isCompleted: true));
             }
-            else if (_flushCancelRequested)
+            else if (PipeWaiter.FlushesAtOnce(ref _flush, ref _flushCancelRequested, _options.PauseWriterThreshold, _committed - _examined, out var flushed))
             {
-                _flushCancelRequested = false;
-                result = new(new FlushResult(isCanceled: true, isCompleted: false));
-            }
-            else if (_options.PauseWriterThreshold > 0 && _committed - _examined >= _options.PauseWriterThreshold)
-            {
-                _flush.Begin();
-                result = new(this, _flush.Token);
+                result = new(flushed);
             }
             else
             {
-                result = new(new FlushResult(isCanceled: false, isCompleted: false));
+                result = new(this, _flush.Token);
             }
         }
 
@@ -366,20 +257,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         return result;
     }
 
-    public void CancelPendingFlush()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _flushCancelRequested = true;
-            if (_flush.IsWaiting)
-            {
-                wake = _flush.Complete();
-            }
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+    public void CancelPendingFlush() => PipeWaiter.CancelPending(_lock, ref _flush, ref _flushCancelRequested, _options.WriterScheduler);
 
     /// <summary>The input ends: with <paramref name="error"/>, every read from now on throws it, as a Pipe's do.</summary>
     public void CompleteWriter(Exception? error = null)
@@ -396,7 +274,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             _writerCompleted = true;
             _writerError = error;
             _readable = true;
-            _writable = default;
+            _segments.DropWritable();
             if (_readerCompleted)
             {
                 ReturnAllLocked();
@@ -426,10 +304,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
             ReturnAllLocked();
             _read.Invalidate();
             _flush.Invalidate();
-            _readRegistration.Unregister();
-            _readRegistration = default;
-            _readToken = default;
-            _readTokenCanceled = false;
+            _readCancellation.Reset();
             _writerCompleted = _readerCompleted = false;
             _writerError = null;
             _readCancelRequested = _flushCancelRequested = false;
@@ -438,7 +313,7 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
     }
 
-    private void EnsureWritable(int sizeHint)
+    private Memory<byte> EnsureWritable(int sizeHint)
     {
         lock (_lock)
         {
@@ -447,66 +322,28 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
                 throw new InvalidOperationException("Writing is not allowed after the writer was completed.");
             }
 
-            _writing = true;
-            if (_tail is null)
-            {
-                _tail = _head = _readTail = PipeSegment.Rent(_options, sizeHint, _committed);
-                _headIndex = _readTailIndex = 0;
-                _writable = _tail.Block;
-                return;
-            }
-
-            var free = _tail.Block.Length - _tail.End - _buffered;
-            if (free > 0 && free >= sizeHint)
-            {
-                _writable = _tail.Block[(_tail.End + _buffered)..];
-                return;
-            }
-
-            _tail.End += _buffered;
-            _tail.SetWritten();
-            _buffered = 0;
-            var next = PipeSegment.Rent(_options, sizeHint, _tail.RunningIndex + _tail.End);
-            _tail.SetNext(next);
-            _tail = next;
-            _writable = next.Block;
+            // Once all was consumed, the next first segment starts where the flushed bytes end.
+            return _segments.EnsureWritable(_options, sizeHint, firstRunningIndex: _committed);
         }
     }
 
+    /// <summary>Makes what was written readable; returns the reader to wake, if it waits.</summary>
     private PipeWaiter CommitLocked()
     {
-        _writing = false;
-        if (_unflushed == 0)
+        var committed = _segments.Commit();
+        if (committed == 0)
         {
             return default;
         }
 
-        _tail!.End += _buffered;
-        _tail.SetWritten();
-        _buffered = 0;
-        _readTail = _tail;
-        _readTailIndex = _tail.End;
-        _committed += _unflushed;
-        _unflushed = 0;
+        _committed += committed;
         _readable = true;
         return _read.IsWaiting ? _read.Complete() : default;
     }
 
     private void ReturnAllLocked()
     {
-        var segment = _head;
-        while (segment is not null)
-        {
-            var next = (PipeSegment?)segment.Next;
-            PipeSegment.Return(segment);
-            segment = next;
-        }
-
-        _head = _tail = _readTail = null;
-        _headIndex = _readTailIndex = _buffered = 0;
-        _writable = default;
-        _writing = false;
-        _unflushed = 0;
+        _segments.ReturnAll();
         // Dropped bytes count as examined: nothing is left to hold the writer back.
         _examined = _committed;
     }
@@ -516,18 +353,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
     {
         CancellationTokenRegistration registration;
-        bool tokenCanceled;
+        CancellationToken canceledBy;
         var result = default(ReadResult);
         Exception? failure = null;
         lock (_lock)
         {
-            _read.End(token);
-            registration = _readRegistration;
-            _readRegistration = default;
-            _readToken = default;
-            tokenCanceled = _readTokenCanceled;
-            _readTokenCanceled = false;
-            if (!tokenCanceled)
+            registration = _readCancellation.End(ref _read, token, out canceledBy);
+            if (!canceledBy.IsCancellationRequested)
             {
                 try
                 {
@@ -542,11 +374,10 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
         }
 
         // Outside the lock: disposing waits for a callback that is running, and the callback takes the lock.
-        var canceledToken = registration.Token;
         registration.Dispose();
-        if (tokenCanceled)
+        if (canceledBy.IsCancellationRequested)
         {
-            throw new OperationCanceledException("The read was canceled by its token.", canceledToken);
+            throw new OperationCanceledException("The read was canceled by its token.", canceledBy);
         }
 
         if (failure is not null)
@@ -561,25 +392,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     {
         lock (_lock)
         {
-            // As a Pipe's: a read that will throw says so to callers that look before they take the result.
-            var status = _read.GetStatus(token);
-            return status != ValueTaskSourceStatus.Succeeded || !_read.IsCompleted ? status
-                : _readTokenCanceled ? ValueTaskSourceStatus.Canceled
-                : _writerCompleted && _writerError is not null ? ValueTaskSourceStatus.Faulted
-                : status;
+            // A read that will throw the writer's error says so.
+            return _read.GetStatus(token, faulted: _writerCompleted && _writerError is not null);
         }
     }
 
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _read.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _read, continuation, state, token, flags, _options.ReaderScheduler);
 
     FlushResult IValueTaskSource<FlushResult>.GetResult(short token)
     {
@@ -595,13 +414,5 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
 
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _flush.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _flush, continuation, state, token, flags, _options.WriterScheduler);
 }

@@ -27,23 +27,13 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     private readonly PipeOptions _options;
     private readonly Lock _lock = new();
 
-    // The unsent bytes run from (_head, _headIndex) to (_readTail, _readTailIndex); the writer writes into
-    // _tail, after its End, _buffered bytes so far.
-    private PipeSegment? _head;
-    private int _headIndex;
-    private PipeSegment? _readTail;
-    private int _readTailIndex;
-    private PipeSegment? _tail;
-    private Memory<byte> _writable;
-    private int _buffered;
-    private long _unflushed;
+    // The unsent bytes and the writer's place after them.
+    private PipeSegmentList _segments;
     private long _unsent;
     // What the last read handed out, which AdvanceToEnd consumes.
     private PipeSegment? _readEnd;
     private int _readEndIndex;
     private long _readLength;
-    // Between the writer's GetMemory and its next flush: the reader must not return _tail.
-    private bool _writing;
 
     private bool _writerCompleted;
     private bool _readerCompleted;
@@ -54,9 +44,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     private PipeWaiter _reader;
     private PipeWaiter _flush;
-    private CancellationTokenRegistration _flushRegistration;
-    private CancellationToken _flushToken;
-    private bool _flushTokenCanceled;
+    private PipeCancellation _flushCancellation;
 
     public OutputPipe(PipeOptions options) => _options = options;
 
@@ -64,18 +52,9 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     public override bool CanGetUnflushedBytes => true;
 
-    public override long UnflushedBytes => _unflushed;
+    public override long UnflushedBytes => _segments.Unflushed;
 
-    public override Memory<byte> GetMemory(int sizeHint = 0)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
-        if (!_writing || _writable.Length == 0 || _writable.Length < sizeHint)
-        {
-            EnsureWritable(sizeHint);
-        }
-
-        return _writable;
-    }
+    public override Memory<byte> GetMemory(int sizeHint = 0) => _segments.TryGetMemory(sizeHint, out var memory) ? memory : EnsureWritable(sizeHint);
 
     public override Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
 
@@ -88,14 +67,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             return;
         }
 
-        if ((uint)bytes > (uint)_writable.Length)
-        {
-            throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
-        }
-
-        _buffered += bytes;
-        _unflushed += bytes;
-        _writable = _writable[bytes..];
+        _segments.Advance(bytes);
     }
 
     public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
@@ -131,30 +103,14 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 readerError = _readerError;
                 result = new(new FlushResult(isCanceled: false, isCompleted: true));
             }
-            else if (_flushCancelRequested)
+            else if (PipeWaiter.FlushesAtOnce(ref _flush, ref _flushCancelRequested, _options.PauseWriterThreshold, _unsent, out var flushed))
             {
-                _flushCancelRequested = false;
-                result = new(new FlushResult(isCanceled: true, isCompleted: false));
-            }
-            else if (_options.PauseWriterThreshold > 0 && _unsent >= _options.PauseWriterThreshold)
-            {
-                _flush.Begin();
-                // A registration left by a flush whose result was never taken; Unregister, not Dispose:
-                // Dispose would wait, under this lock, for a callback that needs it.
-                _flushRegistration.Unregister();
-                _flushToken = cancellationToken;
-                _flushTokenCanceled = false;
-                if (cancellationToken.CanBeCanceled)
-                {
-                    // UnsafeRegister: the callback only completes the flush, which schedules its continuation.
-                    _flushRegistration = cancellationToken.UnsafeRegister(s_cancelFlush, this);
-                }
-
-                result = new(this, _flush.Token);
+                result = new(flushed);
             }
             else
             {
-                result = new(new FlushResult(isCanceled: false, isCompleted: false));
+                _flushCancellation.Register(s_cancelFlush, this, cancellationToken);
+                result = new(this, _flush.Token);
             }
         }
 
@@ -162,20 +118,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         return readerError is null ? result : ValueTask.FromException<FlushResult>(readerError);
     }
 
-    public override void CancelPendingFlush()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _flushCancelRequested = true;
-            if (_flush.IsWaiting)
-            {
-                wake = _flush.Complete();
-            }
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+    public override void CancelPendingFlush() => PipeWaiter.CancelPending(_lock, ref _flush, ref _flushCancelRequested, _options.WriterScheduler);
 
     public override void Complete(Exception? exception = null)
     {
@@ -191,7 +134,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             wake = CommitLocked();
             _writerCompleted = true;
             _writerError = exception;
-            _writable = default;
+            _segments.DropWritable();
             if (_readerCompleted)
             {
                 ReturnAllLocked();
@@ -206,7 +149,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         wake.Run(_options.ReaderScheduler);
     }
 
-    private void EnsureWritable(int sizeHint)
+    private Memory<byte> EnsureWritable(int sizeHint)
     {
         lock (_lock)
         {
@@ -221,81 +164,35 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
                 ReturnAllLocked();
             }
 
-            _writing = true;
-            if (_tail is null)
-            {
-                _tail = _head = _readTail = PipeSegment.Rent(_options, sizeHint, runningIndex: 0);
-                _headIndex = _readTailIndex = 0;
-                _writable = _tail.Block;
-                return;
-            }
-
-            var free = _tail.Block.Length - _tail.End - _buffered;
-            if (free > 0 && free >= sizeHint)
-            {
-                _writable = _tail.Block[(_tail.End + _buffered)..];
-                return;
-            }
-
-            // The tail's written bytes stay in it; the writer goes on in a new segment.
-            _tail.End += _buffered;
-            _tail.SetWritten();
-            _buffered = 0;
-            var next = PipeSegment.Rent(_options, sizeHint, _tail.RunningIndex + _tail.End);
-            _tail.SetNext(next);
-            _tail = next;
-            _writable = next.Block;
+            return _segments.EnsureWritable(_options, sizeHint, firstRunningIndex: 0);
         }
     }
 
     /// <summary>Makes what was written readable; returns the reader to wake, if it waits.</summary>
     private PipeWaiter CommitLocked()
     {
-        _writing = false;
-        if (_unflushed == 0)
+        var committed = _segments.Commit();
+        if (committed == 0)
         {
             // A GetMemory with nothing written (a copy that ended): the block goes back when all is sent.
             ReleaseIfIdleLocked();
             return default;
         }
 
-        _tail!.End += _buffered;
-        _tail.SetWritten();
-        _buffered = 0;
-        _readTail = _tail;
-        _readTailIndex = _tail.End;
-        _unsent += _unflushed;
-        _unflushed = 0;
+        _unsent += committed;
         return _reader.IsWaiting ? _reader.Complete() : default;
     }
 
     /// <summary>All sent and nothing being written: hold no memory while idle.</summary>
     private void ReleaseIfIdleLocked()
     {
-        if (_unsent == 0 && !_writing && _buffered == 0 && _head is not null && _head == _tail && _headIndex == _head.End)
+        if (_unsent == 0)
         {
-            PipeSegment.Return(_head);
-            _head = _tail = _readTail = null;
-            _headIndex = _readTailIndex = 0;
-            _writable = default;
+            _segments.ReleaseIfIdle();
         }
     }
 
-    private void OnFlushTokenCanceled()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            // Only the waiting flush's own token: a registration left from an earlier flush does nothing.
-            if (_flush.IsWaiting && _flushToken.IsCancellationRequested)
-            {
-                _flushTokenCanceled = true;
-                wake = _flush.Complete();
-            }
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+    private void OnFlushTokenCanceled() => _flushCancellation.OnCanceled(_lock, ref _flush, _options.WriterScheduler);
 
     // ---- The reader: the connection's send loop ----
 
@@ -332,24 +229,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
             _unsent -= _readLength;
             _readLength = 0;
-            while (_head != _readEnd)
-            {
-                var done = _head!;
-                _head = (PipeSegment?)done.Next;
-                PipeSegment.Return(done);
-            }
-
-            _headIndex = _readEndIndex;
+            _segments.ConsumeTo(_readEnd!, _readEndIndex);
             _readEnd = null;
-            // A segment read to its end is returned too, unless the writer still writes into it.
-            while (_head != _tail && _headIndex == _head!.End)
-            {
-                var done = _head;
-                _head = (PipeSegment?)done.Next;
-                _headIndex = 0;
-                PipeSegment.Return(done);
-            }
-
             ReleaseIfIdleLocked();
 
             if (_flush.IsWaiting && _unsent < _options.ResumeWriterThreshold)
@@ -362,20 +243,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     }
 
     /// <summary>Ends the pending (or the next) read with IsCanceled, as PipeReader.CancelPendingRead does.</summary>
-    public void CancelPendingRead()
-    {
-        PipeWaiter wake = default;
-        lock (_lock)
-        {
-            _readCancelRequested = true;
-            if (_reader.IsWaiting)
-            {
-                wake = _reader.Complete();
-            }
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+    public void CancelPendingRead() => PipeWaiter.CancelPending(_lock, ref _reader, ref _readCancelRequested, _options.ReaderScheduler);
 
     /// <summary>
     /// The send loop is done: a flush that waits (or comes) says IsCompleted, or throws
@@ -422,14 +290,11 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
             ReturnAllLocked();
             _reader.Invalidate();
             _flush.Invalidate();
-            _flushRegistration.Unregister();
-            _flushRegistration = default;
-            _flushToken = default;
-            _flushTokenCanceled = false;
+            _flushCancellation.Reset();
             _writerCompleted = _readerCompleted = false;
             _writerError = _readerError = null;
             _readCancelRequested = _flushCancelRequested = false;
-            _unflushed = _unsent = 0;
+            _unsent = 0;
         }
     }
 
@@ -450,9 +315,9 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         }
         else
         {
-            buffer = new ReadOnlySequence<byte>(_head!, _headIndex, _readTail!, _readTailIndex);
-            _readEnd = _readTail;
-            _readEndIndex = _readTailIndex;
+            buffer = _segments.Readable;
+            _readEnd = _segments.ReadTail;
+            _readEndIndex = _segments.ReadTailIndex;
             _readLength = _unsent;
         }
 
@@ -461,21 +326,12 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     private void ReturnAllLocked()
     {
-        var segment = _head;
-        while (segment is not null)
-        {
-            var next = (PipeSegment?)segment.Next;
-            PipeSegment.Return(segment);
-            segment = next;
-        }
-
-        _head = _tail = _readTail = _readEnd = null;
-        _headIndex = _readTailIndex = _readEndIndex = _buffered = 0;
-        _readLength = 0;
-        _writable = default;
-        _writing = false;
         // Bytes written and dropped with their segments are no longer unflushed or unsent.
-        _unflushed = _unsent = 0;
+        _segments.ReturnAll();
+        _readEnd = null;
+        _readEndIndex = 0;
+        _readLength = 0;
+        _unsent = 0;
     }
 
     // ---- The two awaitables: the send loop's read and the application's flush ----
@@ -492,15 +348,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _reader.GetStatus(token);
 
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _reader.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.ReaderScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _reader, continuation, state, token, flags, _options.ReaderScheduler);
 
     FlushResult IValueTaskSource<FlushResult>.GetResult(short token)
     {
@@ -510,12 +358,7 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
         FlushResult result;
         lock (_lock)
         {
-            _flush.End(token);
-            registration = _flushRegistration;
-            _flushRegistration = default;
-            canceledToken = _flushTokenCanceled ? _flushToken : default;
-            _flushTokenCanceled = false;
-            _flushToken = default;
+            registration = _flushCancellation.End(ref _flush, token, out canceledToken);
             var canceled = _flushCancelRequested;
             _flushCancelRequested = false;
             readerError = _readerCompleted ? _readerError : null;
@@ -540,23 +383,11 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     {
         lock (_lock)
         {
-            // As a Pipe's: a flush that will throw says so (Kestrel's flusher takes IsCompletedSuccessfully at its word).
-            var status = _flush.GetStatus(token);
-            return status != ValueTaskSourceStatus.Succeeded || !_flush.IsCompleted ? status
-                : _flushTokenCanceled ? ValueTaskSourceStatus.Canceled
-                : _readerCompleted && _readerError is not null ? ValueTaskSourceStatus.Faulted
-                : status;
+            // A flush that will throw the reader's error says so.
+            return _flush.GetStatus(token, faulted: _readerCompleted && _readerError is not null);
         }
     }
 
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        PipeWaiter wake;
-        lock (_lock)
-        {
-            wake = _flush.OnCompleted(continuation, state, token, flags);
-        }
-
-        wake.Run(_options.WriterScheduler);
-    }
+        => PipeWaiter.OnCompleted(_lock, ref _flush, continuation, state, token, flags, _options.WriterScheduler);
 }

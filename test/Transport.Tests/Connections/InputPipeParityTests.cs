@@ -3,6 +3,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock.Connections;
+using static Transport.Tests.Infrastructure.PipeTestKit;
 
 namespace Transport.Tests.Connections;
 
@@ -20,7 +21,7 @@ public sealed class InputPipeParityTests
     public async Task A_read_pending_when_the_reader_completes_ends_when_the_writer_completes()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         var pending = pipe.ReadAsync().AsTask();
         pipe.Complete();
         pipe.CompleteWriter();
@@ -36,7 +37,7 @@ public sealed class InputPipeParityTests
         // completed read of nothing is the right answer and proves nothing).
         using var pool = new CountingMemoryPool(4096);
         var held = new HeldScheduler();
-        var pipe = new InputPipe(new PipeOptions(pool, held, PipeScheduler.ThreadPool, 0, 0, 4096, useSynchronizationContext: false));
+        var pipe = new InputPipe(OptionsFor(pool, readerScheduler: held));
         var stale = pipe.ReadAsync().AsTask();
         pipe.Complete();
         pipe.CompleteWriter();
@@ -62,7 +63,7 @@ public sealed class InputPipeParityTests
     public async Task The_previous_connections_read_token_does_not_cancel_the_next_connections_read()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         using var old = new CancellationTokenSource();
         _ = pipe.ReadAsync(old.Token).AsTask();
         pipe.Complete();
@@ -82,8 +83,8 @@ public sealed class InputPipeParityTests
     public async Task A_refused_position_leaves_the_data_readable()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
-        var other = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
+        var other = new InputPipe(OptionsFor(pool));
         await WriteAsync(pipe, new byte[100]);
         await WriteAsync(other, new byte[100]);
         _ = await pipe.ReadAsync();
@@ -97,7 +98,7 @@ public sealed class InputPipeParityTests
     public async Task Concurrent_writer_and_reader_keep_every_byte_in_order_and_every_block_once()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(new PipeOptions(pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, 64 * 1024, 32 * 1024, 4096, useSynchronizationContext: false));
+        var pipe = new InputPipe(OptionsFor(pool, pause: 64 * 1024, resume: 32 * 1024));
         // 16 MiB: seconds on Linux, and well inside the bound under Wine, where the CLR runs it slower.
         const long total = 16L * 1024 * 1024;
         var writer = Task.Run(async () =>
@@ -159,7 +160,7 @@ public sealed class InputPipeParityTests
     public async Task Reads_cancelled_by_token_or_CancelPendingRead_racing_the_bytes_lose_nothing()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool, pause: 16 * 1024, resume: 8 * 1024));
+        var pipe = new InputPipe(OptionsFor(pool, pause: 16 * 1024, resume: 8 * 1024));
         const int total = 200_000;
         var writer = Task.Run(async () =>
         {
@@ -216,46 +217,5 @@ public sealed class InputPipeParityTests
         await writer.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.Equal(total, await reader.WaitAsync(TimeSpan.FromSeconds(60)));
         Assert.Equal(0, pool.Outstanding);
-    }
-
-    private static async Task WriteAsync(InputPipe pipe, byte[] bytes)
-    {
-        bytes.CopyTo(pipe.GetSpan(bytes.Length));
-        pipe.Advance(bytes.Length);
-        await pipe.FlushAsync();
-    }
-
-    private static PipeOptions Options(MemoryPool<byte> pool, long pause = 0, long resume = 0)
-        => new(pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, pause, resume, 4096, useSynchronizationContext: false);
-
-    /// <summary>A scheduler that keeps what it is given until the test runs it.</summary>
-    private sealed class HeldScheduler : PipeScheduler
-    {
-        private readonly List<(Action<object?> Action, object? State)> _held = [];
-
-        public int Count { get { lock (_held) { return _held.Count; } } }
-
-        public override void Schedule(Action<object?> action, object? state)
-        {
-            lock (_held)
-            {
-                _held.Add((action, state));
-            }
-        }
-
-        public void RunAll()
-        {
-            (Action<object?> Action, object? State)[] work;
-            lock (_held)
-            {
-                work = [.. _held];
-                _held.Clear();
-            }
-
-            foreach (var (action, state) in work)
-            {
-                action(state);
-            }
-        }
     }
 }

@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Security.Cryptography;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock.Connections;
+using static Transport.Tests.Infrastructure.PipeTestKit;
 
 namespace Transport.Tests.Connections;
 
@@ -20,7 +21,7 @@ public sealed class InputPipeTests
     public async Task Bytes_arrive_in_order_across_segments_and_every_block_goes_back_once_consumed()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         var expected = new List<byte>();
         foreach (var size in new[] { 1, 3000, 4096, 9000, 2 })
         {
@@ -46,7 +47,7 @@ public sealed class InputPipeTests
     public async Task A_read_that_examined_everything_waits_for_new_bytes_and_one_that_did_not_returns_at_once()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         await WriteAsync(pipe, "GET / HTTP/1.1\r\n"u8.ToArray());
 
         var read = await pipe.ReadAsync(TestContext.Current.CancellationToken);
@@ -73,7 +74,7 @@ public sealed class InputPipeTests
     public async Task Backpressure_counts_what_is_unexamined_so_a_reader_waiting_for_more_never_stalls_the_writer()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool, pause: 10_000, resume: 5_000));
+        var pipe = new InputPipe(OptionsFor(pool, pause: 10_000, resume: 5_000));
         pipe.Advance(FillAndCount(pipe.GetMemory(4096)));
         for (var written = 4096; written < 10_000; written += 4096)
         {
@@ -106,7 +107,7 @@ public sealed class InputPipeTests
     public async Task A_pending_read_ends_on_CancelPendingRead_as_cancelled_and_on_its_token_with_OperationCanceledException()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         var pending = pipe.ReadAsync(TestContext.Current.CancellationToken).AsTask();
         pipe.CancelPendingRead();
         Assert.True((await pending.WaitAsync(Timeout, TestContext.Current.CancellationToken)).IsCanceled);
@@ -130,7 +131,7 @@ public sealed class InputPipeTests
     public async Task The_writer_completing_ends_reads_and_its_error_is_thrown_by_every_read_after_it()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         var pending = pipe.ReadAsync(TestContext.Current.CancellationToken).AsTask();
         "tail"u8.CopyTo(pipe.GetSpan(4));
         pipe.Advance(4);
@@ -157,7 +158,7 @@ public sealed class InputPipeTests
     public async Task The_reader_completing_keeps_the_block_a_receive_writes_into_and_the_next_flush_says_IsCompleted()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool, pause: 100, resume: 50));
+        var pipe = new InputPipe(OptionsFor(pool, pause: 100, resume: 50));
         await WriteAsync(pipe, new byte[10]);
 
         // A receive in flight: the loop holds memory of the pipe's while the application completes.
@@ -186,7 +187,7 @@ public sealed class InputPipeTests
     public async Task Consuming_everything_while_a_receive_holds_memory_keeps_that_block()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
         await WriteAsync(pipe, new byte[100]);
         var read = await pipe.ReadAsync(TestContext.Current.CancellationToken);
         var receiving = pipe.GetMemory(1);
@@ -205,8 +206,8 @@ public sealed class InputPipeTests
     public async Task Positions_outside_the_last_buffer_are_refused_and_change_nothing()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new InputPipe(Options(pool));
-        var other = new InputPipe(Options(pool));
+        var pipe = new InputPipe(OptionsFor(pool));
+        var other = new InputPipe(OptionsFor(pool));
         await WriteAsync(pipe, new byte[5000]);
         await WriteAsync(other, new byte[10]);
         var read = await pipe.ReadAsync(TestContext.Current.CancellationToken);
@@ -218,19 +219,9 @@ public sealed class InputPipeTests
         pipe.AdvanceTo(read.Buffer.End);
     }
 
-    private static async Task WriteAsync(InputPipe pipe, byte[] bytes)
-    {
-        bytes.CopyTo(pipe.GetSpan(bytes.Length));
-        pipe.Advance(bytes.Length);
-        await pipe.FlushAsync();
-    }
-
     private static int FillAndCount(Memory<byte> memory)
     {
         memory.Span.Fill(1);
         return memory.Length;
     }
-
-    private static PipeOptions Options(MemoryPool<byte> pool, long pause = 0, long resume = 0)
-        => new(pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, pause, resume, 4096, useSynchronizationContext: false);
 }

@@ -3,6 +3,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock.Connections;
+using static Transport.Tests.Infrastructure.PipeTestKit;
 
 namespace Transport.Tests.Connections;
 
@@ -21,7 +22,7 @@ public sealed class OutputPipeParityTests
     public async Task FlushAsync_after_Complete_does_not_throw()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         pipe.Write("x"u8);
         pipe.Complete();
         var flush = await pipe.FlushAsync(TestContext.Current.CancellationToken);
@@ -34,7 +35,7 @@ public sealed class OutputPipeParityTests
     public async Task Cancelled_read_still_throws_the_writers_error()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         pipe.CancelPendingRead();
         pipe.Complete(new InvalidOperationException("app failed"));
         await Assert.ThrowsAsync<InvalidOperationException>(async () => await pipe.ReadAsync());
@@ -46,7 +47,7 @@ public sealed class OutputPipeParityTests
     public void Writes_after_the_reader_completed_hold_no_more_memory()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         pipe.CompleteReader();
         for (var i = 0; i < 100; i++)
         {
@@ -64,7 +65,7 @@ public sealed class OutputPipeParityTests
     public async Task Idle_after_everything_sent_holds_no_block()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         pipe.Write("response"u8);
         await pipe.FlushAsync(TestContext.Current.CancellationToken);
         await pipe.ReadAsync();
@@ -82,7 +83,7 @@ public sealed class OutputPipeParityTests
     public async Task Unflowed_reader_continuation_does_not_see_the_writers_context()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         var seen = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
         var awaiter = pipe.ReadAsync().ConfigureAwait(false).GetAwaiter();
         awaiter.UnsafeOnCompleted(() => seen.SetResult(s_flowed.Value));
@@ -103,7 +104,7 @@ public sealed class OutputPipeParityTests
     public void Flush_completed_by_reader_error_is_faulted()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, 100, 50));
+        var pipe = new OutputPipe(OptionsFor(pool, 100, 50));
         pipe.Write(new byte[200]);
         var flush = pipe.FlushAsync(TestContext.Current.CancellationToken);
         Assert.False(flush.IsCompleted);
@@ -117,7 +118,7 @@ public sealed class OutputPipeParityTests
     public async Task A_second_flush_while_one_is_paused_does_not_strand_the_first()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, 100, 50));
+        var pipe = new OutputPipe(OptionsFor(pool, 100, 50));
         pipe.Write(new byte[200]);
         var first = pipe.FlushAsync(TestContext.Current.CancellationToken).AsTask();
         // The second is refused at once, as a Pipe refuses concurrent flushes; the first still resumes.
@@ -134,7 +135,7 @@ public sealed class OutputPipeParityTests
     public async Task A_stale_token_does_not_resume_a_later_paused_flush()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, 100, 50));
+        var pipe = new OutputPipe(OptionsFor(pool, 100, 50));
         using var stale = new CancellationTokenSource();
         pipe.Write(new byte[200]);
         _ = pipe.FlushAsync(stale.Token); // paused, registered; completed by the reader, result never taken
@@ -148,7 +149,4 @@ public sealed class OutputPipeParityTests
         await Task.Delay(100, TestContext.Current.CancellationToken);
         Assert.False(later.IsCompleted, "a cancel of an old flush's token resumed a flush still over the pause threshold");
     }
-
-    private static PipeOptions Options(MemoryPool<byte> pool, long pause = 0, long resume = 0)
-        => new(pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, pause, resume, 4096, useSynchronizationContext: false);
 }

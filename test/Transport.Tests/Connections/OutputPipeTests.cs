@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Security.Cryptography;
 using Transport.Tests.Infrastructure;
 using Transport.Winsock.Connections;
+using static Transport.Tests.Infrastructure.PipeTestKit;
 
 namespace Transport.Tests.Connections;
 
@@ -19,7 +20,7 @@ public sealed class OutputPipeTests
     public async Task Bytes_arrive_in_order_across_segments_and_every_block_goes_back_once_sent()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         var expected = new List<byte>();
         // Small writes, writes that cross blocks, and one larger than the pool's blocks (array pool).
         foreach (var size in new[] { 1, 100, 4000, 5000, 20_000, 3, 4096 })
@@ -53,7 +54,7 @@ public sealed class OutputPipeTests
     public async Task A_read_waits_for_a_flush_and_sees_only_what_was_flushed()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         var pending = pipe.ReadAsync();
         pipe.Write("unflushed"u8);
         await Task.Delay(50, TestContext.Current.CancellationToken);
@@ -80,7 +81,7 @@ public sealed class OutputPipeTests
     public async Task A_flush_pauses_at_the_pause_threshold_and_resumes_only_under_the_resume_threshold()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, pause: 10_000, resume: 5_000));
+        var pipe = new OutputPipe(OptionsFor(pool, pause: 10_000, resume: 5_000));
         pipe.Write(new byte[9_999]);
         Assert.True((await pipe.FlushAsync(TestContext.Current.CancellationToken)) is { IsCompleted: false, IsCanceled: false });
 
@@ -103,7 +104,7 @@ public sealed class OutputPipeTests
     public async Task CancelPendingFlush_ends_a_paused_flush_and_one_called_first_cancels_the_next_flush()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, pause: 100, resume: 50));
+        var pipe = new OutputPipe(OptionsFor(pool, pause: 100, resume: 50));
         pipe.Write(new byte[200]);
         var paused = pipe.FlushAsync(TestContext.Current.CancellationToken);
         Assert.False(paused.IsCompleted);
@@ -122,7 +123,7 @@ public sealed class OutputPipeTests
     public async Task A_paused_flush_ends_with_OperationCanceledException_when_its_token_is_cancelled()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, pause: 100, resume: 50));
+        var pipe = new OutputPipe(OptionsFor(pool, pause: 100, resume: 50));
         using var cts = new CancellationTokenSource();
         pipe.Write(new byte[200]);
         var paused = pipe.FlushAsync(cts.Token);
@@ -147,7 +148,7 @@ public sealed class OutputPipeTests
     public async Task CancelPendingRead_ends_the_pending_read_as_cancelled_and_the_next_read_waits_again()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         var pending = pipe.ReadAsync();
         pipe.CancelPendingRead();
         var read = await pending.AsTask().WaitAsync(Timeout, TestContext.Current.CancellationToken);
@@ -165,7 +166,7 @@ public sealed class OutputPipeTests
     public async Task The_writer_completing_sends_what_it_had_not_flushed_then_ends_the_reads_and_its_error_reaches_the_reader()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         var pending = pipe.ReadAsync();
         pipe.Write("last"u8);
         pipe.Complete();
@@ -189,7 +190,7 @@ public sealed class OutputPipeTests
     public async Task The_reader_completing_ends_a_paused_flush_and_later_flushes_with_IsCompleted_or_its_error()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool, pause: 100, resume: 50));
+        var pipe = new OutputPipe(OptionsFor(pool, pause: 100, resume: 50));
         pipe.Write(new byte[200]);
         var paused = pipe.FlushAsync(TestContext.Current.CancellationToken);
         pipe.CompleteReader();
@@ -214,7 +215,7 @@ public sealed class OutputPipeTests
     public void Reset_refuses_a_pipe_with_a_side_still_open()
     {
         using var pool = new CountingMemoryPool(4096);
-        var pipe = new OutputPipe(Options(pool));
+        var pipe = new OutputPipe(OptionsFor(pool));
         Assert.Throws<InvalidOperationException>(pipe.Reset);
         pipe.Complete();
         Assert.Throws<InvalidOperationException>(pipe.Reset);
@@ -228,7 +229,7 @@ public sealed class OutputPipeTests
         using var pool = new CountingMemoryPool(4096);
         var readerScheduler = new CountingScheduler();
         var writerScheduler = new CountingScheduler();
-        var pipe = new OutputPipe(new PipeOptions(pool, readerScheduler, writerScheduler, 100, 50, 4096, useSynchronizationContext: false));
+        var pipe = new OutputPipe(OptionsFor(pool, 100, 50, readerScheduler, writerScheduler));
         var flowed = new AsyncLocal<string?>();
 
         // OnCompleted (not an async method's await, which restores the context itself) asks for the
@@ -251,22 +252,5 @@ public sealed class OutputPipeTests
         pipe.AdvanceToEnd();
         await resumed.WaitAsync(Timeout, TestContext.Current.CancellationToken);
         Assert.Equal(1, writerScheduler.Scheduled);
-    }
-
-    private static PipeOptions Options(MemoryPool<byte> pool, long pause = 0, long resume = 0)
-        => new(pool, PipeScheduler.ThreadPool, PipeScheduler.ThreadPool, pause, resume, 4096, useSynchronizationContext: false);
-
-    /// <summary>A scheduler that runs on the thread pool and counts what it was given.</summary>
-    private sealed class CountingScheduler : PipeScheduler
-    {
-        private int _scheduled;
-
-        public int Scheduled => Volatile.Read(ref _scheduled);
-
-        public override void Schedule(Action<object?> action, object? state)
-        {
-            Interlocked.Increment(ref _scheduled);
-            System.Threading.ThreadPool.QueueUserWorkItem(action, state, preferLocal: false);
-        }
     }
 }
