@@ -25,7 +25,8 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     private static readonly Action<object?> s_cancelRead = static state => ((InputPipe)state!).OnReadTokenCanceled();
 
     private readonly PipeOptions _options;
-    private readonly Lock _lock = new();
+    // The connection's one lock, shared with its output pipe and its close (one object a connection, not three).
+    private readonly Lock _lock;
 
     // The unconsumed bytes and the writer's place after them. Positions count from the connection's first byte.
     private PipeSegmentList _segments;
@@ -45,7 +46,11 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     private PipeWaiter _flush;
     private PipeCancellation _readCancellation;
 
-    public InputPipe(PipeOptions options) => _options = options;
+    public InputPipe(PipeOptions options, Lock? gate = null)
+    {
+        _options = options;
+        _lock = gate ?? new Lock();
+    }
 
     // ---- The reader: the application ----
 

@@ -25,7 +25,8 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     private static readonly Action<object?> s_cancelFlush = static state => ((OutputPipe)state!).OnFlushTokenCanceled();
 
     private readonly PipeOptions _options;
-    private readonly Lock _lock = new();
+    // The connection's one lock, shared with its input pipe and its close (one object a connection, not three).
+    private readonly Lock _lock;
 
     // The unsent bytes and the writer's place after them.
     private PipeSegmentList _segments;
@@ -46,7 +47,11 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     private PipeWaiter _flush;
     private PipeCancellation _flushCancellation;
 
-    public OutputPipe(PipeOptions options) => _options = options;
+    public OutputPipe(PipeOptions options, Lock? gate = null)
+    {
+        _options = options;
+        _lock = gate ?? new Lock();
+    }
 
     // ---- The writer: the application ----
 
@@ -335,6 +340,12 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
     }
 
     // ---- The two awaitables: the send loop's read and the application's flush ----
+
+    /// <summary>
+    /// The result of the read that <see cref="ReadAsync"/> left waiting, once it completed: what its
+    /// ValueTask's GetResult returns, for a reader that keeps no copy of that ValueTask.
+    /// </summary>
+    public ReadResult TakePendingRead() => ((IValueTaskSource<ReadResult>)this).GetResult(_reader.Token);
 
     ReadResult IValueTaskSource<ReadResult>.GetResult(short token)
     {

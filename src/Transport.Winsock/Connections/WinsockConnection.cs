@@ -33,6 +33,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private readonly OutputPipe _output;
     // What DisposeAsync returns: set once both sides are done; taking its result recycles this object.
     private ManualResetValueTaskSourceCore<bool> _finished;
+    // The connection's one lock: its close state's, and both pipes' (a hold is a few fields long, never
+    // around a wait or a continuation, and the lock is reentrant).
     private readonly Lock _closeLock = new();
     // The engine's side: receives, sends, FIN, close and the socket's hand-off.
     private readonly ConnectionIo _io;
@@ -69,8 +71,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _factory = factory;
         _io = io;
         var (inputOptions, outputOptions) = factory.NextPipeOptions();
-        _input = new InputPipe(inputOptions);
-        _output = new OutputPipe(outputOptions);
+        _input = new InputPipe(inputOptions, _closeLock);
+        _output = new OutputPipe(outputOptions, _closeLock);
         // The connection is its own IDuplexPipe: one object fewer per connection.
         Transport = this;
         // The server's continuation after DisposeAsync runs inline, on the side that finished last, when
@@ -318,7 +320,6 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private ValueTask<FlushResult> _receiveFlush;
     private Task? _halfCloseWait;
     private IMemoryOwner<byte>? _drainBuffer;
-    private ValueTask<ReadResult> _sendRead;
     private ValueTask<int> _sendOperation;
 
     /// <summary>
@@ -537,6 +538,20 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     /// resumes it at its completion. The side has stored the operation and its next step already, and
     /// touches nothing after a true: the continuation may be running on another thread by then.
     /// </summary>
+    /// <summary>The result of an operation that has completed, or false once the continuation is registered.</summary>
+    private static bool TakeOrWait<T>(ValueTask<T> operation, Action continuation, out T result)
+    {
+        if (operation.IsCompleted)
+        {
+            result = operation.GetAwaiter().GetResult();
+            return true;
+        }
+
+        result = default!;
+        operation.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(continuation);
+        return false;
+    }
+
     private static bool MustWait<T>(ValueTask<T> operation, Action continuation)
     {
         if (operation.IsCompleted)
@@ -640,28 +655,30 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     {
         var output = _output;
         completed = false;
+        ReadResult readNow = default;
+        var readNowTaken = false;
         while (true)
         {
             switch (_sendStep)
             {
                 case SendStep.Read:
                 {
-                    var read = output.ReadAsync();
+                    // A read that waits is kept by the pipe alone (TakePendingRead): a ValueTask<ReadResult>
+                    // field would cost every connection 48 bytes.
                     _sendStep = SendStep.ReadDone;
-                    _sendRead = read;
-                    if (MustWait(read, _onSendCompleted))
+                    if (!TakeOrWait(output.ReadAsync(), _onSendCompleted, out readNow))
                     {
                         return false;
                     }
 
+                    readNowTaken = true;
                     goto case SendStep.ReadDone;
                 }
 
                 case SendStep.ReadDone:
                 {
-                    var read = _sendRead;
-                    _sendRead = default;
-                    var result = read.GetAwaiter().GetResult();
+                    var result = readNowTaken ? readNow : output.TakePendingRead();
+                    readNowTaken = false;
                     if (result.IsCanceled)
                     {
                         completed = _endSendingGracefully;
