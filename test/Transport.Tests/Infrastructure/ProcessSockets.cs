@@ -28,6 +28,47 @@ public static class ProcessSockets
         return count;
     }
 
+    /// <summary>
+    /// Counts this process's TCP sockets (matched by inode against /proc/net/tcp and tcp6) whose local or
+    /// remote port is <paramref name="port"/>: unlike <see cref="Count"/>, sockets other tests open or close
+    /// meanwhile do not move it.
+    /// </summary>
+    public static (int Local, int Remote) CountOnPort(int port)
+    {
+        var ports = new Dictionary<string, (int Local, int Remote)>(StringComparer.Ordinal);
+        foreach (var table in new[] { "/proc/net/tcp", "/proc/net/tcp6" })
+        {
+            foreach (var line in File.ReadLines(table).Skip(1))
+            {
+                var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (f.Length > 9)
+                {
+                    ports[f[9]] = (int.Parse(Port(f[1]), System.Globalization.CultureInfo.InvariantCulture), int.Parse(Port(f[2]), System.Globalization.CultureInfo.InvariantCulture));
+                }
+            }
+        }
+
+        var (local, remote) = (0, 0);
+        foreach (var fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        {
+            try
+            {
+                if (new FileInfo(fd).LinkTarget is { } target && target.StartsWith("socket:[", StringComparison.Ordinal)
+                    && ports.TryGetValue(target["socket:[".Length..^1], out var p))
+                {
+                    local += p.Local == port ? 1 : 0;
+                    remote += p.Remote == port ? 1 : 0;
+                }
+            }
+            catch (IOException)
+            {
+                // Closed while we looked.
+            }
+        }
+
+        return (local, remote);
+    }
+
     /// <summary>Waits (bounded) until the count falls to <paramref name="expected"/> or below; returns the last count.</summary>
     public static async Task<int> WaitForAtMostAsync(int expected, TimeSpan timeout)
     {
