@@ -39,6 +39,16 @@ internal abstract class ConnectionIo : IDisposable
     /// <summary>Sends every byte of <paramref name="buffers"/>, which stay untouched until it completes.</summary>
     public abstract ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers);
 
+    /// <summary>
+    /// Has <paramref name="continuation"/> run with <paramref name="state"/> once the pending receive (or
+    /// wait for data) completes, as its awaiter's UnsafeOnCompleted would (no ExecutionContext flows), with
+    /// no delegate made for it. Only for one whose ValueTask did not complete at once.
+    /// </summary>
+    public abstract void UnsafeOnReceiveCompleted(Action<object?> continuation, object state);
+
+    /// <summary>As <see cref="UnsafeOnReceiveCompleted"/>, for the pending send.</summary>
+    public abstract void UnsafeOnSendCompleted(Action<object?> continuation, object state);
+
     /// <summary>Sends the FIN (shutdown of the send side); <see cref="WinsockErrorAction.NotConnected"/> when the peer is gone.</summary>
     public abstract WinsockErrorAction SendFin();
 

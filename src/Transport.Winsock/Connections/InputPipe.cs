@@ -418,6 +418,13 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
 
     ValueTaskSourceStatus IValueTaskSource<FlushResult>.GetStatus(short token) => _flush.GetStatus(token);
 
+    /// <summary>
+    /// The transport's own wait for a flush that <see cref="FlushAsync"/> left waiting: <paramref name="continuation"/>
+    /// runs with <paramref name="state"/> at its end, as its awaiter's UnsafeOnCompleted would, with no delegate made for it.
+    /// </summary>
+    public void UnsafeOnFlushCompleted(Action<object?> continuation, object state)
+        => ((IValueTaskSource<FlushResult>)this).OnCompleted(continuation, state, _flush.Token, ValueTaskSourceOnCompletedFlags.None);
+
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
         => PipeWaiter.OnCompleted(_lock, ref _flush, continuation, state, token, flags, _options.WriterScheduler);
 }

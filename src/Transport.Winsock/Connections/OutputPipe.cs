@@ -358,6 +358,13 @@ internal sealed class OutputPipe : PipeWriter, IValueTaskSource<ReadResult>, IVa
 
     ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _reader.GetStatus(token);
 
+    /// <summary>
+    /// The transport's own wait for a read that <see cref="ReadAsync"/> left waiting: <paramref name="continuation"/>
+    /// runs with <paramref name="state"/> at its end, as its awaiter's UnsafeOnCompleted would, with no delegate made for it.
+    /// </summary>
+    public void UnsafeOnReadCompleted(Action<object?> continuation, object state)
+        => ((IValueTaskSource<ReadResult>)this).OnCompleted(continuation, state, _reader.Token, ValueTaskSourceOnCompletedFlags.None);
+
     void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
         => PipeWaiter.OnCompleted(_lock, ref _reader, continuation, state, token, flags, _options.ReaderScheduler);
 

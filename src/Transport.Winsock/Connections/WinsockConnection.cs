@@ -45,7 +45,10 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     // per connection, without a GC handle.
     private readonly Memory<byte> _probe = System.Runtime.InteropServices.MemoryMarshal.CreateFromPinnedArray(GC.AllocateArray<byte>(1, pinned: true), 0, 1);
     private long _id;
+    // Made only when the peer half-closes while this side still sends (HalfCloseTimeout set): an idle
+    // connection holds no Task for it. _sendEnded and it are read and set under _closeLock.
     private TaskCompletionSource? _sendingEnded;
+    private bool _sendEnded;
     private CloseState _closeState;
     private Exception? _shutdownReason;
     private bool _receiveEnded;
@@ -79,8 +82,6 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         // that is a thread pool thread: neither side touches the connection after OnLoopDone, and it saves a
         // hop. On an engine's thread it is handed to the thread pool (OnLoopDone).
         _finished = new ManualResetValueTaskSourceCore<bool> { RunContinuationsAsynchronously = false };
-        _onReceiveCompleted = RunReceive;
-        _onSendCompleted = RunSend;
     }
 
     /// <summary>Readies this object, new or from the pool, for the socket its engine side has just been given.</summary>
@@ -97,7 +98,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         LocalEndPoint = _factory.LocalEndPoint ?? _io.LocalEndPoint;
         RemoteEndPoint = _io.RemoteEndPoint;
         Transport = this;
-        _sendingEnded = _factory.HalfCloseTimeout is null ? null : new(TaskCreationOptions.RunContinuationsAsynchronously);
+        _sendingEnded = null;
+        _sendEnded = false;
         _closeState = CloseState.Open;
         _shutdownReason = null;
         _receiveEnded = false;
@@ -308,8 +310,10 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     // turns; here a side's state is a few fields of this object, resumed by one cached delegate each.
     // A side that waits stores what it waits for and the step to resume at, registers its delegate, and
     // touches nothing after: the delegate may already be running on another thread.
-    private readonly Action _onReceiveCompleted;
-    private readonly Action _onSendCompleted;
+    // Each side's continuation, with the connection as its state: the sources are the transport's own
+    // (the engine's operations, the pipes), registered directly, so no connection holds a delegate.
+    private static readonly Action<object?> s_runReceive = static state => ((WinsockConnection)state!).RunReceive();
+    private static readonly Action<object?> s_runSend = static state => ((WinsockConnection)state!).RunSend();
     private ReceiveStep _receiveStep;
     private SendStep _sendStep;
     private bool _applicationStoppedReading;
@@ -484,19 +488,31 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     // The peer's FIN.
                     ReleaseDrainBuffer();
                     OnPeerFin();
-                    if (_applicationStoppedReading || _sendingEnded is null)
+                    if (_applicationStoppedReading || _factory.HalfCloseTimeout is not { } halfCloseTimeout)
                     {
                         return true;
                     }
 
+                    TaskCompletionSource sendingEnded;
+                    lock (_closeLock)
+                    {
+                        if (_sendEnded)
+                        {
+                            return true;
+                        }
+
+                        sendingEnded = _sendingEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+                    }
+
                     // A half-close: the input ends here, but the connection lives on for sending, bounded.
                     _input.CompleteWriter();
-                    var wait = _sendingEnded.Task.WaitAsync(_factory.HalfCloseTimeout!.Value);
+                    var wait = sendingEnded.Task.WaitAsync(halfCloseTimeout);
                     _receiveStep = ReceiveStep.HalfCloseOver;
                     _halfCloseWait = wait;
                     if (!wait.IsCompleted)
                     {
-                        wait.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onReceiveCompleted);
+                        // Rare (a half-close while sending): a delegate of its own is fine here.
+                        wait.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(RunReceive);
                         return false;
                     }
 
@@ -525,21 +541,29 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         }
     }
 
-    /// <summary>Stores a receive-side operation and the step to resume at; true when it must wait for it.</summary>
+    /// <summary>
+    /// Stores a receive-side operation and the step to resume at; true when it must wait for it, its
+    /// continuation registered, after which the side touches nothing (it may be running elsewhere by then).
+    /// </summary>
     private bool ReceiveWaits(ValueTask<int> operation, ReceiveStep next)
     {
         _receiveStep = next;
         _receiveOperation = operation;
-        return MustWait(operation, _onReceiveCompleted);
+        if (operation.IsCompleted)
+        {
+            return false;
+        }
+
+        _io.UnsafeOnReceiveCompleted(s_runReceive, this);
+        return true;
     }
 
     /// <summary>
-    /// Whether a side must wait for <paramref name="operation"/>: if so, <paramref name="continuation"/>
-    /// resumes it at its completion. The side has stored the operation and its next step already, and
-    /// touches nothing after a true: the continuation may be running on another thread by then.
+    /// The result of an operation that has completed, or false when it has not: the side then registers its
+    /// continuation with the operation's source and touches nothing after, as the continuation may be
+    /// running on another thread by then.
     /// </summary>
-    /// <summary>The result of an operation that has completed, or false once the continuation is registered.</summary>
-    private static bool TakeOrWait<T>(ValueTask<T> operation, Action continuation, out T result)
+    private static bool TakeOrWait<T>(ValueTask<T> operation, out T result)
     {
         if (operation.IsCompleted)
         {
@@ -548,19 +572,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         }
 
         result = default!;
-        operation.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(continuation);
         return false;
-    }
-
-    private static bool MustWait<T>(ValueTask<T> operation, Action continuation)
-    {
-        if (operation.IsCompleted)
-        {
-            return false;
-        }
-
-        operation.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(continuation);
-        return true;
     }
 
     private int TakeReceived()
@@ -584,7 +596,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         }
 
         Logger.ConnectionPause(ConnectionId);
-        flush.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onReceiveCompleted);
+        _input.UnsafeOnFlushCompleted(s_runReceive, this);
         return true;
     }
 
@@ -666,8 +678,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     // A read that waits is kept by the pipe alone (TakePendingRead): a ValueTask<ReadResult>
                     // field would cost every connection 48 bytes.
                     _sendStep = SendStep.ReadDone;
-                    if (!TakeOrWait(output.ReadAsync(), _onSendCompleted, out readNow))
+                    if (!TakeOrWait(output.ReadAsync(), out readNow))
                     {
+                        output.UnsafeOnReadCompleted(s_runSend, this);
                         return false;
                     }
 
@@ -691,8 +704,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                         var send = _io.SendAsync(result.Buffer);
                         _sendStep = SendStep.Sent;
                         _sendOperation = send;
-                        if (MustWait(send, _onSendCompleted))
+                        if (!send.IsCompleted)
                         {
+                            _io.UnsafeOnSendCompleted(s_runSend, this);
                             return false;
                         }
                     }
@@ -744,7 +758,14 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
             _input.CancelPendingFlush();
         }
 
-        _sendingEnded?.TrySetResult();
+        TaskCompletionSource? sendingEnded;
+        lock (_closeLock)
+        {
+            _sendEnded = true;
+            sendingEnded = _sendingEnded;
+        }
+
+        sendingEnded?.TrySetResult();
         OnLoopDone();
     }
 

@@ -168,6 +168,10 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers) => _send.SendAsync(buffers);
 
+    public override void UnsafeOnReceiveCompleted(Action<object?> continuation, object state) => _receive.UnsafeOnCompleted(continuation, state);
+
+    public override void UnsafeOnSendCompleted(Action<object?> continuation, object state) => _send.UnsafeOnCompleted(continuation, state);
+
     public override WinsockErrorAction SendFin()
     {
         if (_fixed || IoUringVariants.RingFin)

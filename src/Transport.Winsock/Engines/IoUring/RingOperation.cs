@@ -232,6 +232,14 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
     {
     }
 
+    /// <summary>
+    /// Registers <paramref name="continuation"/> for the operation pending, as an awaiter's UnsafeOnCompleted
+    /// would (no ExecutionContext flows) but with a static delegate and its state, so that a connection keeps
+    /// no delegate of its own for it. Only for an operation whose ValueTask did not complete at once.
+    /// </summary>
+    public void UnsafeOnCompleted(Action<object?> continuation, object state)
+        => _source.OnCompleted(continuation, state, _source.Version, ValueTaskSourceOnCompletedFlags.None);
+
     int IValueTaskSource<int>.GetResult(short token)
     {
         try

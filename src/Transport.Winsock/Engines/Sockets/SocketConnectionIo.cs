@@ -68,6 +68,10 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
 
     public override ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers) => _sender.SendAsync(_socket, buffers);
 
+    public override void UnsafeOnReceiveCompleted(Action<object?> continuation, object state) => _receiver.UnsafeOnCompleted(continuation, state);
+
+    public override void UnsafeOnSendCompleted(Action<object?> continuation, object state) => _sender.UnsafeOnCompleted(continuation, state);
+
     public override WinsockErrorAction SendFin() => HalfClose.SendFin(_socket);
 
     public override void Close(bool abortive) => SocketClose.Close(_socket, abortive);
