@@ -9,9 +9,12 @@ using Microsoft.AspNetCore.Http.Features;
 namespace Transport.Winsock.Connections;
 
 // The connection is its own feature collection: the standard connection features are the connection
-// itself, anything else the server or application sets goes to a small array made on first use and
-// searched in order (Kestrel sets four features on every connection: a dictionary for them cost about
-// twice the bytes, held by every idle keep-alive connection).
+// itself. What the server or application sets is kept in one of two ways. Kestrel sets four features on
+// every connection, all its own connection object (heartbeat, complete, lifetime notification, metrics
+// context): features set to one same object share a field, with a bit each in a mask over a process-wide
+// list of the types set so far (SharedFeatureTypes), 12 bytes a connection where an array of the four
+// pairs cost 88 (a dictionary twice that), held by every idle keep-alive connection. Anything else (another
+// object, a null, a 33rd type) goes to a small array made on first use and searched in order.
 // IConnectionSocketFeature is there where the engine has a socket to show (ConnectionIo.ExposeSocket):
 // a socket that was asked for is never recycled, and what the application holds is disposed when the
 // connection lets its socket go, so it can never reach a later connection.
@@ -35,6 +38,9 @@ internal sealed partial class WinsockConnection :
         typeof(IConnectionEndPointFeature),
     ];
 
+    // The object the features of _sharedMask's bits are set to, and those bits (SharedFeatureTypes).
+    private object? _sharedFeature;
+    private uint _sharedMask;
     private KeyValuePair<Type, object?>[]? _setFeatures;
     private int _setCount;
     private int _featureRevision;
@@ -46,10 +52,12 @@ internal sealed partial class WinsockConnection :
     /// <summary>Forgets what the previous connection set; the revision keeps counting, so no cache sees stale features.</summary>
     private void ResetFeatures()
     {
-        if (_setCount > 0)
+        if (_setCount > 0 || _sharedMask != 0)
         {
-            Array.Clear(_setFeatures!, 0, _setCount);
+            Array.Clear(_setFeatures ?? [], 0, _setCount);
             _setCount = 0;
+            _sharedMask = 0;
+            _sharedFeature = null;
             _featureRevision++;
         }
 
@@ -79,6 +87,11 @@ internal sealed partial class WinsockConnection :
     {
         get
         {
+            if (_sharedMask != 0 && (_sharedMask & SharedFeatureTypes.BitOf(key)) != 0)
+            {
+                return _sharedFeature;
+            }
+
             var set = IndexOfSet(key);
             if (set >= 0)
             {
@@ -89,7 +102,27 @@ internal sealed partial class WinsockConnection :
         }
         set
         {
+            _featureRevision++;
+            var bit = SharedFeatureTypes.BitOf(key);
             var set = IndexOfSet(key);
+            if (set < 0 && value is not null && (_sharedMask == 0 || ReferenceEquals(value, _sharedFeature))
+                && (bit != 0 || (bit = SharedFeatureTypes.Add(key)) != 0))
+            {
+                _sharedFeature = value;
+                _sharedMask |= bit;
+                return;
+            }
+
+            if ((_sharedMask & bit) != 0)
+            {
+                // Set to something else now: it leaves the shared field for the array.
+                _sharedMask &= ~bit;
+                if (_sharedMask == 0)
+                {
+                    _sharedFeature = null;
+                }
+            }
+
             if (set < 0)
             {
                 _setFeatures ??= new KeyValuePair<Type, object?>[4];
@@ -102,7 +135,6 @@ internal sealed partial class WinsockConnection :
             }
 
             _setFeatures![set] = new(key, value);
-            _featureRevision++;
         }
     }
 
@@ -138,6 +170,14 @@ internal sealed partial class WinsockConnection :
         if (_io.HasSocket && IndexOfSet(typeof(IConnectionSocketFeature)) < 0)
         {
             yield return new(typeof(IConnectionSocketFeature), this);
+        }
+
+        if (_sharedMask != 0)
+        {
+            foreach (var type in SharedFeatureTypes.Of(_sharedMask))
+            {
+                yield return new(type, _sharedFeature!);
+            }
         }
 
         for (var i = 0; i < _setCount; i++)
@@ -216,5 +256,60 @@ internal sealed partial class WinsockConnection :
     {
         get => RemoteEndPoint;
         set => RemoteEndPoint = value;
+    }
+}
+
+/// <summary>
+/// The feature types set on connections so far in this process, each with a bit of a connection's shared
+/// mask (WinsockConnection.Features): a list only added to, of at most 32 (a server sets a handful).
+/// </summary>
+internal static class SharedFeatureTypes
+{
+    private static readonly Lock s_lock = new();
+    private static Type[] s_types = [];
+
+    /// <summary>The type's bit, or 0 when it has none (not set on any connection yet, or past the 32nd).</summary>
+    public static uint BitOf(Type type)
+    {
+        var types = Volatile.Read(ref s_types);
+        for (var i = 0; i < types.Length; i++)
+        {
+            if (types[i] == type)
+            {
+                return 1u << i;
+            }
+        }
+
+        return 0;
+    }
+
+    /// <summary>Gives the type a bit (its own if another thread gave it one meanwhile), or 0 when all 32 are taken.</summary>
+    public static uint Add(Type type)
+    {
+        lock (s_lock)
+        {
+            var bit = BitOf(type);
+            if (bit != 0 || s_types.Length == 32)
+            {
+                return bit;
+            }
+
+            // A new array each time, published whole: readers never see one half filled.
+            Volatile.Write(ref s_types, [.. s_types, type]);
+            return 1u << (s_types.Length - 1);
+        }
+    }
+
+    /// <summary>The types of a mask's bits.</summary>
+    public static IEnumerable<Type> Of(uint mask)
+    {
+        var types = Volatile.Read(ref s_types);
+        for (var i = 0; i < types.Length; i++)
+        {
+            if ((mask & (1u << i)) != 0)
+            {
+                yield return types[i];
+            }
+        }
     }
 }
