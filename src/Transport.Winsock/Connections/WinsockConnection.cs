@@ -41,9 +41,10 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     // Drain and deferred-FIN deadlines; armed with the connection id, see WinsockConnection.Close. Made
     // at its first arming, under _closeLock (see Deadline): an idle keep-alive connection never has one.
     private SocketDeadline? _deadline;
-    // On the pinned heap and marked so: an engine that pins a receive buffer (io_uring) pins this one, once
-    // per connection, without a GC handle.
-    private readonly Memory<byte> _probe = System.Runtime.InteropServices.MemoryMarshal.CreateFromPinnedArray(GC.AllocateArray<byte>(1, pinned: true), 0, 1);
+    // The FIN probe's byte, made at this object's first probe: a connection object that has not ended a
+    // connection yet holds none. On the pinned heap and marked so (Probe): an engine that pins a receive
+    // buffer (io_uring) pins this one without a GC handle.
+    private byte[]? _probeBuffer;
     private long _id;
     // Made only when the peer half-closes while this side still sends (HalfCloseTimeout set): an idle
     // connection holds no Task for it. _sendEnded and it are read and set under _closeLock.
@@ -126,6 +127,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     internal ConnectionIo Io => _io;
 
     private ILogger Logger => _factory.Logger;
+
+    private Memory<byte> Probe => System.Runtime.InteropServices.MemoryMarshal.CreateFromPinnedArray(_probeBuffer ??= GC.AllocateArray<byte>(1, pinned: true), 0, 1);
 
     public override IDuplexPipe Transport { get; set; }
 
@@ -397,7 +400,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                         // holds an empty write segment drops that segment rather than pooling it (an
                         // allocation per connection). A byte that does arrive goes into the pipe as usual,
                         // and the rest of this connection's input is received the usual way.
-                        if (ReceiveWaits(_io.ReceiveAsync(_probe), ReceiveStep.ProbeReceived))
+                        if (ReceiveWaits(_io.ReceiveAsync(Probe), ReceiveStep.ProbeReceived))
                         {
                             return false;
                         }
@@ -420,7 +423,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                         goto case ReceiveStep.HalfClose;
                     }
 
-                    _probe.Span[..probed].CopyTo(input.GetSpan(probed));
+                    _probeBuffer.AsSpan(0, probed).CopyTo(input.GetSpan(probed));
                     _probeForFin = false;
                     if (FlushWaits(probed))
                     {

@@ -11,8 +11,9 @@ namespace Transport.Winsock.Engines.IoUring;
 /// </summary>
 internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnectionIo io) : AwaitableRingOperation(thread)
 {
-    private Memory<byte> _buffer;
+    // The receive's buffer, pinned from ReceiveAsync until the operation finishes (through a resubmit too).
     private MemoryHandle _pin;
+    private int _length;
     private bool _poll;
 
     public ValueTask<int> PollAsync()
@@ -24,7 +25,8 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
     public ValueTask<int> ReceiveAsync(Memory<byte> buffer)
     {
         _poll = false;
-        _buffer = buffer;
+        _pin = buffer.Pin();
+        _length = buffer.Length;
         return Start();
     }
 
@@ -55,10 +57,9 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
         }
         else
         {
-            _pin = _buffer.Pin();
             sqe->Opcode = RingConstants.OpRecv;
             sqe->Addr = (ulong)_pin.Pointer;
-            sqe->Len = (uint)_buffer.Length;
+            sqe->Len = (uint)_length;
         }
 
         sqe->UserData = NextUserData();
@@ -75,16 +76,6 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
     }
 
     protected override void OnFinished()
-    {
-        if (!_poll)
-        {
-            _pin.Dispose();
-            _pin = default;
-            _buffer = default;
-        }
-    }
-
-    protected override void ReleaseForResubmit()
     {
         if (!_poll)
         {
