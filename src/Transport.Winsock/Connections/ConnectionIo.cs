@@ -49,6 +49,15 @@ internal abstract class ConnectionIo : IDisposable
     /// <summary>As <see cref="UnsafeOnReceiveCompleted"/>, for the pending send.</summary>
     public abstract void UnsafeOnSendCompleted(Action<object?> continuation, object state);
 
+    /// <summary>
+    /// The result of the receive whose continuation <see cref="UnsafeOnReceiveCompleted"/> registered, once
+    /// it has run: what awaiting its ValueTask would give (bytes, or the failure thrown). Once per receive.
+    /// </summary>
+    public abstract int TakeReceiveResult();
+
+    /// <summary>As <see cref="TakeReceiveResult"/>, for the send.</summary>
+    public abstract int TakeSendResult();
+
     /// <summary>Sends the FIN (shutdown of the send side); <see cref="WinsockErrorAction.NotConnected"/> when the peer is gone.</summary>
     public abstract WinsockErrorAction SendFin();
 

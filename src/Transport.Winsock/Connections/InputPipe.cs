@@ -425,6 +425,9 @@ internal sealed class InputPipe : PipeReader, IValueTaskSource<ReadResult>, IVal
     public void UnsafeOnFlushCompleted(Action<object?> continuation, object state)
         => ((IValueTaskSource<FlushResult>)this).OnCompleted(continuation, state, _flush.Token, ValueTaskSourceOnCompletedFlags.None);
 
+    /// <summary>The result of the flush whose continuation <see cref="UnsafeOnFlushCompleted"/> registered, once it ran (once).</summary>
+    public FlushResult TakeFlushResult() => ((IValueTaskSource<FlushResult>)this).GetResult(_flush.Token);
+
     void IValueTaskSource<FlushResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
         => PipeWaiter.OnCompleted(_lock, ref _flush, continuation, state, token, flags, _options.WriterScheduler);
 }

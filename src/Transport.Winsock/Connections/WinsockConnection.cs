@@ -323,11 +323,15 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private bool _probeForFin;
     private bool _receivePaused;
     private bool _sendIsLast;
-    private ValueTask<int> _receiveOperation;
-    private ValueTask<FlushResult> _receiveFlush;
+    // What an operation that completed at once gave (received bytes, the flush's result); one that waited
+    // is asked at its source (ConnectionIo.TakeReceiveResult, InputPipe.TakeFlushResult, ...TakeSendResult):
+    // no ValueTask field a side.
+    private int _received;
+    private bool _receiveWaited;
+    private FlushResult _flushed;
+    private bool _sendWaited;
     private Task? _halfCloseWait;
     private IMemoryOwner<byte>? _drainBuffer;
-    private ValueTask<int> _sendOperation;
 
     /// <summary>
     /// The receive side, one run per connection: data into the input pipe until the peer's FIN; if the
@@ -451,9 +455,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
                 case ReceiveStep.Flushed:
                 {
-                    var flush = _receiveFlush;
-                    _receiveFlush = default;
-                    var result = flush.GetAwaiter().GetResult();
+                    var result = _receivePaused ? _input.TakeFlushResult() : _flushed;
                     if (_receivePaused)
                     {
                         Logger.ConnectionResume(ConnectionId);
@@ -551,8 +553,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private bool ReceiveWaits(ValueTask<int> operation, ReceiveStep next)
     {
         _receiveStep = next;
-        _receiveOperation = operation;
-        if (operation.IsCompleted)
+        _receiveWaited = TakeOrWait(operation, out _received) is false;
+        if (!_receiveWaited)
         {
             return false;
         }
@@ -578,21 +580,14 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         return false;
     }
 
-    private int TakeReceived()
-    {
-        var operation = _receiveOperation;
-        _receiveOperation = default;
-        return operation.GetAwaiter().GetResult();
-    }
+    private int TakeReceived() => _receiveWaited ? _io.TakeReceiveResult() : _received;
 
     /// <summary>Commits what was received and flushes it to the application; true when the flush must wait (backpressure).</summary>
     private bool FlushWaits(int received)
     {
         _input.Advance(received);
-        var flush = _input.FlushAsync();
         _receiveStep = ReceiveStep.Flushed;
-        _receiveFlush = flush;
-        _receivePaused = !flush.IsCompleted;
+        _receivePaused = !TakeOrWait(_input.FlushAsync(), out _flushed);
         if (!_receivePaused)
         {
             return false;
@@ -704,10 +699,9 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
                     _sendIsLast = result.IsCompleted;
                     if (!result.Buffer.IsEmpty)
                     {
-                        var send = _io.SendAsync(result.Buffer);
                         _sendStep = SendStep.Sent;
-                        _sendOperation = send;
-                        if (!send.IsCompleted)
+                        _sendWaited = !TakeOrWait(_io.SendAsync(result.Buffer), out _);
+                        if (_sendWaited)
                         {
                             _io.UnsafeOnSendCompleted(s_runSend, this);
                             return false;
@@ -719,9 +713,12 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
                 case SendStep.Sent:
                 {
-                    var send = _sendOperation;
-                    _sendOperation = default;
-                    send.GetAwaiter().GetResult();
+                    if (_sendWaited)
+                    {
+                        _sendWaited = false;
+                        _io.TakeSendResult();
+                    }
+
                     output.AdvanceToEnd();
                     if (_sendIsLast)
                     {

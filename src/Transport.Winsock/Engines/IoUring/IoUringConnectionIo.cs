@@ -172,6 +172,10 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override void UnsafeOnSendCompleted(Action<object?> continuation, object state) => _send.UnsafeOnCompleted(continuation, state);
 
+    public override int TakeReceiveResult() => _receive.TakeResult();
+
+    public override int TakeSendResult() => _send.TakeResult();
+
     public override WinsockErrorAction SendFin()
     {
         if (_fixed || IoUringVariants.RingFin)

@@ -240,6 +240,9 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
     public void UnsafeOnCompleted(Action<object?> continuation, object state)
         => _source.OnCompleted(continuation, state, _source.Version, ValueTaskSourceOnCompletedFlags.None);
 
+    /// <summary>The result of the operation whose continuation <see cref="UnsafeOnCompleted"/> registered, once it ran (once).</summary>
+    public int TakeResult() => ((IValueTaskSource<int>)this).GetResult(_source.Version);
+
     int IValueTaskSource<int>.GetResult(short token)
     {
         try

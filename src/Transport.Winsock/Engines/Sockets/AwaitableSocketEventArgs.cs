@@ -59,6 +59,9 @@ internal abstract class AwaitableSocketEventArgs : SocketAsyncEventArgs, IValueT
     public void UnsafeOnCompleted(Action<object?> continuation, object state)
         => _source.OnCompleted(continuation, state, _source.Version, ValueTaskSourceOnCompletedFlags.None);
 
+    /// <summary>The result of the operation whose continuation <see cref="UnsafeOnCompleted"/> registered, once it ran (once).</summary>
+    public int TakeResult() => ((IValueTaskSource<int>)this).GetResult(_source.Version);
+
     int IValueTaskSource<int>.GetResult(short token)
     {
         try

@@ -72,6 +72,10 @@ internal sealed class SocketConnectionIo(SocketRecycler recycler, bool inlineCon
 
     public override void UnsafeOnSendCompleted(Action<object?> continuation, object state) => _sender.UnsafeOnCompleted(continuation, state);
 
+    public override int TakeReceiveResult() => _receiver.TakeResult();
+
+    public override int TakeSendResult() => _sender.TakeResult();
+
     public override WinsockErrorAction SendFin() => HalfClose.SendFin(_socket);
 
     public override void Close(bool abortive) => SocketClose.Close(_socket, abortive);
