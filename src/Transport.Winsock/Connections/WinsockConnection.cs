@@ -59,7 +59,11 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     private volatile bool _outputEnded;
     private int _loopsRunning;
     private bool _started;
-    private bool _disposed;
+    private int _disposed;
+    // Set by each side as it begins to end (EndReceive, EndSend): a fault that escapes a side after that
+    // does not end it a second time (see RunReceiveGuarded).
+    private bool _receiveEnding;
+    private bool _sendEnding;
 
     private enum CloseState
     {
@@ -88,10 +92,17 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     /// <summary>Readies this object, new or from the pool, for the socket its engine side has just been given.</summary>
     public void Attach()
     {
-        _id = Interlocked.Increment(ref s_lastId);
-        // A deadline still armed for this object's previous connection ends here; one that fires anyway
-        // carries the old id and is ignored.
-        _deadline?.TryDisarm();
+        lock (_closeLock)
+        {
+            // Under the lock the deadline callbacks take: one of the previous connection's that fires now
+            // sees either the old id or the new one with the new state, never the new state under the old
+            // id (which would abort this connection). A deadline still armed ends here; one that fires
+            // anyway carries the old id and is ignored.
+            _id = Interlocked.Increment(ref s_lastId);
+            _closeState = CloseState.Open;
+            _deadline?.TryDisarm();
+        }
+
         // As far as they can still be read: a peer that resets right after connecting can make them
         // fail, and such a connection still goes to the server, where it counts in Kestrel's metrics and
         // logs and ends at its first read. (Kestrel's Sockets transport drops one whose endpoint or
@@ -101,7 +112,6 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         Transport = this;
         _sendingEnded = null;
         _sendEnded = false;
-        _closeState = CloseState.Open;
         _shutdownReason = null;
         _receiveEnded = false;
         _peerFinReceived = false;
@@ -112,7 +122,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _resetSeen = 0;
         _handedOff = false;
         _started = false;
-        _disposed = false;
+        _disposed = 0;
         ResetFeatures();
     }
 
@@ -162,8 +172,100 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
         _sendStep = SendStep.Read;
         _applicationStoppedReading = false;
         _probeForFin = true;
-        RunReceive();
-        RunSend();
+        _receiveEnding = false;
+        _sendEnding = false;
+        RunReceiveGuarded();
+        RunSendGuarded();
+    }
+
+    // The sides run as raw continuations of the engine's operations and of the pipes, on a ring thread, an
+    // engine's completion thread or the thread pool: nothing may escape them (a ring would fail with every
+    // connection on it, the thread pool would end the process, and this connection's DisposeAsync would
+    // never complete). What does escape (a logging provider that throws, or a fault of the transport's own)
+    // aborts the connection, and the side ends here if it had not begun to end.
+    private void RunReceiveGuarded()
+    {
+        try
+        {
+            RunReceive();
+        }
+        catch (Exception ex)
+        {
+            OnSideFault(ex, receive: true);
+        }
+    }
+
+    private void RunSendGuarded()
+    {
+        try
+        {
+            RunSend();
+        }
+        catch (Exception ex)
+        {
+            OnSideFault(ex, receive: false);
+        }
+    }
+
+    private void OnSideFault(Exception fault, bool receive)
+    {
+        try
+        {
+            Logger.ConnectionFault(ConnectionId, fault);
+        }
+        catch (Exception)
+        {
+            // The logger is what failed, most likely: there is nowhere else to say it.
+        }
+
+        if (receive ? _receiveEnding : _sendEnding)
+        {
+            // It failed on its way out: a side is never ended twice, and the rest of this object is left
+            // alone (its other side may be handing it off). Only the log above says what happened.
+            return;
+        }
+
+        // As an abort: an RST, and the other side let go of whatever it waits on.
+        try
+        {
+            CloseAbortively(new ConnectionAbortedException("The transport failed this connection.", fault));
+        }
+        catch (Exception)
+        {
+            // Its log, after the close: the side still ends below.
+        }
+
+        try
+        {
+            _output.CancelPendingRead();
+            _input.CancelPendingFlush();
+        }
+        catch (Exception)
+        {
+            // Best effort: the abort above ends the other side's socket operation anyway.
+        }
+
+        EndSideAfterFault(fault, receive);
+    }
+
+    private void EndSideAfterFault(Exception fault, bool receive)
+    {
+        try
+        {
+            if (receive)
+            {
+                EndReceive(new ConnectionAbortedException("The transport failed this connection.", fault));
+            }
+            else
+            {
+                EndSend(completed: false, fault);
+            }
+        }
+        catch (Exception)
+        {
+            // Failed again on the way out (the same logger, say): once a side has begun to end it is
+            // not ended twice; only the other side's end, if it gets there, hands the socket off.
+        }
     }
 
     /// <summary>
@@ -195,12 +297,12 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     public override ValueTask DisposeAsync()
 #pragma warning restore CA2215
     {
-        if (_disposed)
+        // Once: a second call, even a concurrent one, returns at once and never a second awaitable.
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
             return ValueTask.CompletedTask;
         }
 
-        _disposed = true;
         if (_started && _factory.EndTimeout is { } endTimeout)
         {
             // Armed before the output completes: the FIN, the deferral or the drain re-arms the one deadline
@@ -231,15 +333,11 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
 
     void IValueTaskSource.GetResult(short token)
     {
-        try
-        {
-            _finished.GetResult(token);
-        }
-        finally
-        {
-            _finished.Reset();
-            Recycle();
-        }
+        // Validates the token first: a second GetResult of the same awaitable (awaited twice, or AsTask and
+        // an await) throws here and recycles nothing, so this object never goes to the pool twice.
+        _finished.GetResult(token);
+        _finished.Reset();
+        Recycle();
     }
 
     ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _finished.GetStatus(token);
@@ -315,8 +413,8 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     // touches nothing after: the delegate may already be running on another thread.
     // Each side's continuation, with the connection as its state: the sources are the transport's own
     // (the engine's operations, the pipes), registered directly, so no connection holds a delegate.
-    private static readonly Action<object?> s_runReceive = static state => ((WinsockConnection)state!).RunReceive();
-    private static readonly Action<object?> s_runSend = static state => ((WinsockConnection)state!).RunSend();
+    private static readonly Action<object?> s_runReceive = static state => ((WinsockConnection)state!).RunReceiveGuarded();
+    private static readonly Action<object?> s_runSend = static state => ((WinsockConnection)state!).RunSendGuarded();
     private ReceiveStep _receiveStep;
     private SendStep _sendStep;
     private bool _applicationStoppedReading;
@@ -607,16 +705,22 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     /// <summary>The receive side is over for this connection: fire ConnectionClosed, complete the input.</summary>
     private void EndReceive(Exception? error)
     {
+        _receiveEnding = true;
         // After a failure the drain's buffer is free too: the receive into it has completed.
         ReleaseDrainBuffer();
         _halfCloseWait = null;
         lock (_closeLock)
         {
             _receiveEnded = true;
+            // A drain (or FIN deferral) that is over in time disarms its deadline; one that expired has
+            // closed the socket. While the state is still Open the deadline is the dispose's bound on a
+            // send that may never finish (the peer can send its FIN and stop reading): it stays armed.
+            if (_closeState != CloseState.Open)
+            {
+                _deadline?.TryDisarm();
+            }
         }
 
-        // A drain that is over in time disarms its deadline; one that expired has closed the socket.
-        _deadline?.TryDisarm();
         // Handed off: the work item that runs the callbacks ends this side's run after them, so that
         // the server's DisposeAsync never completes (and this object never carries another connection)
         // before every ConnectionClosed callback has run, as with Kestrel's Sockets transport.
@@ -739,6 +843,7 @@ internal sealed partial class WinsockConnection : ConnectionContext, IThreadPool
     /// <summary>The send side is over for this connection: the FIN (or the abort), then the output pipe's reader completes.</summary>
     private void EndSend(bool completed, Exception? failure)
     {
+        _sendEnding = true;
         if (completed)
         {
             EndOutput();

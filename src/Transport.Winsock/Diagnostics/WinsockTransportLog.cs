@@ -111,4 +111,7 @@ internal static partial class WinsockTransportLog
 
     [LoggerMessage(34, LogLevel.Information, "Socket reuse is on again for {Sockets}: {Status}.", EventName = "ReuseRestored")]
     public static partial void ReuseRestored(this ILogger logger, object sockets, string status);
+
+    [LoggerMessage(35, LogLevel.Error, "Connection id \"{ConnectionId}\": an unexpected exception escaped the transport's handling of the connection; it was aborted.", EventName = "ConnectionFault")]
+    public static partial void ConnectionFault(this ILogger logger, string connectionId, Exception exception);
 }

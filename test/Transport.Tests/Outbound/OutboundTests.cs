@@ -362,6 +362,36 @@ public sealed class OutboundTests
         }
     }
 
+    [NotUnderWineFact(WinePlatform.SendNotEndedByClose)]
+    public async Task A_disposed_connection_whose_server_sends_its_fin_but_never_reads_is_still_aborted_after_DrainTimeout()
+    {
+        // The peer's FIN ends the receive side while the output is stuck: that must not take the dispose's
+        // bound away (it once disarmed it, and the dispose then never ended).
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(1);
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DrainTimeout = TimeSpan.FromSeconds(1) });
+        var connection = await factory.ConnectAsync(listener.LocalEndPoint!, TestContext.Current.CancellationToken);
+        using var server = await listener.AcceptAsync(TestContext.Current.CancellationToken);
+        var output = connection.Transport.Output;
+        for (var i = 0; i < 512; i++)
+        {
+            output.GetSpan(64 * 1024)[..(64 * 1024)].Fill((byte)'x');
+            output.Advance(64 * 1024);
+        }
+
+        var started = DateTime.UtcNow;
+        var disposal = connection.DisposeAsync().AsTask();
+        // The server's FIN after the dispose has armed its bound; the server reads nothing, ever.
+        await Task.Delay(200, TestContext.Current.CancellationToken);
+        server.Shutdown(SocketShutdown.Send);
+        var ended = await Task.WhenAny(disposal, Task.Delay(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken)) == disposal;
+        Assert.True(ended, $"the dispose did not end within 20 s; {Describe(factory.Counters)}");
+        TestContext.Current.SendDiagnosticMessage($"disposed in {DateTime.UtcNow - started}; {Describe(factory.Counters)}");
+        Assert.Equal(1, factory.Counters.AbortiveCloses);
+        Assert.Equal(0, factory.Counters.GracefulCloses);
+    }
+
     [Fact]
     public async Task The_factory_connects_to_ip_and_dns_endpoints_and_refuses_other_kinds_by_name()
     {
