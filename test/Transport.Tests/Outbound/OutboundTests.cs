@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
@@ -326,6 +327,17 @@ public sealed class OutboundTests
         Assert.Equal(0, factory.Counters.AbortiveCloses);
     }
 
+    // 32 MiB, far more than loopback's socket buffers hold, written into the pipe without a flush: the
+    // send side gets it all at the dispose and cannot finish sending it to a peer that never reads.
+    private static void FillUnflushed(PipeWriter output)
+    {
+        for (var i = 0; i < 512; i++)
+        {
+            output.GetSpan(64 * 1024)[..(64 * 1024)].Fill((byte)'x');
+            output.Advance(64 * 1024);
+        }
+    }
+
     [NotUnderWineFact(WinePlatform.SendNotEndedByClose)]
     public async Task A_disposed_connection_whose_server_never_reads_is_aborted_after_DrainTimeout()
     {
@@ -339,14 +351,7 @@ public sealed class OutboundTests
         {
             await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DrainTimeout = TimeSpan.FromSeconds(1) });
             var connection = await factory.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken);
-            // Far more than loopback's socket buffers hold, written into the pipe without a flush: the send
-            // loop gets it all at the dispose and can never finish sending it.
-            var output = connection.Transport.Output;
-            for (var i = 0; i < 512; i++)
-            {
-                output.GetSpan(64 * 1024)[..(64 * 1024)].Fill((byte)'x');
-                output.Advance(64 * 1024);
-            }
+            FillUnflushed(connection.Transport.Output);
 
             var started = DateTime.UtcNow;
             var disposal = connection.DisposeAsync().AsTask();
@@ -373,12 +378,7 @@ public sealed class OutboundTests
         await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DrainTimeout = TimeSpan.FromSeconds(1) });
         var connection = await factory.ConnectAsync(listener.LocalEndPoint!, TestContext.Current.CancellationToken);
         using var server = await listener.AcceptAsync(TestContext.Current.CancellationToken);
-        var output = connection.Transport.Output;
-        for (var i = 0; i < 512; i++)
-        {
-            output.GetSpan(64 * 1024)[..(64 * 1024)].Fill((byte)'x');
-            output.Advance(64 * 1024);
-        }
+        FillUnflushed(connection.Transport.Output);
 
         var started = DateTime.UtcNow;
         var disposal = connection.DisposeAsync().AsTask();
