@@ -101,15 +101,20 @@ internal sealed unsafe class ReceiveOperation(RingThread thread, IoUringConnecti
 /// A connection's send of a whole <see cref="ReadOnlySequence{T}"/>: IORING_OP_SEND for one segment,
 /// IORING_OP_SENDMSG with a gather list for several. A short send (the socket buffer filled) is
 /// continued on the ring thread with the rest, so the awaiter resumes once every byte is with the kernel.
-/// The gather list is rented for the send alone (<see cref="GatherBlock"/>): an idle connection holds none.
+/// The gather list is rented for the send alone (<see cref="GatherBlock"/>), and so is the operation
+/// itself, from its ring (<see cref="RingThread.RentSend"/>): an idle connection holds neither. It goes back
+/// once its connection took the result; a retired one never does.
 /// </summary>
-internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionIo io) : AwaitableRingOperation(thread)
+internal sealed unsafe class SendOperation(RingThread thread) : AwaitableRingOperation(thread)
 {
     private ReadOnlySequence<byte> _remaining;
     private MemoryHandle _pin;
     private GatherBlock? _gather;
     private int _pinned;
     private int _total;
+
+    /// <summary>The connection this send is lent to; set before its submission is posted, cleared as it goes back.</summary>
+    public IoUringConnectionIo? Owner { get; set; }
 
     public ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers)
     {
@@ -121,6 +126,7 @@ internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionI
     protected override bool TryPrepare(out int errno)
     {
         errno = LinuxNative.ECANCELED;
+        var io = Owner!;
         if (io.FdClosed)
         {
             return false;
@@ -209,6 +215,16 @@ internal sealed unsafe class SendOperation(RingThread thread, IoUringConnectionI
     }
 
     protected override void ReleaseForResubmit() => Unpin();
+
+    /// <summary>The connection has the result: the operation goes back to its ring, unless retired.</summary>
+    protected override void OnResultTaken()
+    {
+        Owner?.OnSendReturned(this);
+        if (!Retired)
+        {
+            Thread.ReturnSend(this);
+        }
+    }
 
     /// <summary>The kernel is done with the submission (or never had it): its pins and gather list go.</summary>
     private void Unpin()

@@ -9,8 +9,9 @@ namespace Transport.Winsock.Engines.IoUring;
 
 /// <summary>
 /// The io_uring engine's side of a connection: a plain descriptor the ring accepted (or, as a measured
-/// variant, a slot of its registered file table: <see cref="IoUringVariants"/>), a receive and a send
-/// operation registered once with the ring thread the connection object belongs to, and the FIN and the
+/// variant, a slot of its registered file table: <see cref="IoUringVariants"/>), a receive operation
+/// registered once with the ring thread the connection object belongs to, a send operation lent by that
+/// ring for each send (<see cref="RingThread.RentSend"/>), and the FIN and the
 /// close as ring submissions. Everything that reaches the descriptor goes through the ring thread in
 /// submission order, so a close can never overtake an entry prepared for the same descriptor, and no
 /// entry can meet the descriptor number after another connection got it.
@@ -23,7 +24,8 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     private readonly RingThread _ring;
     // Replaced when retired (a lost completion, or one the kernel still held as its ring ended).
     private ReceiveOperation _receive;
-    private SendOperation _send;
+    // The send lent for the send under way, from SendAsync until its result is taken; else null.
+    private SendOperation? _send;
     private bool _fixed;
     // Set on the ring thread once this connection's FIN went to the ring: a second SendFin (an abort
     // with FinOnError after the FIN) must not put another shutdown beside it (ring thread only).
@@ -44,7 +46,6 @@ internal sealed class IoUringConnectionIo : ConnectionIo
     {
         _ring = ring;
         _receive = new ReceiveOperation(ring, this);
-        _send = new SendOperation(ring, this);
     }
 
     /// <summary>Whether <see cref="Fd"/> is a direct descriptor (a slot of the ring's file table).</summary>
@@ -60,16 +61,11 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public void Attach(int fd, bool isFixed, EndPoint? local, EndPoint? remote)
     {
-        // A retired operation is never used again: it stays registered (and what it pinned, a send's
-        // gather list included, rooted) for good, and this object carries its next connection on new ones.
+        // A retired operation is never used again: it stays registered (and what it pinned rooted) for
+        // good, and this object carries its next connection on a new one. (A retired send is never lent again.)
         if (_receive.Retired)
         {
             _receive = new ReceiveOperation(_ring, this);
-        }
-
-        if (_send.Retired)
-        {
-            _send = new SendOperation(_ring, this);
         }
 
         _fd = fd;
@@ -166,15 +162,30 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override ValueTask<int> ReceiveAsync(Memory<byte> buffer) => _receive.ReceiveAsync(buffer);
 
-    public override ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers) => _send.SendAsync(buffers);
+    public override ValueTask<int> SendAsync(in ReadOnlySequence<byte> buffers)
+    {
+        // One send at a time a connection (its send loop): the field is this send's until its result is taken.
+        var send = _ring.RentSend(this);
+        _send = send;
+        return send.SendAsync(buffers);
+    }
+
+    /// <summary>The lent send goes back to its ring once its result was taken.</summary>
+    internal void OnSendReturned(SendOperation send)
+    {
+        if (ReferenceEquals(_send, send))
+        {
+            _send = null;
+        }
+    }
 
     public override void UnsafeOnReceiveCompleted(Action<object?> continuation, object state) => _receive.UnsafeOnCompleted(continuation, state);
 
-    public override void UnsafeOnSendCompleted(Action<object?> continuation, object state) => _send.UnsafeOnCompleted(continuation, state);
+    public override void UnsafeOnSendCompleted(Action<object?> continuation, object state) => _send!.UnsafeOnCompleted(continuation, state);
 
     public override int TakeReceiveResult() => _receive.TakeResult();
 
-    public override int TakeSendResult() => _send.TakeResult();
+    public override int TakeSendResult() => _send!.TakeResult();
 
     public override WinsockErrorAction SendFin()
     {
@@ -246,9 +257,11 @@ internal sealed class IoUringConnectionIo : ConnectionIo
                 _ring.Cancel(_receive.CurrentUserData);
             }
 
-            if (_send.InFlight)
+            // The send lent to this connection, if one is in the kernel: a send back with the ring (or lent
+            // to another connection by now) is not this one's to cancel.
+            if (_send is { } send && send.InFlight && ReferenceEquals(send.Owner, this))
             {
-                _ring.Cancel(_send.CurrentUserData);
+                _ring.Cancel(send.CurrentUserData);
             }
         }
 
@@ -302,8 +315,8 @@ internal sealed class IoUringConnectionIo : ConnectionIo
 
     public override void Dispose()
     {
+        // A send is lent only while one is under way, and none is when the object goes: the ring keeps its own.
         _ring.Unregister(_receive);
-        _ring.Unregister(_send);
     }
 
     private sealed class FinRequest(IoUringConnectionIo io, int attached)

@@ -252,7 +252,13 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
         finally
         {
             _source.Reset();
+            OnResultTaken();
         }
+    }
+
+    /// <summary>After the waiter took the result (once per operation): the object may be used for another.</summary>
+    protected virtual void OnResultTaken()
+    {
     }
 
     ValueTaskSourceStatus IValueTaskSource<int>.GetStatus(short token) => _source.GetStatus(token);
