@@ -22,12 +22,15 @@ internal struct PipeSegmentList
     private PipeSegment? _readTail;
     private int _readTailIndex;
     private PipeSegment? _tail;
-    private Memory<byte> _writable;
     private int _buffered;
     // Written since the last commit: the _buffered bytes, and those of earlier segments the writer left.
     private long _unflushed;
     // Between the writer's GetMemory and its next commit: the tail must not be returned.
     private bool _writing;
+    // Whether the writer was given memory: the rest of the tail's block after its End and the Buffered
+    // bytes, computed while writing rather than kept as a Memory (16 bytes less a pipe). Cleared when the
+    // writer completes and as the last segment goes.
+    private bool _hasWritable;
 
     /// <summary>The first unread segment; null once the pipe holds none.</summary>
     public readonly PipeSegment? Head => _head;
@@ -52,20 +55,33 @@ internal struct PipeSegmentList
     public readonly bool TryGetMemory(int sizeHint, out Memory<byte> memory)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(sizeHint);
-        memory = _writable;
-        return _writing && _writable.Length != 0 && _writable.Length >= sizeHint;
+        // Not writing, the reader may be giving the tail back (ReleaseIfIdle): it is not looked at then.
+        var length = WritableLength;
+        if (length == 0 || length < sizeHint)
+        {
+            memory = default;
+            return false;
+        }
+
+        memory = _tail!.Block[(_tail.End + _buffered)..];
+        return true;
     }
+
+    /// <summary>
+    /// How much of the tail's block the writer may still write into, only between its GetMemory and the next
+    /// commit (while the tail cannot go back); 0 otherwise.
+    /// </summary>
+    private readonly int WritableLength => _writing && _hasWritable ? _tail!.Block.Length - _tail.End - _buffered : 0;
 
     public void Advance(int bytes)
     {
-        if ((uint)bytes > (uint)_writable.Length)
+        if ((uint)bytes > (uint)WritableLength)
         {
             throw new ArgumentOutOfRangeException(nameof(bytes), "Advanced past the end of the memory the writer was given.");
         }
 
         _buffered += bytes;
         _unflushed += bytes;
-        _writable = _writable[bytes..];
     }
 
     /// <summary>
@@ -79,15 +95,15 @@ internal struct PipeSegmentList
         {
             _tail = _head = _readTail = PipeSegment.Rent(options, sizeHint, firstRunningIndex);
             _headIndex = _readTailIndex = 0;
-            _writable = _tail.Block;
-            return _writable;
+            _hasWritable = true;
+            return _tail.Block;
         }
 
         var free = _tail.Block.Length - _tail.End - _buffered;
         if (free > 0 && free >= sizeHint)
         {
-            _writable = _tail.Block[(_tail.End + _buffered)..];
-            return _writable;
+            _hasWritable = true;
+            return _tail.Block[(_tail.End + _buffered)..];
         }
 
         // The tail's written bytes stay in it; the writer goes on in a new segment.
@@ -97,8 +113,8 @@ internal struct PipeSegmentList
         var next = PipeSegment.Rent(options, sizeHint, _tail.RunningIndex + _tail.End);
         _tail.SetNext(next);
         _tail = next;
-        _writable = next.Block;
-        return _writable;
+        _hasWritable = true;
+        return next.Block;
     }
 
     /// <summary>Under the lock: makes what was written readable, and ends the writing; returns how many bytes that was.</summary>
@@ -121,7 +137,7 @@ internal struct PipeSegmentList
     }
 
     /// <summary>The writer completed: it is given no more of this memory.</summary>
-    public void DropWritable() => _writable = default;
+    public void DropWritable() => _hasWritable = false;
 
     /// <summary>Whether <paramref name="segment"/> is one of the unconsumed ones.</summary>
     public readonly bool Contains(object segment)
@@ -169,7 +185,7 @@ internal struct PipeSegmentList
             PipeSegment.Return(_head);
             _head = _tail = _readTail = null;
             _headIndex = _readTailIndex = 0;
-            _writable = default;
+            _hasWritable = false;
         }
     }
 
@@ -186,7 +202,7 @@ internal struct PipeSegmentList
 
         _head = _tail = _readTail = null;
         _headIndex = _readTailIndex = _buffered = 0;
-        _writable = default;
+        _hasWritable = false;
         _writing = false;
         _unflushed = 0;
     }
