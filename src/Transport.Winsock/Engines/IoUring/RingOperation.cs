@@ -18,12 +18,15 @@ internal abstract class RingOperation
     protected RingOperation(RingThread thread)
     {
         Thread = thread;
-        Index = thread.Register(this);
+        Index = thread.Register(this, out _generation);
     }
 
     public RingThread Thread { get; }
 
     public int Index { get; }
+
+    /// <summary>The generation of the latest submission (an index freed goes on from it).</summary>
+    public uint Generation => _generation;
 
     /// <summary>Whether a submission is in flight: set when prepared, cleared by its completion.</summary>
     public bool InFlight { get; private set; }
@@ -245,6 +248,13 @@ internal abstract class AwaitableRingOperation(RingThread thread) : RingOperatio
 
     int IValueTaskSource<int>.GetResult(short token)
     {
+        // A stale token or an operation still pending is a caller's error, and must not reset (or give
+        // back to a pool) an operation the kernel may still hold: refused before anything changes.
+        if (token != _source.Version || _source.GetStatus(token) == ValueTaskSourceStatus.Pending)
+        {
+            throw new InvalidOperationException("The operation's result was asked for with a stale token or before it completed.");
+        }
+
         try
         {
             return _source.GetResult(token);

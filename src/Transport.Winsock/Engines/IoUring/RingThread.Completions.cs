@@ -7,17 +7,23 @@ namespace Transport.Winsock.Engines.IoUring;
 /// </summary>
 internal sealed unsafe partial class RingThread
 {
-    /// <summary>Gives an operation its index in the table completions are dispatched by.</summary>
-    public int Register(RingOperation operation)
+    /// <summary>
+    /// Gives an operation its index in the table completions are dispatched by, and the generation its
+    /// submissions go on from: an index given again goes on from its last operation's, so no user_data of
+    /// the new operation is one its predecessor used (a resync's suspect of the old one never matches it).
+    /// </summary>
+    public int Register(RingOperation operation, out uint generation)
     {
         lock (_registerLock)
         {
             if (_freeIndexes.TryPop(out var free))
             {
-                _operations[free] = operation;
-                return free;
+                _operations[free.Index] = operation;
+                generation = free.Generation;
+                return free.Index;
             }
 
+            generation = 0;
             var index = _registered++;
             if (index >= _operations.Length)
             {
@@ -43,7 +49,7 @@ internal sealed unsafe partial class RingThread
             if (!operation.Retired && ReferenceEquals(_operations[operation.Index], operation))
             {
                 _operations[operation.Index] = null;
-                _freeIndexes.Push(operation.Index);
+                _freeIndexes.Push((operation.Index, operation.Generation));
             }
         }
     }

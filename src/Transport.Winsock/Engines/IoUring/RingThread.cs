@@ -38,7 +38,8 @@ internal sealed unsafe partial class RingThread : PipeScheduler, IDisposable
     private readonly Thread _thread;
     private readonly ConcurrentQueue<(Action<object?> Action, object? State)> _work = new();
     private readonly Lock _registerLock = new();
-    private readonly Stack<int> _freeIndexes = new();
+    // Freed indexes, each with the generation its last operation reached: the next one there goes on from it.
+    private readonly Stack<(int Index, uint Generation)> _freeIndexes = new();
     private readonly Queue<Cqe> _deferred = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ILogger _logger;
