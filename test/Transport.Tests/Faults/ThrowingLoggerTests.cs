@@ -64,7 +64,7 @@ public sealed class ThrowingLoggerTests
         }
 
         var finished = await Task.WhenAny(ended.Task, Task.Delay(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
-        Assert.True(logger.Thrown > 0, "the logger was never asked to log the reset");
+        Assert.True(logger.Thrown > 0, $"the logger was never asked to log the reset (input {(finished == ended.Task ? $"ended with {(await ended.Task)?.ToString() ?? "completion"}" : "never ended")}; resets counted {server.Counters!.ConnectionResets})");
         Assert.True(finished == ended.Task, $"the reset connection's input never ended after the logger threw {logger.Thrown} time(s)");
         TestContext.Current.SendDiagnosticMessage($"the reset connection's input ended with {(await ended.Task)?.GetType().Name ?? "completion"}; the logger threw {logger.Thrown} time(s)");
 
