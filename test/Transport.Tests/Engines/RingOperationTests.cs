@@ -12,36 +12,41 @@ public sealed class RingOperationTests
     public static bool IoUringRuns => IoUringProbe.Result.Passed;
 
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed).", SkipUnless = nameof(IoUringRuns))]
-    public async Task A_completion_of_an_earlier_submission_is_dropped_and_the_current_one_completes()
-    {
-        var thread = RingThread.TryStart("io_uring test", Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, out var failure);
-        Assert.True(thread is not null, $"no ring: {failure}");
-        try
-        {
-            // On the ring thread, which alone submits and completes.
-            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            thread.Post(_ =>
-            {
-                try
-                {
-                    Check(thread);
-                    done.SetResult();
-                }
-                catch (Exception ex)
-                {
-                    done.SetException(ex);
-                }
-            }, null);
-            await done.Task.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
-        }
-        finally
-        {
-            await thread.StopAsync();
-        }
-    }
+    public Task A_completion_of_an_earlier_submission_is_dropped_and_the_current_one_completes() => OnRingThreadAsync(Check);
 
     [Fact(Skip = "io_uring cannot run in this process (not Linux, or its probe failed).", SkipUnless = nameof(IoUringRuns))]
-    public async Task An_index_given_again_never_repeats_a_user_data_of_the_operation_before_it()
+    public Task An_index_given_again_never_repeats_a_user_data_of_the_operation_before_it() => OnRingThreadAsync(ReuseCheck);
+
+    private static void ReuseCheck(RingThread thread)
+    {
+        // A returned send's index goes to the next operation registered (a pooled send over the
+        // pool's bound, or a new connection's receive). A resync that still suspects the old
+        // one's last submission must not find that user_data on the new one.
+        var old = new CountingOperation(thread);
+        var used = new HashSet<ulong>();
+        ulong last = 0;
+        for (var i = 0; i < 3; i++)
+        {
+            last = old.Submit();
+            used.Add(last);
+            Assert.True(old.OnCompletion(last, 1, 0));
+        }
+
+        thread.Unregister(old);
+        var next = new CountingOperation(thread);
+        Assert.Equal(old.Index, next.Index);
+        var first = next.Submit();
+        Assert.DoesNotContain(first, used);
+        // The old submission's completion (or a suspect judged by it) is not the new one's.
+        Assert.False(next.OnCompletion(last, 5, 0));
+        Assert.True(next.InFlight);
+        Assert.True(next.OnCompletion(first, 2, 0));
+        Assert.Equal([2], next.Results);
+        thread.Unregister(next);
+    }
+
+    /// <summary>Runs <paramref name="check"/> on a ring thread of its own, which alone submits and completes.</summary>
+    private static async Task OnRingThreadAsync(Action<RingThread> check)
     {
         var thread = RingThread.TryStart("io_uring test", Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance, out var failure);
         Assert.True(thread is not null, $"no ring: {failure}");
@@ -52,30 +57,7 @@ public sealed class RingOperationTests
             {
                 try
                 {
-                    // A returned send's index goes to the next operation registered (a pooled send over the
-                    // pool's bound, or a new connection's receive). A resync that still suspects the old
-                    // one's last submission must not find that user_data on the new one.
-                    var old = new CountingOperation(thread);
-                    var used = new HashSet<ulong>();
-                    ulong last = 0;
-                    for (var i = 0; i < 3; i++)
-                    {
-                        last = old.Submit();
-                        used.Add(last);
-                        Assert.True(old.OnCompletion(last, 1, 0));
-                    }
-
-                    thread.Unregister(old);
-                    var next = new CountingOperation(thread);
-                    Assert.Equal(old.Index, next.Index);
-                    var first = next.Submit();
-                    Assert.DoesNotContain(first, used);
-                    // The old submission's completion (or a suspect judged by it) is not the new one's.
-                    Assert.False(next.OnCompletion(last, 5, 0));
-                    Assert.True(next.InFlight);
-                    Assert.True(next.OnCompletion(first, 2, 0));
-                    Assert.Equal([2], next.Results);
-                    thread.Unregister(next);
+                    check(thread);
                     done.SetResult();
                 }
                 catch (Exception ex)
