@@ -38,6 +38,15 @@ internal static unsafe partial class LinuxNative
     public const int EBADR = 74;
     public const int EALREADY = 114;
 
+    public const int ECONNREFUSED = 111;
+    public const int EADDRNOTAVAIL = 99;
+    public const int ETIMEDOUT = 110;
+
+    public const ushort AF_INET = 2;
+    public const ushort AF_INET6 = 10;
+    public const int SOCK_STREAM = 1;
+    public const int IPPROTO_TCP = 6;
+    public const int TCP_NODELAY = 1;
     public const int SOL_SOCKET = 1;
     public const int SO_LINGER = 13;
     public const int SHUT_WR = 1;
@@ -66,6 +75,9 @@ internal static unsafe partial class LinuxNative
 
     [LibraryImport(Libc, EntryPoint = "munmap", SetLastError = true)]
     public static partial int Munmap(nint address, nuint length);
+
+    [LibraryImport(Libc, EntryPoint = "socket", SetLastError = true)]
+    public static partial int Socket(int domain, int type, int protocol);
 
     [LibraryImport(Libc, EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);

@@ -59,6 +59,7 @@ internal static class RingConstants
     public const byte OpSendMsg = 9;
     public const byte OpAccept = 13;
     public const byte OpAsyncCancel = 14;
+    public const byte OpConnect = 16;
     public const byte OpClose = 19;
     public const byte OpRead = 22;
     public const byte OpSend = 26;
@@ -68,7 +69,7 @@ internal static class RingConstants
     public const byte OpFixedFdInstall = 54;
 
     /// <summary>Every opcode the engine submits; the probe requires each.</summary>
-    public static ReadOnlySpan<byte> Required => [OpPollAdd, OpSendMsg, OpAccept, OpAsyncCancel, OpClose, OpRead, OpSend, OpRecv];
+    public static ReadOnlySpan<byte> Required => [OpPollAdd, OpSendMsg, OpAccept, OpAsyncCancel, OpConnect, OpClose, OpRead, OpSend, OpRecv];
 
     public static string OpName(byte op) => op switch
     {
@@ -76,6 +77,7 @@ internal static class RingConstants
         OpSendMsg => "IORING_OP_SENDMSG",
         OpAccept => "IORING_OP_ACCEPT",
         OpAsyncCancel => "IORING_OP_ASYNC_CANCEL",
+        OpConnect => "IORING_OP_CONNECT",
         OpClose => "IORING_OP_CLOSE",
         OpRead => "IORING_OP_READ",
         OpSend => "IORING_OP_SEND",
