@@ -82,6 +82,9 @@ internal static partial class WinsockTransportLog
     [LoggerMessage(19, LogLevel.Warning, "An accept on {EndPoint} failed unexpectedly; the socket was discarded and the accept is reposted after a pause.", EventName = "AcceptFailed")]
     public static partial void AcceptFailed(this ILogger logger, EndPoint? endPoint, Exception exception);
 
+    [LoggerMessage(36, LogLevel.Debug, "I/O engine for outbound connections: {Engine} ({Reason}).", EventName = "OutboundEngineChosen")]
+    public static partial void OutboundEngineChosen(this ILogger logger, string engine, string reason);
+
     [LoggerMessage(24, LogLevel.Debug, "I/O engine for {EndPoint}: {Engine} ({Reason}).", EventName = "EngineChosen")]
     public static partial void EngineChosen(this ILogger logger, EndPoint? endPoint, string engine, string reason);
 

@@ -5,6 +5,7 @@ using Microsoft.Extensions.Logging;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Engines.IoUring;
 using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Teardown;
 
@@ -29,7 +30,8 @@ internal sealed class OutboundRoute : IDisposable
         WinsockTransportOptions streamConnectionOptions,
         MemoryPool<byte> memoryPool,
         WinsockTransportCounters counters,
-        ILogger logger)
+        ILogger logger,
+        IoUringConnector? ring)
     {
         _logger = logger;
         _kind = kind;
@@ -37,13 +39,17 @@ internal sealed class OutboundRoute : IDisposable
         Pool = new SocketPool(options.MaxPooledSockets, counters);
         // Forced either way, the decision is there at once; automatic, the self-test runs in the background
         // and nothing is recycled until it passes, so no connect ever waits for it.
-        var deciding = Decide(options, kind);
+        // On io_uring nothing is recycled, so no self-test runs (a connect the ring has no room for goes to
+        // the sockets engine on a new socket, which is then closed, not pooled).
+        var deciding = ring is not null
+            ? Task.FromResult(new ReuseDecision(false, false, "off: connections run on io_uring, and Linux has no reuse disconnect"))
+            : Decide(options, kind);
         var initial = deciding.IsCompletedSuccessfully
             ? deciding.Result
             : new ReuseDecision(false, true, $"pending: the outbound reuse self-test ({kind.OutboundName}) is running");
         Recycler = new SocketRecycler(
             Pool, connectionOptions, initial, $"outbound {kind.OutboundName} sockets", counters, logger,
-            options.ReuseSockets is null && options.MaxPooledSockets > 0 ? () => ReuseDecision.RetestOutboundAsync(kind) : null);
+            ring is null && options.ReuseSockets is null && options.MaxPooledSockets > 0 ? () => ReuseDecision.RetestOutboundAsync(kind) : null);
         // No server's timeouts abort a client's connection: a disposed one whose output a stalled server
         // never reads is aborted after the drain's time.
         Connections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, connectionOptions, () => new SocketConnectionIo(Recycler, inlineContinuations: false), counters, logger)
@@ -54,6 +60,19 @@ internal sealed class OutboundRoute : IDisposable
         {
             EndTimeout = options.DrainTimeout,
         };
+        if (ring is not null)
+        {
+            Ring = ring;
+            RingConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, connectionOptions, ring.NewIo, counters, logger, transportScheduler: ring.Ring)
+            {
+                EndTimeout = options.DrainTimeout,
+            };
+            RingStreamConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, streamConnectionOptions, ring.NewIo, counters, logger, transportScheduler: ring.Ring)
+            {
+                EndTimeout = options.DrainTimeout,
+            };
+        }
+
         if (!deciding.IsCompletedSuccessfully)
         {
             _ = deciding.ContinueWith(static (t, state) => ((SocketRecycler)state!).Apply(t.Result), Recycler, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
@@ -69,6 +88,15 @@ internal sealed class OutboundRoute : IDisposable
 
     /// <summary>Connection objects under the ConnectCallback's streams, their only holders: pooled.</summary>
     public WinsockConnectionFactory StreamConnections { get; }
+
+    /// <summary>The io_uring engine's connector when connections run on it; else null.</summary>
+    public IoUringConnector? Ring { get; }
+
+    /// <summary>As <see cref="Connections"/>, on <see cref="Ring"/>.</summary>
+    public WinsockConnectionFactory? RingConnections { get; }
+
+    /// <summary>As <see cref="StreamConnections"/>, on <see cref="Ring"/>.</summary>
+    public WinsockConnectionFactory? RingStreamConnections { get; }
 
     /// <summary>This route's address family, for /stats.</summary>
     public string Kind => _kind.OutboundName;
@@ -127,6 +155,8 @@ internal sealed class OutboundRoute : IDisposable
         Pool.Dispose();
         Connections.DisposeIdle();
         StreamConnections.DisposeIdle();
+        RingConnections?.DisposeIdle();
+        RingStreamConnections?.DisposeIdle();
     }
 
     private static async Task<ReuseDecision> Decide(WinsockOutboundOptions options, ReuseSelfTest.ListenerKind kind)

@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Engines.IoUring;
 using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Outbound;
 using Transport.Winsock.Teardown;
@@ -18,8 +19,9 @@ namespace Transport.Winsock;
 /// the connection object, its two loops and its state machine (FIN, drain, deferred FIN, abort) are the
 /// ones an accepted connection has, so a client ends its connections the way the listener does, and with
 /// the client-side deferred FIN (<see cref="WinsockOutboundOptions.DeferFinTimeout"/>) lets the server close
-/// first, which keeps TIME_WAIT, and the ephemeral port it holds, off the client. Sockets are .NET's
-/// (the sockets engine: ConnectEx on Windows, epoll elsewhere). The socket of a connection the server
+/// first, which keeps TIME_WAIT, and the ephemeral port it holds, off the client. On Linux the
+/// connections run on the io_uring engine where it runs (<see cref="WinsockOutboundOptions.Engine"/>: a ring
+/// thread of the factory's own), else on .NET's sockets (ConnectEx on Windows, epoll elsewhere). The socket of a connection the server
 /// closed first is recycled as the listener's are (DisconnectEx with TF_REUSE_SOCKET), pooled, and
 /// connected again (ConnectEx on the same handle), when <see cref="WinsockOutboundOptions.ReuseSockets"/>
 /// and the self-test say so. Thread-safe; dispose it once its connections are done.
@@ -41,6 +43,11 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     private readonly OutboundRoute?[] _routes = new OutboundRoute?[2];
     private volatile bool _disposed;
     private long _recycledOntoLastRemote;
+    // The io_uring engine's ring, started with the first route where the options and the platform allow;
+    // null on the sockets engine. Under _routesLock until decided.
+    private IoUringConnector? _ring;
+    private bool _engineDecided;
+    private string _engine = "not decided: no connect yet";
 
     /// <summary>Makes a factory with <paramref name="options"/> (checked here: bad values throw, naming the option).</summary>
     /// <param name="options">The options; null for the defaults.</param>
@@ -54,6 +61,11 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         if (failures.Count > 0)
         {
             throw new ArgumentException(string.Join(" ", failures), nameof(options));
+        }
+
+        if (_options.Engine == WinsockEngine.IoUring && IoUringUnavailable() is { } why)
+        {
+            throw new NotSupportedException($"{nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.Engine)} is IoUring, but io_uring cannot run here: {why}. Use Auto to fall back to the sockets engine.");
         }
 
         _logger = logger ?? NullLogger.Instance;
@@ -170,6 +182,11 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     private async Task<WinsockConnection> ConnectToAsync(IPEndPoint endpoint, bool forStream, CancellationToken cancellationToken)
     {
         var route = endpoint.AddressFamily == AddressFamily.InterNetwork ? Route(0, IPv4) : Route(1, IPv6);
+        if (route.Ring is { HasRoom: true } ring)
+        {
+            return await ConnectOnRingAsync(route, ring, endpoint, forStream, cancellationToken).ConfigureAwait(false);
+        }
+
         Socket socket;
         ReusableSocket? reusable;
         bool recycled;
@@ -280,6 +297,79 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         return connection;
     }
 
+    /// <summary>
+    /// A connect on the io_uring engine: a new descriptor connected on the ring, and the connection
+    /// started there (its first receive submitted without a hop); the caller resumes on the thread pool,
+    /// never on the ring thread.
+    /// </summary>
+    private async Task<WinsockConnection> ConnectOnRingAsync(OutboundRoute route, IoUringConnector ring, IPEndPoint endpoint, bool forStream, CancellationToken cancellationToken)
+    {
+        var fd = await ring.ConnectAsync(endpoint, _options.NoDelay, cancellationToken).ConfigureAwait(false);
+        // On the ring thread.
+        if (_disposed)
+        {
+            LinuxNative.Close(fd);
+            throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
+        }
+
+        Counters.Connected();
+        Counters.Connections.SocketCreated();
+        var connection = (forStream ? route.RingStreamConnections! : route.RingConnections!).Rent();
+        ((IoUringConnectionIo)connection.Io).Attach(fd, isFixed: false, AcceptOperation.LocalEndPoint(fd), endpoint);
+        connection.Attach();
+        connection.Start();
+        // Off the ring: the caller's code (HttpClient's, and whatever reads the response) must never run on it.
+        await Task.Yield();
+        return connection;
+    }
+
+    /// <summary>Why the io_uring engine cannot run in this process, or null when it can (its probe passed).</summary>
+    private static string? IoUringUnavailable()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return "io_uring is Linux's";
+        }
+
+        var probe = IoUringProbe.Result;
+        return probe.Passed ? null : $"the io_uring probe failed: {probe.Reason}";
+    }
+
+    /// <summary>Under _routesLock, once: the engine, and with io_uring its ring.</summary>
+    private void DecideEngine()
+    {
+        if (_engineDecided)
+        {
+            return;
+        }
+
+        _engineDecided = true;
+        if (_options.Engine == WinsockEngine.Sockets)
+        {
+            _engine = "sockets: WinsockOutboundOptions.Engine is Sockets";
+        }
+        else if (_options.Engine == WinsockEngine.Auto && _options.ReuseSockets == true)
+        {
+            _engine = "sockets: WinsockOutboundOptions.ReuseSockets is true, and the sockets engine is the one that recycles sockets";
+        }
+        else if (IoUringUnavailable() is { } why)
+        {
+            _engine = $"sockets: {why}";
+        }
+        else
+        {
+            _ring = IoUringConnector.TryStart(_logger, out var reason);
+            if (_ring is null && _options.Engine == WinsockEngine.IoUring)
+            {
+                throw new NotSupportedException($"{nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.Engine)} is IoUring, but {reason}. Use Auto to fall back to the sockets engine.");
+            }
+
+            _engine = _ring is null ? $"sockets: {reason}" : reason;
+        }
+
+        _logger.OutboundEngineChosen(_ring is null ? "sockets" : "io_uring", _engine);
+    }
+
     /// <summary>An IPv4 address written as IPv6 (::ffff:a.b.c.d) is connected to over IPv4, from an IPv4 socket.</summary>
     private static IPEndPoint Unmapped(IPEndPoint endpoint)
         => endpoint.Address.IsIPv4MappedToIPv6 ? new IPEndPoint(endpoint.Address.MapToIPv4(), endpoint.Port) : endpoint;
@@ -307,7 +397,8 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         lock (_routesLock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _streamConnectionOptions, _memoryPool, Counters.Connections, _logger);
+            DecideEngine();
+            return _routes[index] ??= new OutboundRoute(kind, _options, _connectionOptions, _streamConnectionOptions, _memoryPool, Counters.Connections, _logger, _ring);
         }
     }
 
@@ -342,6 +433,18 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         return parts.Count == 0 ? "no connect yet" : string.Join("; ", parts);
     }
 
+    /// <summary>The engine the connections run on, and why (decided at the first connect).</summary>
+    public string Engine
+    {
+        get
+        {
+            lock (_routesLock)
+            {
+                return _engine;
+            }
+        }
+    }
+
     /// <summary>
     /// Stops new connects and closes every pooled socket and every socket still in a reuse disconnect.
     /// Connections still open keep running until they are disposed; their sockets are then closed, not pooled.
@@ -369,6 +472,22 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         }
 
         _meter.Dispose();
+        if (_ring is { } ring)
+        {
+            // Connections still open keep running, as on the sockets engine: the ring stops once none is left.
+            _ = StopRingWhenIdleAsync(ring);
+        }
+
         return ValueTask.CompletedTask;
+    }
+
+    private static async Task StopRingWhenIdleAsync(IoUringConnector ring)
+    {
+        while (ring.Ring.Connections > 0 && !ring.Ring.IsStopping)
+        {
+            await Task.Delay(100).ConfigureAwait(false);
+        }
+
+        await ring.DisposeAsync().ConfigureAwait(false);
     }
 }

@@ -31,6 +31,16 @@ public sealed class WinsockOutboundOptions
     /// </summary>
     public TimeSpan DeferFinTimeout { get; set; }
 
+    /// <summary>
+    /// The I/O engine under the connections. <see cref="WinsockEngine.Auto"/> (the default): on Linux the
+    /// transport's io_uring engine (a ring thread of the factory's own; connects are IORING_OP_CONNECT)
+    /// when its probe passes and <see cref="ReuseSockets"/> is not true, else .NET's sockets (ConnectEx and
+    /// DisconnectEx on Windows, epoll elsewhere). <see cref="WinsockEngine.IoUring"/> fails the factory's
+    /// construction where io_uring cannot run; <see cref="WinsockEngine.Sockets"/> is .NET's sockets
+    /// everywhere. Only the sockets engine recycles sockets (Linux has no reuse disconnect).
+    /// </summary>
+    public WinsockEngine Engine { get; set; }
+
     /// <summary>Whether Nagle's algorithm is off on every connection (TCP_NODELAY), as in SocketsHttpHandler. Default true.</summary>
     public bool NoDelay { get; set; } = true;
 
@@ -90,6 +100,15 @@ public sealed class WinsockOutboundOptions
         if (DeferFinTimeout < TimeSpan.Zero || DeferFinTimeout > MaxDeferFinTimeout)
         {
             failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(DeferFinTimeout)} must be between zero (off) and {MaxDeferFinTimeout}; it was {DeferFinTimeout}.");
+        }
+
+        if (!Enum.IsDefined(Engine))
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(Engine)} must be Auto, Sockets or IoUring; it was {(int)Engine}.");
+        }
+        else if (Engine == WinsockEngine.IoUring && ReuseSockets == true)
+        {
+            failures.Add($"{nameof(WinsockOutboundOptions)}.{nameof(Engine)} is IoUring and {nameof(ReuseSockets)} is true, but only the sockets engine recycles sockets: set Engine to Sockets or Auto, or ReuseSockets to null or false.");
         }
 
         if (MaxReadBufferSize is < 0)

@@ -70,7 +70,7 @@ public sealed class OutboundReuseTests
         // Two servers in turn: each connect finds the socket of the one before, last used for the other server.
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
         await using var other = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true, DeferFinTimeout = TimeSpan.FromSeconds(2) });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true, DeferFinTimeout = TimeSpan.FromSeconds(2) });
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
         client.DefaultRequestHeaders.ConnectionClose = true;
         for (var i = 0; i < 20; i++)
@@ -100,7 +100,7 @@ public sealed class OutboundReuseTests
     public async Task A_pooled_socket_that_cannot_connect_is_closed_and_the_connect_goes_on_with_a_new_one()
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true });
         // A fault the platform makes only when a recycle went wrong: a socket in the pool that cannot
         // connect (a listening one: .NET refuses it, the kernel would say EINVAL).
         var bad = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
@@ -128,7 +128,7 @@ public sealed class OutboundReuseTests
     public async Task Disposing_the_factory_closes_every_pooled_socket()
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true, DeferFinTimeout = TimeSpan.FromSeconds(2) });
+        var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true, DeferFinTimeout = TimeSpan.FromSeconds(2) });
         // 16 at once, so up to 16 sockets end up in the pool.
         await ChurnAsync(server, factory, 200, concurrency: 16);
         var c = factory.Counters;
@@ -148,7 +148,8 @@ public sealed class OutboundReuseTests
     public async Task Automatic_reuse_is_decided_by_a_connect_self_test_while_the_first_connections_run()
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(2) });
+        // The sockets engine, the one that recycles: on io_uring nothing is, and no self-test runs.
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = WinsockEngine.Sockets, DeferFinTimeout = TimeSpan.FromSeconds(2) });
         Assert.Equal("no connect yet", factory.Counters.ReuseStatus);
 
         await ChurnAsync(server, factory, 20, concurrency: 1);
@@ -183,7 +184,7 @@ public sealed class OutboundReuseTests
     public async Task Connection_objects_are_pooled_under_streams_only_and_a_disposed_stream_never_reaches_the_next_connection()
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         var endpoint = new DnsEndPoint("127.0.0.1", server.Port);
         var ct = TestContext.Current.CancellationToken;
 

@@ -35,7 +35,7 @@ public sealed class OutboundTests
     public async Task Churn_through_HttpClient_with_the_deferred_fin_fails_nothing_and_leaves_the_time_wait_on_the_server()
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(2) });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, DeferFinTimeout = TimeSpan.FromSeconds(2) });
         var before = CountsTimeWait ? TimeWaitSockets.CountWithRemotePort(server.Port) : 0;
 
         await ChurnAsync(server, factory, ChurnRequests);
@@ -88,7 +88,7 @@ public sealed class OutboundTests
             }
         });
         // Reuse forced on: a socket this side closed first is in TIME_WAIT, and must never be recycled.
-        var options = new WinsockOutboundOptions { DeferFinTimeout = deferFin ? TimeSpan.FromMilliseconds(100) : TimeSpan.Zero, ReuseSockets = true };
+        var options = new WinsockOutboundOptions { Engine = OutboundEngine.Current, DeferFinTimeout = deferFin ? TimeSpan.FromMilliseconds(100) : TimeSpan.Zero, ReuseSockets = true };
         await using var factory = new WinsockOutboundConnectionFactory(options);
         var before = CountsTimeWait ? TimeWaitSockets.CountWithRemotePort(server.EndPoint.Port) : 0;
         using (var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }))
@@ -127,7 +127,7 @@ public sealed class OutboundTests
     public async Task Keep_alive_requests_64_at_once_carry_large_bodies_both_ways_intact()
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress };
         var ct = TestContext.Current.CancellationToken;
 
@@ -154,7 +154,7 @@ public sealed class OutboundTests
         app.MapGet("/", static () => "h2");
         await app.StartAsync(TestContext.Current.CancellationToken);
         var address = app.Urls.Single();
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) })
         {
             DefaultRequestVersion = HttpVersion.Version20,
@@ -187,7 +187,7 @@ public sealed class OutboundTests
             {
             }
         });
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
         using var cancel = new CancellationTokenSource();
         using var response = await client.GetAsync($"http://127.0.0.1:{server.EndPoint.Port}/", HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken);
@@ -213,7 +213,7 @@ public sealed class OutboundTests
             await Task.Delay(100);
             context.Abort(new ConnectionAbortedException("the test resets"));
         });
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
 
         await Assert.ThrowsAnyAsync<HttpRequestException>(() => client.GetByteArrayAsync($"http://127.0.0.1:{server.EndPoint.Port}/", TestContext.Current.CancellationToken));
@@ -226,7 +226,7 @@ public sealed class OutboundTests
     public async Task Connecting_to_a_closed_port_fails_fast_with_connection_refused()
     {
         var port = ClosedPort();
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
         var started = DateTime.UtcNow;
 
@@ -255,7 +255,7 @@ public sealed class OutboundTests
         var open = new List<ConnectionContext>();
         try
         {
-            await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ConnectTimeout = TimeSpan.FromMilliseconds(300) });
+            await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ConnectTimeout = TimeSpan.FromMilliseconds(300) });
             SocketException? timedOut = null;
             // Fill the queue until a connect no longer completes at once.
             for (var i = 0; i < 8 && timedOut is null; i++)
@@ -277,7 +277,7 @@ public sealed class OutboundTests
 
             // The caller's cancellation, before a ConnectTimeout that has not run out, is the caller's: its
             // exception carries the caller's token, which is how SocketsHttpHandler tells it from a failure.
-            await using var patient = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ConnectTimeout = TimeSpan.FromSeconds(30) });
+            await using var patient = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ConnectTimeout = TimeSpan.FromSeconds(30) });
             using var caller = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
             caller.CancelAfter(TimeSpan.FromMilliseconds(200));
             var canceled = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => patient.ConnectAsync(new DnsEndPoint("127.0.0.1", target.Port), caller.Token).AsTask());
@@ -313,7 +313,7 @@ public sealed class OutboundTests
                 }
             }
         });
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         var stream = new Transport.Winsock.Outbound.ConnectionStream(await factory.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken));
         var read = stream.ReadAsync(new byte[16], TestContext.Current.CancellationToken).AsTask();
         await Task.Delay(100, TestContext.Current.CancellationToken);
@@ -349,7 +349,7 @@ public sealed class OutboundTests
         });
         try
         {
-            await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DrainTimeout = TimeSpan.FromSeconds(1) });
+            await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, DrainTimeout = TimeSpan.FromSeconds(1) });
             var connection = await factory.ConnectAsync(server.EndPoint, TestContext.Current.CancellationToken);
             FillUnflushed(connection.Transport.Output);
 
@@ -375,7 +375,7 @@ public sealed class OutboundTests
         using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         listener.Listen(1);
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DrainTimeout = TimeSpan.FromSeconds(1) });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, DrainTimeout = TimeSpan.FromSeconds(1) });
         var connection = await factory.ConnectAsync(listener.LocalEndPoint!, TestContext.Current.CancellationToken);
         using var server = await listener.AcceptAsync(TestContext.Current.CancellationToken);
         FillUnflushed(connection.Transport.Output);
@@ -402,7 +402,7 @@ public sealed class OutboundTests
             context.Transport.Input.AdvanceTo(result.Buffer.End);
             await context.Transport.Output.WriteAsync(request);
         });
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         var ct = TestContext.Current.CancellationToken;
 
         foreach (EndPoint endPoint in new EndPoint[] { server.EndPoint, new DnsEndPoint("localhost", server.EndPoint.Port) })
@@ -428,7 +428,7 @@ public sealed class OutboundTests
     {
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
         var before = ProcessSockets.Count();
-        var factory = new WinsockOutboundConnectionFactory();
+        var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using (var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) }) { BaseAddress = server.BaseAddress })
         {
             await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => client.GetStringAsync("/plaintext", TestContext.Current.CancellationToken)));
@@ -444,9 +444,9 @@ public sealed class OutboundTests
     [Fact]
     public async Task Bad_options_fail_at_construction_and_at_host_start_naming_the_option()
     {
-        var ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(10) }));
+        var ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, DeferFinTimeout = TimeSpan.FromSeconds(10) }));
         Assert.Contains("WinsockOutboundOptions.DeferFinTimeout must be between zero (off) and 00:00:05; it was 00:00:10.", ex.Message, StringComparison.Ordinal);
-        ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { MaxPooledSockets = -1, DisconnectTimeout = TimeSpan.Zero, MaxPendingDisconnects = 0 }));
+        ex = Assert.Throws<ArgumentException>(() => new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, MaxPooledSockets = -1, DisconnectTimeout = TimeSpan.Zero, MaxPendingDisconnects = 0 }));
         Assert.Contains("WinsockOutboundOptions.MaxPooledSockets must be between 0 and 65536; it was -1.", ex.Message, StringComparison.Ordinal);
         Assert.Contains("WinsockOutboundOptions.DisconnectTimeout must be more than zero and at most 00:05:00; it was 00:00:00.", ex.Message, StringComparison.Ordinal);
         Assert.Contains("WinsockOutboundOptions.MaxPendingDisconnects must be between 1 and 65536; it was 0.", ex.Message, StringComparison.Ordinal);
@@ -498,7 +498,7 @@ public sealed class OutboundTests
     {
         using var meters = new OneMeterFactory();
         await using var server = await SampleServer.StartAsync(TransportKind.Sockets);
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromSeconds(2), ReuseSockets = true, DisconnectTimeout = TimeSpan.FromMilliseconds(200) }, meterFactory: meters);
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, DeferFinTimeout = TimeSpan.FromSeconds(2), ReuseSockets = true, DisconnectTimeout = TimeSpan.FromMilliseconds(200) }, meterFactory: meters);
         // The failed connect first: one after the churn could take a recycled socket, which a failed
         // connect closes (no socket is used again after one), and the socket count below would be one short.
         await Assert.ThrowsAsync<SocketException>(() => factory.ConnectAsync(new IPEndPoint(IPAddress.Loopback, ClosedPort()), TestContext.Current.CancellationToken).AsTask());

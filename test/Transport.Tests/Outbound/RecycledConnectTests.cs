@@ -24,7 +24,7 @@ public sealed class RecycledConnectTests
         // Two servers taken in turn, so each socket the pool holds suits the next connect.
         await using var first = ServerThatClosesFirst.Start();
         await using var second = ServerThatClosesFirst.Start();
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true });
         var servers = new[] { first, second };
         for (var i = 0; i < 10; i++)
         {
@@ -47,7 +47,7 @@ public sealed class RecycledConnectTests
         // server holds in TIME_WAIT: within milliseconds here, one connect after another.
         var ct = TestContext.Current.CancellationToken;
         await using var server = ServerThatClosesFirst.Start();
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true });
         for (var i = 0; i < 10; i++)
         {
             var connection = await factory.ConnectAsync(server.EndPoint, ct);
@@ -71,7 +71,7 @@ public sealed class RecycledConnectTests
         var ct = TestContext.Current.CancellationToken;
         await using var first = ServerThatClosesFirst.Start();
         await using var second = ServerThatClosesFirst.Start();
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true });
         var servers = new[] { first, second };
         for (var i = 0; i < 20; i++)
         {
@@ -93,7 +93,7 @@ public sealed class RecycledConnectTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var server = ServerThatClosesFirst.Start();
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true });
         // A socket in the pool, never connected, so any endpoint suits it; its connect is refused, as a
         // server may refuse a recycled socket's SYN while a new socket's goes through.
         var pooled = new Winsock.AcceptPool.ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
@@ -119,7 +119,7 @@ public sealed class RecycledConnectTests
     public async Task When_the_new_socket_fails_too_its_failure_goes_to_the_caller_after_one_retry()
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { ReuseSockets = true });
+        await using var factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = OutboundEngine.Current, ReuseSockets = true });
         for (var i = 0; i < 3; i++)
         {
             Assert.True(factory.IPv4PoolForTests.TryReturn(new Winsock.AcceptPool.ReusableSocket(new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))));

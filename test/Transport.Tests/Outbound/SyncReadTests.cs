@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Transport.Tests.Infrastructure;
 using Transport.Winsock;
 
 namespace Transport.Tests.Outbound;
@@ -36,7 +37,7 @@ public sealed class SyncReadTests
             }
         }, ct);
 
-        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var factory = new WinsockOutboundConnectionFactory(OutboundEngine.Options());
         using var client = new HttpClient(new SocketsHttpHandler { ConnectCallback = WinsockReuse.CreateConnectCallback(factory) });
         var read = Task.Run(async () =>
         {
