@@ -56,7 +56,9 @@
 #   idle_max_latency_ratio= (the slowest timed request) and idle_p99_latency_ratio=, and the same three for
 #   ours on the sockets engine (idle-winsock-sockets/idle-sockets): idle_sockets_engine_memory_ratio=,
 #   idle_sockets_engine_max_latency_ratio=, idle_sockets_engine_p99_latency_ratio=; last, the outbound
-#   phase's client CPU per request, ours/the default handler: outbound_cpu_ratio=.
+#   phase's client CPU per request, ours/the default handler: outbound_cpu_ratio=; and, in full runs only,
+#   ours with WinsockOutboundOptions.Engine = Sockets (.NET's sockets, as on Windows) against the default
+#   handler: outbound_sockets_engine_churn_ratio= and outbound_sockets_engine_cpu_ratio= (n/a in quick runs).
 #   Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
 # results.tsv's idle rows: conns = connections held, requests = timed requests that succeeded, p50_ms and
 #   p99_ms of those, alloc_per_conn = the server's RSS per held connection (bytes), peak_ws_mib its VmHWM;
@@ -460,7 +462,7 @@ idle_each=$(( 7 + idle_conns / 2500 + idle_requests * 11 / 1000 ))
 # Deadline check before anything starts: rounds x phases + the transport-only runs + the outbound runs + the
 # idle runs + builds and startups.
 phases_estimate=$(( $(on http) * rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12)
-  + tb_present * ($(on transport) * rounds * 4 * (tb_s + tb_warmup + 2) + $(on outbound) * rounds * 2 * (tb_s + tb_warmup + 6)
+  + tb_present * ($(on transport) * rounds * 4 * (tb_s + tb_warmup + 2) + $(on outbound) * rounds * (quick == 1 ? 2 : 3) * (tb_s + tb_warmup + 6)
                   + $(on idle) * idle_rounds * 3 * idle_each) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
@@ -551,8 +553,14 @@ if [ "$tb_present" = 1 ] && want outbound; then
   for round in $(seq 1 "$rounds"); do
     echo
     echo "== outbound round $round/$rounds (${SECONDS}s)"
-    order="default winsock"
-    if [ $((round % 2)) = 0 ]; then order="winsock default"; fi
+    # Full runs add ours on .NET's sockets (the engine Windows runs), which quick runs leave out for time.
+    if [ "$quick" = 1 ]; then
+      order="default winsock"
+      if [ $((round % 2)) = 0 ]; then order="winsock default"; fi
+    else
+      order="default winsock winsock-sockets"
+      if [ $((round % 2)) = 0 ]; then order="winsock-sockets winsock default"; fi
+    fi
     for handler in $order; do
       # A fresh server on a port no TCP state uses: the client TIME_WAIT entries for it are this run's alone
       # (with tcp_tw_reuse, a later run's connects would take over an earlier run's entries).
@@ -656,6 +664,8 @@ lines=(
   "idle_sockets_engine_max_latency_ratio=$(ratio "$(median idle-winsock-sockets idle 15)" "$(median idle-sockets idle 15)")"
   "idle_sockets_engine_p99_latency_ratio=$(ratio "$(median idle-winsock-sockets idle 6)" "$(median idle-sockets idle 6)")"
   "outbound_cpu_ratio=$(ratio "$(median outbound-winsock outbound 11)" "$(median outbound-default outbound 11)")"
+  "outbound_sockets_engine_churn_ratio=$(ratio "$(median outbound-winsock-sockets outbound 4)" "$(median outbound-default outbound 4)")"
+  "outbound_sockets_engine_cpu_ratio=$(ratio "$(median outbound-winsock-sockets outbound 11)" "$(median outbound-default outbound 11)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
 

@@ -17,9 +17,11 @@ internal static class OutboundBench
     {
         var handler = new SocketsHttpHandler { UseProxy = false };
         WinsockOutboundConnectionFactory? factory = null;
-        if (handlerKind == "winsock")
+        if (handlerKind is "winsock" or "winsock-sockets")
         {
-            factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { DeferFinTimeout = TimeSpan.FromMilliseconds(deferFinMs) });
+            // winsock: the defaults (io_uring on Linux where it runs); winsock-sockets: .NET's sockets, as on Windows.
+            var engine = handlerKind == "winsock" ? WinsockEngine.Auto : WinsockEngine.Sockets;
+            factory = new WinsockOutboundConnectionFactory(new WinsockOutboundOptions { Engine = engine, DeferFinTimeout = TimeSpan.FromMilliseconds(deferFinMs) });
             handler.ConnectCallback = WinsockReuse.CreateConnectCallback(factory);
         }
 

@@ -19,7 +19,7 @@ internal static class Program
           TransportBench run --transport winsock|sockets [--engine auto|sockets|iouring] [--inline true|false]
                              [--seconds 10] [--warmup 2] [--concurrency 16]
           TransportBench client --port P --seconds S [--concurrency 16]
-          TransportBench outbound --handler default|winsock --port P [--seconds 10] [--warmup 2] [--concurrency 16] [--defer-fin-ms 2000]
+          TransportBench outbound --handler default|winsock|winsock-sockets --port P [--seconds 10] [--warmup 2] [--concurrency 16] [--defer-fin-ms 2000]
           TransportBench idle --port P --connections N --pid SERVERPID [--label L] [--requests 500] [--per-address 5000]
                               [--concurrency 128] [--connect-seconds 120] [--settle-ms 2000] [--pause-ms 10] [--warmup 300]
           TransportBench --help
@@ -168,9 +168,9 @@ internal static class Program
     private static Task<int> OutboundAsync(Dictionary<string, string> options)
     {
         var handler = Get(options, "handler", "");
-        if (handler is not ("default" or "winsock"))
+        if (handler is not ("default" or "winsock" or "winsock-sockets"))
         {
-            throw new ArgumentException("--handler must be default or winsock");
+            throw new ArgumentException("--handler must be default, winsock or winsock-sockets");
         }
 
         var port = options.ContainsKey("port") ? GetNumber(options, "port", 0, min: 1, max: 65535) : throw new ArgumentException("outbound needs --port");
