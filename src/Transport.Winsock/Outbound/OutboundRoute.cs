@@ -63,11 +63,13 @@ internal sealed class OutboundRoute : IDisposable
         if (ring is not null)
         {
             Ring = ring;
-            RingConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, connectionOptions, ring.NewIo, counters, logger, transportScheduler: ring.Ring)
+            // What a connection logs on its ring is written off it, as for a listener's.
+            var ringLogger = new EngineThreadLogger(logger);
+            RingConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, connectionOptions, ring.NewIo, counters, ringLogger, transportScheduler: ring.Ring)
             {
                 EndTimeout = options.DrainTimeout,
             };
-            RingStreamConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, streamConnectionOptions, ring.NewIo, counters, logger, transportScheduler: ring.Ring)
+            RingStreamConnections = new WinsockConnectionFactory(AnyOf(kind), memoryPool, streamConnectionOptions, ring.NewIo, counters, ringLogger, transportScheduler: ring.Ring)
             {
                 EndTimeout = options.DrainTimeout,
             };

@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Transport.Winsock.AcceptPool;
 using Transport.Winsock.Connections;
 using Transport.Winsock.Diagnostics;
+using Transport.Winsock.Engines;
 using Transport.Winsock.Engines.IoUring;
 using Transport.Winsock.Engines.Sockets;
 using Transport.Winsock.Outbound;
@@ -182,7 +183,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     private async Task<WinsockConnection> ConnectToAsync(IPEndPoint endpoint, bool forStream, CancellationToken cancellationToken)
     {
         var route = endpoint.AddressFamily == AddressFamily.InterNetwork ? Route(0, IPv4) : Route(1, IPv6);
-        if (route.Ring is { HasRoom: true } ring)
+        if (route.Ring is { } ring && ring.TryEnterConnect())
         {
             return await ConnectOnRingAsync(route, ring, endpoint, forStream, cancellationToken).ConfigureAwait(false);
         }
@@ -304,22 +305,58 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     /// </summary>
     private async Task<WinsockConnection> ConnectOnRingAsync(OutboundRoute route, IoUringConnector ring, IPEndPoint endpoint, bool forStream, CancellationToken cancellationToken)
     {
-        var fd = await ring.ConnectAsync(endpoint, _options.NoDelay, cancellationToken).ConfigureAwait(false);
-        // On the ring thread.
-        if (_disposed)
+        WinsockConnection connection;
+        try
         {
-            LinuxNative.Close(fd);
-            throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
+            // Counted until the connection is attached (TryEnterConnect): the ring of a disposed factory
+            // stops only once nothing is connecting or attached.
+            try
+            {
+                var fd = await ring.ConnectAsync(endpoint, _options.NoDelay, cancellationToken).ConfigureAwait(false);
+                // On the ring thread, where the connection is attached and started (as an accepted one).
+                if (_disposed)
+                {
+                    LinuxNative.Close(fd);
+                    throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
+                }
+
+                Counters.Connected();
+                Counters.Connections.SocketCreated();
+                connection = (forStream ? route.RingStreamConnections! : route.RingConnections!).Rent();
+                ((IoUringConnectionIo)connection.Io).Attach(fd, isFixed: false, AcceptOperation.LocalEndPoint(fd), new IPEndPoint(endpoint.Address, endpoint.Port));
+                connection.Attach();
+                connection.Start();
+            }
+            finally
+            {
+                ring.ExitConnect();
+            }
+        }
+        catch (Exception ex)
+        {
+            // A failure (refused, timed out, canceled, the factory disposed) reaches the caller off the ring
+            // too: its handler, or the next address of a name, must not run there.
+            if (EngineThread.IsCurrent)
+            {
+                await Task.Yield();
+            }
+
+            if (_disposed && ex is SocketException { SocketErrorCode: SocketError.OperationAborted })
+            {
+                // The ring stopped under the connect with the factory's dispose.
+                throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
+            }
+
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(ex);
+            throw;
         }
 
-        Counters.Connected();
-        Counters.Connections.SocketCreated();
-        var connection = (forStream ? route.RingStreamConnections! : route.RingConnections!).Rent();
-        ((IoUringConnectionIo)connection.Io).Attach(fd, isFixed: false, AcceptOperation.LocalEndPoint(fd), endpoint);
-        connection.Attach();
-        connection.Start();
         // Off the ring: the caller's code (HttpClient's, and whatever reads the response) must never run on it.
-        await Task.Yield();
+        if (EngineThread.IsCurrent)
+        {
+            await Task.Yield();
+        }
+
         return connection;
     }
 
@@ -343,7 +380,6 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             return;
         }
 
-        _engineDecided = true;
         if (_options.Engine == WinsockEngine.Sockets)
         {
             _engine = "sockets: WinsockOutboundOptions.Engine is Sockets";
@@ -361,12 +397,14 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             _ring = IoUringConnector.TryStart(_logger, out var reason);
             if (_ring is null && _options.Engine == WinsockEngine.IoUring)
             {
+                // Not decided: every connect fails so, none goes silently to the sockets engine.
                 throw new NotSupportedException($"{nameof(WinsockOutboundOptions)}.{nameof(WinsockOutboundOptions.Engine)} is IoUring, but {reason}. Use Auto to fall back to the sockets engine.");
             }
 
             _engine = _ring is null ? $"sockets: {reason}" : reason;
         }
 
+        _engineDecided = true;
         _logger.OutboundEngineChosen(_ring is null ? "sockets" : "io_uring", _engine);
     }
 
@@ -415,6 +453,18 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
     /// </summary>
     internal Func<Socket, Exception?>? RecycledConnectFaultForTests { get; set; }
 
+    /// <summary>For tests: the io_uring ring the connections run on, once decided; null on the sockets engine.</summary>
+    internal RingThread? RingForTests
+    {
+        get
+        {
+            lock (_routesLock)
+            {
+                return _ring?.Ring;
+            }
+        }
+    }
+
     /// <summary>For tests: the pool of IPv4 sockets, where a fault only the platform could make is put.</summary>
     internal SocketPool IPv4PoolForTests => Route(0, IPv4).Pool;
 
@@ -440,7 +490,10 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
         {
             lock (_routesLock)
             {
-                return _engine;
+                // A ring that ended on a fault (RingThreadFailed logged why) leaves the connects to the sockets engine.
+                return _ring is { Ring: { IsStopping: true, Fault: { } fault } }
+                    ? $"sockets: the outbound io_uring ring failed ({fault.Message}); connects go to .NET's sockets"
+                    : _engine;
             }
         }
     }
@@ -483,7 +536,7 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
 
     private static async Task StopRingWhenIdleAsync(IoUringConnector ring)
     {
-        while (ring.Ring.Connections > 0 && !ring.Ring.IsStopping)
+        while ((ring.Ring.Connections > 0 || ring.Connecting > 0) && !ring.Ring.IsStopping)
         {
             await Task.Delay(100).ConfigureAwait(false);
         }

@@ -90,6 +90,81 @@ public sealed class OutboundEngineTests
         peer.Shutdown(SocketShutdown.Send);
         await disposal.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
         Assert.Equal(1, factory.Counters.GracefulCloses);
+        // With its last connection gone, the disposed factory's ring thread ends.
+        var ring = factory.RingForTests;
+        Assert.NotNull(ring);
+        await ring.Exited.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+    }
+
+    [Fact(Skip = NoIoUring, SkipUnless = nameof(IoUringRuns))]
+    public async Task A_failed_connect_reaches_the_caller_off_the_ring_thread_with_its_socket_error()
+    {
+        int port;
+        using (var probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            // Bound, never listening, then closed: nothing listens on the port.
+            probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+        }
+
+        await using var factory = new WinsockOutboundConnectionFactory();
+        for (var i = 0; i < 5; i++)
+        {
+            try
+            {
+                await factory.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), TestContext.Current.CancellationToken);
+                Assert.Fail("the connect to a closed port succeeded");
+            }
+            catch (SocketException ex)
+            {
+                // The caller's handler runs here: never on the ring thread.
+                Assert.False(EngineThread.IsCurrent, "the failure reached the caller on the ring thread");
+                Assert.Equal(SocketError.ConnectionRefused, ex.SocketErrorCode);
+            }
+        }
+
+        Assert.StartsWith("io_uring", factory.Engine, StringComparison.Ordinal);
+        Assert.Equal(5, factory.Counters.ConnectFailures);
+        Assert.Equal(0, factory.RingForTests!.Connections);
+    }
+
+    [Fact(Skip = NoIoUring, SkipUnless = nameof(IoUringRuns))]
+    public async Task A_connect_whose_token_is_already_canceled_never_connects()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(8);
+        await using var factory = new WinsockOutboundConnectionFactory();
+        // The first connect decides the engine and starts the ring.
+        await using (await factory.ConnectAsync(listener.LocalEndPoint!, TestContext.Current.CancellationToken))
+        {
+        }
+
+        using var canceled = new CancellationTokenSource();
+        canceled.Cancel();
+        var ex = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => factory.ConnectAsync(listener.LocalEndPoint!, canceled.Token).AsTask());
+        Assert.Equal(canceled.Token, ex.CancellationToken);
+        Assert.Equal(1, factory.Counters.Connects);
+        Assert.Equal(1, factory.Counters.ConnectFailures);
+    }
+
+    public static bool IoUringAndIPv6Run => IoUringRuns && Socket.OSSupportsIPv6;
+
+    [Fact(Skip = "needs io_uring and IPv6 (not Linux, io_uring refused, or no IPv6 on this host)", SkipUnless = nameof(IoUringAndIPv6Run))]
+    public async Task An_IPv6_connect_on_io_uring_has_its_own_endpoints()
+    {
+        using var listener = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        listener.Listen(8);
+        await using var factory = new WinsockOutboundConnectionFactory();
+        await using var connection = (WinsockConnection)await factory.ConnectAsync(listener.LocalEndPoint!, TestContext.Current.CancellationToken);
+        using var peer = await listener.AcceptAsync(TestContext.Current.CancellationToken);
+        Assert.IsType<IoUringConnectionIo>(connection.Io);
+        Assert.Equal(peer.RemoteEndPoint, connection.LocalEndPoint);
+        Assert.Equal(listener.LocalEndPoint, connection.RemoteEndPoint);
+        await connection.Transport.Output.WriteAsync("v6"u8.ToArray(), TestContext.Current.CancellationToken);
+        var buffer = new byte[4];
+        Assert.Equal(2, await peer.ReceiveAsync(buffer, TestContext.Current.CancellationToken));
     }
 
     [Fact]

@@ -17,6 +17,9 @@ internal sealed unsafe class ConnectOperation : AwaitableRingOperation, IDisposa
     private readonly byte* _address;
     private uint _addressLength;
     private int _fd = -1;
+    // Set by Cancel from any thread: a submission not yet prepared then never starts (a cancel posted
+    // before the submit would find nothing in flight).
+    private volatile bool _canceled;
 
     public ConnectOperation(RingThread thread)
         : base(thread)
@@ -32,20 +35,26 @@ internal sealed unsafe class ConnectOperation : AwaitableRingOperation, IDisposa
         return Start();
     }
 
-    /// <summary>Cancels the connect if it is still in flight (a caller's cancellation or ConnectTimeout); from any thread.</summary>
-    public void Cancel() => Thread.Post(static state =>
+    /// <summary>Cancels the connect, before its submission or while it is in flight (a caller's cancellation or ConnectTimeout); from any thread.</summary>
+    public void Cancel()
+    {
+        _canceled = true;
+        Thread.Post(s_cancel, this);
+    }
+
+    private static readonly Action<object?> s_cancel = static state =>
     {
         var operation = (ConnectOperation)state!;
         if (operation.InFlight)
         {
             operation.Thread.Cancel(operation.CurrentUserData);
         }
-    }, this);
+    };
 
     protected override bool TryPrepare(out int errno)
     {
         errno = LinuxNative.ECANCELED;
-        if (Thread.IsStopping)
+        if (_canceled || Thread.IsStopping)
         {
             return false;
         }
@@ -66,6 +75,13 @@ internal sealed unsafe class ConnectOperation : AwaitableRingOperation, IDisposa
 
     // The sockaddr is the operation's own: a quarantined connect may end its waiter.
     protected override bool HoldsCallerMemory => false;
+
+    /// <summary>
+    /// A connect the resync's cancel ended is not submitted again: a second IORING_OP_CONNECT on a socket
+    /// already connecting fails (EALREADY, or EISCONN once it connected), so this one ends as aborted and
+    /// the caller's connect fails with that, its descriptor closed.
+    /// </summary>
+    protected override void Resubmit() => Finish(-LinuxNative.ECANCELED);
 
     /// <summary>An IPv4 or IPv6 endpoint as a sockaddr_in / sockaddr_in6 at <paramref name="address"/>; its length.</summary>
     internal static uint Write(IPEndPoint endpoint, byte* address)

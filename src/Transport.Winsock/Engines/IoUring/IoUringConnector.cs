@@ -62,6 +62,29 @@ internal sealed class IoUringConnector : IAsyncDisposable
     public bool HasRoom => !_ring.IsStopping && _ring.HasRoomForConnection(Volatile.Read(ref _connecting) + 1);
 
     /// <summary>
+    /// Counts a connect from before its descriptor is made until <see cref="ExitConnect"/> (after its
+    /// connection is attached to the ring, or its failure), when the ring has room for it; false (and not
+    /// counted) when it has none. Counted first, then checked, so a burst cannot all pass one check.
+    /// </summary>
+    public bool TryEnterConnect()
+    {
+        var connecting = Interlocked.Increment(ref _connecting);
+        if (!_ring.IsStopping && _ring.HasRoomForConnection(connecting))
+        {
+            return true;
+        }
+
+        Interlocked.Decrement(ref _connecting);
+        return false;
+    }
+
+    /// <summary>Ends what <see cref="TryEnterConnect"/> counted.</summary>
+    public void ExitConnect() => Interlocked.Decrement(ref _connecting);
+
+    /// <summary>Connects under way (counted by <see cref="TryEnterConnect"/>): the ring may not stop under them.</summary>
+    public int Connecting => Volatile.Read(ref _connecting);
+
+    /// <summary>
     /// A new TCP descriptor of <paramref name="endpoint"/>'s family connected to it on the ring; the method
     /// continues on the ring thread. A refused, unreachable or timed-out connect throws the
     /// <see cref="SocketException"/> the kernel's errno maps to; <paramref name="cancellationToken"/> cancels
@@ -69,14 +92,26 @@ internal sealed class IoUringConnector : IAsyncDisposable
     /// </summary>
     public async ValueTask<int> ConnectAsync(IPEndPoint endpoint, bool noDelay, CancellationToken cancellationToken)
     {
+        cancellationToken.ThrowIfCancellationRequested();
         var fd = NewSocket(endpoint.AddressFamily, noDelay);
-        Interlocked.Increment(ref _connecting);
-        var operation = new ConnectOperation(_ring);
+        ConnectOperation operation;
+        try
+        {
+            operation = new ConnectOperation(_ring);
+        }
+        catch
+        {
+            LinuxNative.Close(fd);
+            throw;
+        }
+
         try
         {
             using (cancellationToken.UnsafeRegister(static state => ((ConnectOperation)state!).Cancel(), operation))
             {
-                await operation.ConnectAsync(fd, endpoint);
+                // The caller's context is never captured: the connection starts on the ring, and the
+                // factory then hops to the thread pool itself.
+                await operation.ConnectAsync(fd, endpoint).ConfigureAwait(false);
             }
 
             return fd;
@@ -94,7 +129,6 @@ internal sealed class IoUringConnector : IAsyncDisposable
         }
         finally
         {
-            Interlocked.Decrement(ref _connecting);
             operation.Dispose();
         }
     }

@@ -39,6 +39,8 @@ internal static unsafe partial class LinuxNative
     public const int EALREADY = 114;
 
     public const int ECONNREFUSED = 111;
+    public const int EACCES = 13;
+    public const int EAFNOSUPPORT = 97;
     public const int EADDRNOTAVAIL = 99;
     public const int ETIMEDOUT = 110;
 

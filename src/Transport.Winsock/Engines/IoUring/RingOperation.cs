@@ -294,6 +294,8 @@ internal static class Errors
         LinuxNative.EAGAIN => SocketError.WouldBlock,
         LinuxNative.EINVAL => SocketError.InvalidArgument,
         LinuxNative.ETIMEDOUT => SocketError.TimedOut,
+        LinuxNative.EACCES or LinuxNative.EPERM => SocketError.AccessDenied,
+        LinuxNative.EAFNOSUPPORT => SocketError.AddressFamilyNotSupported,
         LinuxNative.ECONNREFUSED => SocketError.ConnectionRefused,
         LinuxNative.EADDRNOTAVAIL => SocketError.AddressNotAvailable,
         113 => SocketError.HostUnreachable,
