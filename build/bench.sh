@@ -606,7 +606,7 @@ echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_
 # The table of the other phases, when any ran (PHASES=idle runs none).
 has_main=$(awk -F'\t' 'NR > 1 && $3 != "idle" {print 1; exit}' "$results")
 if [ -n "$has_main" ]; then print_header; fi
-for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound" "idle-winsock idle" "idle-winsock-sockets idle" "idle-sockets idle"; do
+for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound" "outbound-winsock-sockets outbound" "idle-winsock idle" "idle-winsock-sockets idle" "idle-sockets idle"; do
   read -r config phase <<<"$key"
   [ -n "$(median "$config" "$phase" 4)$(median "$config" "$phase" 10)" ] || continue
   vals=()
