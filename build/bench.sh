@@ -29,7 +29,14 @@
 #      the sample on Kestrel's Sockets transport, alternating the default SocketsHttpHandler and ours
 #      (WinsockReuse.CreateConnectCallback with a 2 s client-side deferred FIN): requests/s, the client's
 #      CPU µs per request, and the client TIME_WAIT entries per request the run left (/proc/net/tcp).
-#   4. Idle scale: the same TransportBench's "idle" mode against the sample, a fresh server each, in
+#   4. HTTPS (full runs, or when PHASES names it): the sample over TLS (one ECDSA P-256 certificate made
+#      for the run with openssl) on ours (https-winsock) and on Kestrel's Sockets transport (https-sockets),
+#      and benchmarks/floor/tls_floor.c (https-floor: epoll, nonblocking SSL_accept, one SSL_CTX, OpenSSL's
+#      defaults) against benchmarks/floor/tls_client.c (16 blocking loops, TLS 1.3, Connection: close):
+#      first every connection a full handshake, then each loop offering the ticket its last connection
+#      got (resumed; a note says when the server did not take them). The server's CPU µs per connection.
+#      Builds both with gcc against libssl-dev (installed when missing).
+#   5. Idle scale: the same TransportBench's "idle" mode against the sample, a fresh server each, in
 #      alternating order (A B C, then C B A): idle-winsock (ours, defaults: io_uring), idle-winsock-sockets
 #      (ours, Engine=Sockets) and idle-sockets (Kestrel's Sockets transport). The client warms the server
 #      up (300 requests on a throwaway connection), reads its VmRSS (/proc/<pid>/status) and GC heap
@@ -58,7 +65,10 @@
 #   idle_sockets_engine_max_latency_ratio=, idle_sockets_engine_p99_latency_ratio=; last, the outbound
 #   phase's client CPU per request, ours/the default handler: outbound_cpu_ratio=; and, in full runs only,
 #   ours with WinsockOutboundOptions.Engine = Sockets (.NET's sockets, as on Windows) against the default
-#   handler: outbound_sockets_engine_churn_ratio= and outbound_sockets_engine_cpu_ratio= (n/a in quick runs).
+#   handler: outbound_sockets_engine_churn_ratio= and outbound_sockets_engine_cpu_ratio= (n/a in quick runs);
+#   then the HTTPS phase's server CPU per connection: https_churn_cpu_ratio= (ours/Kestrel, full
+#   handshakes), https_floor_cpu_ratio= (ours/the TLS floor) and https_resumed_cpu_ratio= (ours/Kestrel,
+#   resumed connections), n/a in quick runs unless PHASES names https.
 #   Draws artifacts/bench/cpu_per_conn.svg (gnuplot) of the medians.
 # results.tsv's idle rows: conns = connections held, requests = timed requests that succeeded, p50_ms and
 #   p99_ms of those, alloc_per_conn = the server's RSS per held connection (bytes), peak_ws_mib its VmHWM;
@@ -68,14 +78,16 @@
 # the ratios of the phases that need it (transport-only, outbound, idle) read n/a and the run exits 3.
 # Installs wrk, gcc and gnuplot (and curl, ss) with apt-get when missing (root, or sudo).
 #
-#   build/bench.sh                 full run: 4 rounds of 10 s phases, 15,000 idle connections, under 22 minutes
+#   build/bench.sh                 full run: 4 rounds of 10 s phases (HTTPS 5 s), 15,000 idle connections, under 24 minutes
 #   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, 4,000 idle connections, under 6 minutes
-#   PHASES=idle build/bench.sh     only the phases named (http, transport, outbound, idle; comma-separated);
+#   PHASES=idle build/bench.sh     only the phases named (http, transport, outbound, https, idle; comma-separated;
+#                                  quick runs leave https out unless it is named);
 #                                  the others' lines read n/a
 # Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
 #   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
 #   (first port tried, 18100), IDLE_CONNECTIONS (15000, quick 4000), IDLE_REQUESTS (500), IDLE_ROUNDS
-#   (ROUNDS), PHASES (all four), TIME_LIMIT (seconds the whole run may take: 1320, quick 360),
+#   (ROUNDS), HTTPS_SECONDS (5, quick 3), HTTPS_WARMUP (3, quick 2), PHASES (all five; quick: not https),
+#   TIME_LIMIT (seconds the whole run may take: 1440, quick 360),
 #   SKIP_TRANSPORT_BENCH=1 (no TransportBench: no transport-only, outbound or idle phase; their ratios
 #   print n/a).
 set -euo pipefail
@@ -95,11 +107,14 @@ done
 if [ "$quick" = 1 ]; then
   rounds="${ROUNDS:-2}" churn_s="${CHURN_SECONDS:-4}" keepalive_s="${KEEPALIVE_SECONDS:-3}" warmup_s="${WARMUP_SECONDS:-2}"
   tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-360}"
-  idle_conns="${IDLE_CONNECTIONS:-4000}"
+  idle_conns="${IDLE_CONNECTIONS:-4000}" https_s="${HTTPS_SECONDS:-3}" https_warmup="${HTTPS_WARMUP:-2}"
+  # The HTTPS phase only when PHASES names it: with it a quick run would not stay under 6 minutes.
+  default_phases="http,transport,outbound,idle"
 else
   rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-5}"
-  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1320}"
-  idle_conns="${IDLE_CONNECTIONS:-15000}"
+  tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1440}"
+  idle_conns="${IDLE_CONNECTIONS:-15000}" https_s="${HTTPS_SECONDS:-5}" https_warmup="${HTTPS_WARMUP:-3}"
+  default_phases="http,transport,outbound,https,idle"
 fi
 wrk_threads="${WRK_THREADS:-2}" wrk_conns="${WRK_CONNECTIONS:-32}"
 defer_fin="${DEFER_FIN_TIMEOUT:-00:00:00.500}"
@@ -107,11 +122,11 @@ tb_conc="${TB_CONCURRENCY:-32}"
 next_port="${PORT_BASE:-18100}"
 skip_tb="${SKIP_TRANSPORT_BENCH:-0}"
 idle_requests="${IDLE_REQUESTS:-500}" idle_rounds="${IDLE_ROUNDS:-$rounds}"
-phases="${PHASES:-http,transport,outbound,idle}"
+phases="${PHASES:-$default_phases}"
 for phase in ${phases//,/ }; do
   case "$phase" in
-    http|transport|outbound|idle) ;;
-    *) echo "bench.sh: PHASES: unknown phase '$phase' (http, transport, outbound, idle)" >&2; exit 2 ;;
+    http|transport|outbound|https|idle) ;;
+    *) echo "bench.sh: PHASES: unknown phase '$phase' (http, transport, outbound, https, idle)" >&2; exit 2 ;;
   esac
 done
 # want PHASE: whether PHASES names it; on PHASE: the same as 1 or 0, for the estimate.
@@ -131,6 +146,11 @@ tb_project="$root/benchmarks/TransportBench"
 tb_dll="$build_dir/bin/TransportBench/release/TransportBench.dll"
 floor_src="$root/benchmarks/floor/floor.c"
 floor_bin="$build_dir/floor"
+tls_floor_src="$root/benchmarks/floor/tls_floor.c"
+tls_floor_bin="$build_dir/tls_floor"
+tls_client_src="$root/benchmarks/floor/tls_client.c"
+tls_client_bin="$build_dir/tls_client"
+https_dir="$build_dir/https"
 clk_tck="$(getconf CLK_TCK)"
 server_pid="" server_port="" server_log="" server_nofile=""
 
@@ -168,6 +188,17 @@ ensure_tool() {
   note "installing $pkg (apt-get)"
   $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $pkg"
+}
+
+# ensure_package PACKAGE: installs the Debian package (a library's headers: no command to look for).
+ensure_package() {
+  local pkg=$1 sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "the Debian package '$pkg' is missing (needs root or sudo to install)"
+    sudo="sudo"
+  fi
+  note "installing $pkg (apt-get)"
+  $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq "$pkg" >&2 || die "apt-get install $pkg failed"
 }
 
 machine() {
@@ -275,6 +306,63 @@ parse_wrk() {
       if (rps == "" || req == "" || p50 == "" || p99 == "") exit 1
       printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, err, req
     }' "$1" || { cat "$1" >&2; die "could not read wrk's results from $1"; }
+}
+
+# start_https_server LABEL TRANSPORT: the sample over HTTPS (the run's certificate) on a port of its own.
+start_https_server() {
+  local label=$1 transport=$2
+  pick_port
+  server_log="$logs/${label}-r${round}-${server_port}.log"
+  dotnet "$app_dll" --transport "$transport" --urls "https://127.0.0.1:$server_port" \
+    --Kestrel:Certificates:Default:Path="$https_dir/cert.pem" --Kestrel:Certificates:Default:KeyPath="$https_dir/key.pem" \
+    --Logging:LogLevel:Default=Warning >"$server_log" 2>&1 &
+  server_pid=$!
+  local i
+  for i in $(seq 1 150); do
+    if curl -sfk --max-time 2 -o /dev/null "https://127.0.0.1:$server_port/stats"; then return 0; fi
+    kill -0 "$server_pid" 2>/dev/null || { head -20 "$server_log" >&2; die "$label: the server exited while starting (log: $server_log)"; }
+    sleep 0.2
+  done
+  head -20 "$server_log" >&2
+  die "$label: the server did not answer https://127.0.0.1:$server_port/stats within 30 s"
+}
+
+start_tls_floor() {
+  local label=$1
+  pick_port
+  server_log="$logs/${label}-r${round}-${server_port}.log"
+  "$tls_floor_bin" "$server_port" "$https_dir/cert.pem" "$https_dir/key.pem" >"$server_log" 2>&1 &
+  server_pid=$!
+  local i
+  for i in $(seq 1 50); do
+    if grep -q '^listening' "$server_log" 2>/dev/null; then return 0; fi
+    kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; die "$label: the TLS floor exited while starting"; }
+    sleep 0.1
+  done
+  die "$label: the TLS floor did not start within 5 s"
+}
+
+# https_run LABEL PHASE MODE SECONDS: tls_client (16 loops, TLS 1.3) for SECONDS against the server; with a
+# PHASE, a measured run (the server's CPU per connection) whose row goes to results.tsv, else a warm-up.
+https_run() {
+  local label=$1 phase=$2 mode=$3 secs=$4 file t0 t1 line req resumed err rps cpu
+  file="$logs/${label}-r${round}-${phase:-warmup}-${mode}.txt"
+  t0=$(cpu_ticks)
+  timeout --kill-after=5 $((secs + 30)) "$tls_client_bin" "$mode" 1.3 "$server_port" 16 "$secs" >"$file" 2>&1 \
+    || { cat "$file" >&2; die "$label: tls_client $mode failed (output: $file)"; }
+  t1=$(cpu_ticks)
+  [ -n "$phase" ] || return 0
+  line=$(grep '^tls_client ' "$file") || die "$label: tls_client printed no result (output: $file)"
+  req=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2); resumed=$(grep -o 'resumed=[0-9]*' <<<"$line" | cut -d= -f2)
+  err=$(grep -o 'errors=[0-9]*' <<<"$line" | cut -d= -f2); rps=$(grep -o 'rps=[0-9.]*' <<<"$line" | cut -d= -f2)
+  [ "$req" -gt 0 ] || die "$label: tls_client completed no request (output: $file)"
+  cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$req" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  echo "$label $phase: $line cpu_us_per_conn=$cpu"
+  # Whether the server resumed what the client offered: a resumed run that did not is a finding, said here.
+  if [ "$mode" = resume ] && [ $((resumed * 10)) -lt $((req * 9)) ]; then
+    note "$label round $round: only $resumed of $req connections resumed TLS 1.3 (the server did not take the client's tickets)"
+  fi
+  printf '%s\t%s\t%s\t%s\t-\t-\t%s\t%s\t%s\t-\t%s\t-\t-\t-\t-\t-\n' "$round" "$label" "$phase" "${rps%.*}" "$err" "$req" "$req" "$cpu" >>"$results"
 }
 
 # churn LABEL: warm up, then one measured Connection: close phase; sets churn_row (results.tsv, no WS yet).
@@ -463,7 +551,8 @@ idle_each=$(( 7 + idle_conns / 2500 + idle_requests * 11 / 1000 ))
 # idle runs + builds and startups.
 phases_estimate=$(( $(on http) * rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12)
   + tb_present * ($(on transport) * rounds * 4 * (tb_s + tb_warmup + 2) + $(on outbound) * rounds * (quick == 1 ? 2 : 3) * (tb_s + tb_warmup + 6)
-                  + $(on idle) * idle_rounds * 3 * idle_each) ))
+                  + $(on idle) * idle_rounds * 3 * idle_each)
+  + $(on https) * rounds * 3 * (https_warmup + 2 * https_s + 1 + 8) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
 [ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
@@ -488,6 +577,21 @@ budget 20
 gcc -O2 -Wall -Wextra -Werror -o "$floor_bin" "$floor_src" 2>"$logs/build-floor.txt" \
   || { cat "$logs/build-floor.txt" >&2; die "building benchmarks/floor/floor.c failed"; }
 echo "benchmarks/floor/floor.c -> ${floor_bin#"$root"/}"
+if want https; then
+  # OpenSSL's headers for the TLS floor and client (Debian's libssl-dev), and its tool for the certificate.
+  ensure_tool openssl openssl
+  if [ ! -f /usr/include/openssl/ssl.h ]; then ensure_package libssl-dev; fi
+  gcc -O2 -Wall -Wextra -Werror -o "$tls_floor_bin" "$tls_floor_src" -lssl -lcrypto 2>"$logs/build-tls-floor.txt" \
+    || { cat "$logs/build-tls-floor.txt" >&2; die "building benchmarks/floor/tls_floor.c failed"; }
+  gcc -O2 -Wall -Wextra -Werror -pthread -o "$tls_client_bin" "$tls_client_src" -lssl -lcrypto 2>"$logs/build-tls-client.txt" \
+    || { cat "$logs/build-tls-client.txt" >&2; die "building benchmarks/floor/tls_client.c failed"; }
+  echo "benchmarks/floor/tls_floor.c, tls_client.c -> ${build_dir#"$root"/}"
+  # One ECDSA P-256 certificate for every server of the run, as the issue's measurements used.
+  mkdir -p "$https_dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$https_dir/key.pem" -out "$https_dir/cert.pem" \
+    >"$logs/https-cert.txt" 2>&1 || { cat "$logs/https-cert.txt" >&2; die "making the HTTPS phase's certificate failed"; }
+fi
 # The builds took what they took (a cold restore, a loaded machine): fail now rather than at the end.
 budget "$phases_estimate"
 
@@ -582,6 +686,29 @@ if [ "$tb_present" = 1 ] && want outbound; then
   done
 fi
 
+if want https; then
+  for round in $(seq 1 "$rounds"); do
+    echo
+    echo "== HTTPS round $round/$rounds (${SECONDS}s): Connection: close over TLS 1.3, full handshakes, then resumed"
+    order="https-winsock https-sockets https-floor"
+    if [ $((round % 2)) = 0 ]; then order="https-floor https-sockets https-winsock"; fi
+    for config in $order; do
+      budget $((https_warmup + 2 * https_s + 20))
+      case "$config" in
+        https-winsock) start_https_server "$config" winsock ;;
+        https-sockets) start_https_server "$config" sockets ;;
+        https-floor) start_tls_floor "$config" ;;
+      esac
+      https_run "$config" "" full "$https_warmup"
+      https_run "$config" https full "$https_s"
+      # The resumed run's first connection of each loop is a full handshake; the warm-up gives each loop its ticket.
+      https_run "$config" "" resume 1
+      https_run "$config" https-resumed resume "$https_s"
+      stop_server
+    done
+  done
+fi
+
 if [ "$tb_present" = 1 ] && want idle; then
   for round in $(seq 1 "$idle_rounds"); do
     echo
@@ -606,7 +733,7 @@ echo "config	phase	rps	p50_ms	p99_ms	errors	alloc_per_conn	cpu_us_per_conn	time_
 # The table of the other phases, when any ran (PHASES=idle runs none).
 has_main=$(awk -F'\t' 'NR > 1 && $3 != "idle" {print 1; exit}' "$results")
 if [ -n "$has_main" ]; then print_header; fi
-for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound" "outbound-winsock-sockets outbound" "idle-winsock idle" "idle-winsock-sockets idle" "idle-sockets idle"; do
+for key in "winsock churn" "winsock-sockets churn" "sockets churn" "winsock-inline churn" "winsock+deferFIN churn" "floor churn" "winsock keepalive" "sockets keepalive" "winsock transport" "winsock-sockets transport" "sockets transport" "floor transport" "outbound-default outbound" "outbound-winsock outbound" "outbound-winsock-sockets outbound" "https-winsock https" "https-sockets https" "https-floor https" "https-winsock https-resumed" "https-sockets https-resumed" "https-floor https-resumed" "idle-winsock idle" "idle-winsock-sockets idle" "idle-sockets idle"; do
   read -r config phase <<<"$key"
   [ -n "$(median "$config" "$phase" 4)$(median "$config" "$phase" 10)" ] || continue
   vals=()
@@ -666,6 +793,9 @@ lines=(
   "outbound_cpu_ratio=$(ratio "$(median outbound-winsock outbound 11)" "$(median outbound-default outbound 11)")"
   "outbound_sockets_engine_churn_ratio=$(ratio "$(median outbound-winsock-sockets outbound 4)" "$(median outbound-default outbound 4)")"
   "outbound_sockets_engine_cpu_ratio=$(ratio "$(median outbound-winsock-sockets outbound 11)" "$(median outbound-default outbound 11)")"
+  "https_churn_cpu_ratio=$(ratio "$(median https-winsock https 11)" "$(median https-sockets https 11)")"
+  "https_floor_cpu_ratio=$(ratio "$(median https-winsock https 11)" "$(median https-floor https 11)")"
+  "https_resumed_cpu_ratio=$(ratio "$(median https-winsock https-resumed 11)" "$(median https-sockets https-resumed 11)")"
 )
 printf '%s\n' "${lines[@]}" >"$out/ratios.txt"
 
