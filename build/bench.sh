@@ -78,7 +78,7 @@
 # the ratios of the phases that need it (transport-only, outbound, idle) read n/a and the run exits 3.
 # Installs wrk, gcc and gnuplot (and curl, ss) with apt-get when missing (root, or sudo).
 #
-#   build/bench.sh                 full run: 4 rounds of 10 s phases (HTTPS 5 s), 15,000 idle connections, under 24 minutes
+#   build/bench.sh                 full run: 4 rounds of 10 s phases (HTTPS: 2 of 6 s), 15,000 idle connections, under 23 minutes
 #   build/bench.sh --quick         or QUICK=1: 2 rounds of 3-4 s phases, 4,000 idle connections, under 6 minutes
 #   PHASES=idle build/bench.sh     only the phases named (http, transport, outbound, https, idle; comma-separated;
 #                                  quick runs leave https out unless it is named);
@@ -86,7 +86,8 @@
 # Overrides (environment): ROUNDS, CHURN_SECONDS, KEEPALIVE_SECONDS, WARMUP_SECONDS, WRK_THREADS,
 #   WRK_CONNECTIONS, DEFER_FIN_TIMEOUT (00:00:00.500), TB_SECONDS, TB_WARMUP, TB_CONCURRENCY, PORT_BASE
 #   (first port tried, 18100), IDLE_CONNECTIONS (15000, quick 4000), IDLE_REQUESTS (500), IDLE_ROUNDS
-#   (ROUNDS), HTTPS_SECONDS (5, quick 3), HTTPS_WARMUP (3, quick 2), PHASES (all five; quick: not https),
+#   (ROUNDS), HTTPS_ROUNDS (2, quick ROUNDS), HTTPS_SECONDS (6, quick 3), HTTPS_WARMUP (4, quick 2),
+#   PHASES (all five; quick: not https),
 #   TIME_LIMIT (seconds the whole run may take: 1440, quick 360),
 #   SKIP_TRANSPORT_BENCH=1 (no TransportBench: no transport-only, outbound or idle phase; their ratios
 #   print n/a).
@@ -108,12 +109,15 @@ if [ "$quick" = 1 ]; then
   rounds="${ROUNDS:-2}" churn_s="${CHURN_SECONDS:-4}" keepalive_s="${KEEPALIVE_SECONDS:-3}" warmup_s="${WARMUP_SECONDS:-2}"
   tb_s="${TB_SECONDS:-3}" tb_warmup="${TB_WARMUP:-1}" time_limit="${TIME_LIMIT:-360}"
   idle_conns="${IDLE_CONNECTIONS:-4000}" https_s="${HTTPS_SECONDS:-3}" https_warmup="${HTTPS_WARMUP:-2}"
+  https_rounds="${HTTPS_ROUNDS:-$rounds}"
   # The HTTPS phase only when PHASES names it: with it a quick run would not stay under 6 minutes.
   default_phases="http,transport,outbound,idle"
 else
   rounds="${ROUNDS:-4}" churn_s="${CHURN_SECONDS:-10}" keepalive_s="${KEEPALIVE_SECONDS:-10}" warmup_s="${WARMUP_SECONDS:-5}"
   tb_s="${TB_SECONDS:-10}" tb_warmup="${TB_WARMUP:-4}" time_limit="${TIME_LIMIT:-1440}"
-  idle_conns="${IDLE_CONNECTIONS:-15000}" https_s="${HTTPS_SECONDS:-5}" https_warmup="${HTTPS_WARMUP:-3}"
+  # HTTPS: 2 rounds of their own (HTTPS_ROUNDS), so that the full run stays under 25 minutes.
+  idle_conns="${IDLE_CONNECTIONS:-15000}" https_s="${HTTPS_SECONDS:-6}" https_warmup="${HTTPS_WARMUP:-4}"
+  https_rounds="${HTTPS_ROUNDS:-2}"
   default_phases="http,transport,outbound,https,idle"
 fi
 wrk_threads="${WRK_THREADS:-2}" wrk_conns="${WRK_CONNECTIONS:-32}"
@@ -356,6 +360,7 @@ https_run() {
   req=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2); resumed=$(grep -o 'resumed=[0-9]*' <<<"$line" | cut -d= -f2)
   err=$(grep -o 'errors=[0-9]*' <<<"$line" | cut -d= -f2); rps=$(grep -o 'rps=[0-9.]*' <<<"$line" | cut -d= -f2)
   [ "$req" -gt 0 ] || die "$label: tls_client completed no request (output: $file)"
+  if [ "$err" -gt 0 ]; then note "$label round $round ($phase): $err of $((req + err)) connections failed (output: $file)"; fi
   cpu=$(awk -v t="$((t1 - t0))" -v hz="$clk_tck" -v n="$req" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   echo "$label $phase: $line cpu_us_per_conn=$cpu"
   # Whether the server resumed what the client offered: a resumed run that did not is a finding, said here.
@@ -552,7 +557,7 @@ idle_each=$(( 7 + idle_conns / 2500 + idle_requests * 11 / 1000 ))
 phases_estimate=$(( $(on http) * rounds * (6 * (warmup_s + churn_s) + 2 * keepalive_s + 12)
   + tb_present * ($(on transport) * rounds * 4 * (tb_s + tb_warmup + 2) + $(on outbound) * rounds * (quick == 1 ? 2 : 3) * (tb_s + tb_warmup + 6)
                   + $(on idle) * idle_rounds * 3 * idle_each)
-  + $(on https) * rounds * 3 * (https_warmup + 2 * https_s + 1 + 8) ))
+  + $(on https) * https_rounds * 3 * (https_warmup + 2 * https_s + 5) ))
 estimate=$((phases_estimate + 40))
 echo "estimate: ~${estimate}s (limit ${time_limit}s)"
 [ "$estimate" -le "$time_limit" ] || die "the settings need ~${estimate}s, over TIME_LIMIT=${time_limit}s: fewer ROUNDS or shorter phases"
@@ -687,9 +692,9 @@ if [ "$tb_present" = 1 ] && want outbound; then
 fi
 
 if want https; then
-  for round in $(seq 1 "$rounds"); do
+  for round in $(seq 1 "$https_rounds"); do
     echo
-    echo "== HTTPS round $round/$rounds (${SECONDS}s): Connection: close over TLS 1.3, full handshakes, then resumed"
+    echo "== HTTPS round $round/$https_rounds (${SECONDS}s): Connection: close over TLS 1.3, full handshakes, then resumed"
     order="https-winsock https-sockets https-floor"
     if [ $((round % 2)) = 0 ]; then order="https-floor https-sockets https-winsock"; fi
     for config in $order; do
@@ -701,8 +706,7 @@ if want https; then
       esac
       https_run "$config" "" full "$https_warmup"
       https_run "$config" https full "$https_s"
-      # The resumed run's first connection of each loop is a full handshake; the warm-up gives each loop its ticket.
-      https_run "$config" "" resume 1
+      # Each loop's first connection of the resumed run is a full handshake (16 of thousands); the rest offer a ticket.
       https_run "$config" https-resumed resume "$https_s"
       stop_server
     done

@@ -5,7 +5,7 @@
  * handshake), OpenSSL's default groups and cipher suites, TLS 1.2 and 1.3 only.
  *
  *   tls_floor PORT CERT.pem KEY.pem   HTTP/1.1 churn over TLS: SSL_accept, reads a request head, answers
- *                                     13 bytes with "Connection: close", sends close_notify and its FIN,
+ *                                     13 bytes with "Connection: close", sends its FIN (no close_notify, as Kestrel),
  *                                     reads to the client's FIN, closes
  *
  * Listens on 127.0.0.1:PORT only. Prints "listening" once bound; runs until SIGTERM or SIGINT, then
@@ -46,6 +46,8 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static void finish(int fd) {
     if (conns[fd].ssl) {
+        /* Ended as Kestrel ends it (no close_notify), yet not "bad": the session stays resumable. */
+        SSL_set_shutdown(conns[fd].ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         SSL_free(conns[fd].ssl);
         conns[fd].ssl = NULL;
     }
@@ -62,6 +64,7 @@ static void want(int ep, int fd, int err) {
 static int read_request(int fd, int *err) {
     char buf[4096];
     for (;;) {
+        ERR_clear_error();
         int n = SSL_read(conns[fd].ssl, buf, sizeof buf);
         if (n <= 0) {
             *err = SSL_get_error(conns[fd].ssl, n);
@@ -80,6 +83,7 @@ static void step(int ep, int fd) {
     struct conn *c = &conns[fd];
     int err = 0;
     if (c->state == HANDSHAKE) {
+        ERR_clear_error();
         int r = SSL_accept(c->ssl);
         if (r <= 0) {
             err = SSL_get_error(c->ssl, r);
@@ -96,9 +100,10 @@ static void step(int ep, int fd) {
         if (r < 0) { finish(fd); return; }
         if (r == 0) { want(ep, fd, err); return; }
         /* A tiny response on loopback: one record, one write takes it whole. */
+        ERR_clear_error();
         if (SSL_write(c->ssl, http_response, sizeof http_response - 1) <= 0) { finish(fd); return; }
-        /* close_notify, then the FIN; the client's FIN is read below. */
-        SSL_shutdown(c->ssl);
+        /* The FIN, without a close_notify (as Kestrel's SslStream ends a Connection: close response); the
+           client's FIN is read below. */
         shutdown(fd, SHUT_WR);
         c->state = DRAINING;
         want(ep, fd, SSL_ERROR_WANT_READ);
