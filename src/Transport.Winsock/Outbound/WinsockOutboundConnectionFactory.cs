@@ -314,16 +314,25 @@ public sealed class WinsockOutboundConnectionFactory : IConnectionFactory, IAsyn
             {
                 var fd = await ring.ConnectAsync(endpoint, _options.NoDelay, cancellationToken).ConfigureAwait(false);
                 // On the ring thread, where the connection is attached and started (as an accepted one).
-                if (_disposed)
+                // Until its engine side holds the descriptor, a failure here closes it.
+                try
+                {
+                    if (_disposed)
+                    {
+                        throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
+                    }
+
+                    connection = (forStream ? route.RingStreamConnections! : route.RingConnections!).Rent();
+                }
+                catch
                 {
                     LinuxNative.Close(fd);
-                    throw new ObjectDisposedException(GetType().FullName, "The factory was disposed while the connect was under way.");
+                    throw;
                 }
 
+                ((IoUringConnectionIo)connection.Io).Attach(fd, isFixed: false, AcceptOperation.LocalEndPoint(fd), new IPEndPoint(endpoint.Address, endpoint.Port));
                 Counters.Connected();
                 Counters.Connections.SocketCreated();
-                connection = (forStream ? route.RingStreamConnections! : route.RingConnections!).Rent();
-                ((IoUringConnectionIo)connection.Io).Attach(fd, isFixed: false, AcceptOperation.LocalEndPoint(fd), new IPEndPoint(endpoint.Address, endpoint.Port));
                 connection.Attach();
                 connection.Start();
             }
