@@ -228,32 +228,42 @@ pick_port() {
 
 # start_server LABEL TRANSPORT [ARGS...]: a fresh sample app on its own port; waits until /stats answers.
 # With server_nofile set, the server's soft descriptor limit is raised to it (in the subshell that then
-# becomes the server, so server_pid is the server's own pid).
+# becomes the server, so server_pid is the server's own pid). With server_scheme=https, over TLS with the
+# run's certificate.
 start_server() {
   local label=$1 transport=$2; shift 2
+  local scheme=${server_scheme:-http} tls=()
+  if [ "$scheme" = https ]; then
+    tls=(--Kestrel:Certificates:Default:Path="$https_dir/cert.pem" --Kestrel:Certificates:Default:KeyPath="$https_dir/key.pem")
+  fi
   pick_port
   server_log="$logs/${label}-r${round}-${server_port}.log"
   # Logging at Warning whatever appsettings.json says: a log line per request would be what gets measured.
   ( if [ -n "$server_nofile" ]; then ulimit -n "$server_nofile"; fi
-    exec dotnet "$app_dll" --transport "$transport" --urls "http://127.0.0.1:$server_port" \
-      --Logging:LogLevel:Default=Warning "$@" ) >"$server_log" 2>&1 &
+    exec dotnet "$app_dll" --transport "$transport" --urls "$scheme://127.0.0.1:$server_port" \
+      --Logging:LogLevel:Default=Warning "${tls[@]}" "$@" ) >"$server_log" 2>&1 &
   server_pid=$!
   local i
   for i in $(seq 1 150); do
-    if curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$server_port/stats"; then return 0; fi
+    if curl -sfk --max-time 2 -o /dev/null "$scheme://127.0.0.1:$server_port/stats"; then return 0; fi
     kill -0 "$server_pid" 2>/dev/null || { head -20 "$server_log" >&2; die "$label: the server exited while starting (log: $server_log)"; }
     sleep 0.2
   done
   head -20 "$server_log" >&2
-  die "$label: the server did not answer http://127.0.0.1:$server_port/stats within 30 s"
+  die "$label: the server did not answer $scheme://127.0.0.1:$server_port/stats within 30 s"
 }
 
-# start_floor LABEL MODE: the C floor server (http or transport) on a port of its own.
+# start_floor LABEL MODE: the C floor server (http or transport) on a port of its own; with MODE tls, the
+# TLS floor with the run's certificate.
 start_floor() {
   local label=$1 mode=$2
   pick_port
   server_log="$logs/${label}-r${round}-${server_port}.log"
-  "$floor_bin" "$mode" "$server_port" >"$server_log" 2>&1 &
+  if [ "$mode" = tls ]; then
+    "$tls_floor_bin" "$server_port" "$https_dir/cert.pem" "$https_dir/key.pem" >"$server_log" 2>&1 &
+  else
+    "$floor_bin" "$mode" "$server_port" >"$server_log" 2>&1 &
+  fi
   server_pid=$!
   local i
   for i in $(seq 1 50); do
@@ -310,40 +320,6 @@ parse_wrk() {
       if (rps == "" || req == "" || p50 == "" || p99 == "") exit 1
       printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, err, req
     }' "$1" || { cat "$1" >&2; die "could not read wrk's results from $1"; }
-}
-
-# start_https_server LABEL TRANSPORT: the sample over HTTPS (the run's certificate) on a port of its own.
-start_https_server() {
-  local label=$1 transport=$2
-  pick_port
-  server_log="$logs/${label}-r${round}-${server_port}.log"
-  dotnet "$app_dll" --transport "$transport" --urls "https://127.0.0.1:$server_port" \
-    --Kestrel:Certificates:Default:Path="$https_dir/cert.pem" --Kestrel:Certificates:Default:KeyPath="$https_dir/key.pem" \
-    --Logging:LogLevel:Default=Warning >"$server_log" 2>&1 &
-  server_pid=$!
-  local i
-  for i in $(seq 1 150); do
-    if curl -sfk --max-time 2 -o /dev/null "https://127.0.0.1:$server_port/stats"; then return 0; fi
-    kill -0 "$server_pid" 2>/dev/null || { head -20 "$server_log" >&2; die "$label: the server exited while starting (log: $server_log)"; }
-    sleep 0.2
-  done
-  head -20 "$server_log" >&2
-  die "$label: the server did not answer https://127.0.0.1:$server_port/stats within 30 s"
-}
-
-start_tls_floor() {
-  local label=$1
-  pick_port
-  server_log="$logs/${label}-r${round}-${server_port}.log"
-  "$tls_floor_bin" "$server_port" "$https_dir/cert.pem" "$https_dir/key.pem" >"$server_log" 2>&1 &
-  server_pid=$!
-  local i
-  for i in $(seq 1 50); do
-    if grep -q '^listening' "$server_log" 2>/dev/null; then return 0; fi
-    kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; die "$label: the TLS floor exited while starting"; }
-    sleep 0.1
-  done
-  die "$label: the TLS floor did not start within 5 s"
 }
 
 # https_run LABEL PHASE MODE SECONDS: tls_client (16 loops, TLS 1.3) for SECONDS against the server; with a
@@ -700,9 +676,9 @@ if want https; then
     for config in $order; do
       budget $((https_warmup + 2 * https_s + 20))
       case "$config" in
-        https-winsock) start_https_server "$config" winsock ;;
-        https-sockets) start_https_server "$config" sockets ;;
-        https-floor) start_tls_floor "$config" ;;
+        https-winsock) server_scheme=https start_server "$config" winsock ;;
+        https-sockets) server_scheme=https start_server "$config" sockets ;;
+        https-floor) start_floor "$config" tls ;;
       esac
       https_run "$config" "" full "$https_warmup"
       https_run "$config" https full "$https_s"
